@@ -1,0 +1,1 @@
+"""One module per server; the registry maps names to provider classes."""

@@ -1,0 +1,71 @@
+"""A Cosmos DB SQL-API server from npm (@vercel/cosmosdb-server)."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, ClassVar
+
+from .. import installers, procs
+from ..base import Launch, LocalService
+
+NPM_SPEC = "@vercel/cosmosdb-server@1.0.1"
+# The Cosmos emulator's published key; the server accepts any valid base64 key.
+KEY = "C2y6yDjf5/R+ob0N8A7Cgv30VRDJIWEHLM+4QDU5DE2nQ9nDuVTqobD4b8mGGyPMbIZnqyMsEcaGQy67XIw/Jw=="
+
+
+def client(env: Mapping[str, str]) -> Any:
+    """Return an azure-cosmos client; the server's certificate is self-signed."""
+    from azure.cosmos import CosmosClient
+
+    return CosmosClient(env["COSMOS_ENDPOINT"], credential=env["COSMOS_KEY"],
+                        connection_verify=False, retry_total=0, connection_timeout=5)
+
+
+@contextmanager
+def quiet_tls() -> Iterator[None]:
+    """Hide urllib3's warning about the self-signed certificate we knowingly accept."""
+    from urllib3.exceptions import InsecureRequestWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", InsecureRequestWarning)
+        yield
+
+
+class CosmosService(LocalService):
+    """cosmosdb-server over HTTPS with a self-signed certificate, on a free loopback port."""
+
+    name: ClassVar[str] = "cosmos"
+    summary: ClassVar[str] = "@vercel/cosmosdb-server 1.0.1 (Cosmos DB SQL API, npm)"
+    env_vars: ClassVar[tuple[str, ...]] = ("COSMOS_ENDPOINT", "COSMOS_KEY")
+    start_timeout: ClassVar[float] = 60.0
+
+    def install(self) -> None:
+        """Install the server into its cached npm prefix."""
+        installers.npm_install(NPM_SPEC, "cosmosdb-server")
+
+    def launch(self, workdir: Path) -> Launch:
+        """Start the server; its output goes to a file (it logs a stack trace per 500)."""
+        exe = installers.npm_install(NPM_SPEC, "cosmosdb-server")
+        port = procs.free_port()
+        proc = procs.spawn([str(exe), "--host", procs.LOOPBACK, "-p", str(port)],
+                           log_path=self.log_path, cwd=workdir)
+        return Launch([proc], {
+            "COSMOS_ENDPOINT": f"https://{procs.LOOPBACK}:{port}/", "COSMOS_KEY": KEY,
+        })
+
+    @classmethod
+    def probe(cls, env: Mapping[str, str]) -> None:
+        """List databases."""
+        with quiet_tls():
+            list(client(env).list_databases())
+
+    @classmethod
+    def wipe(cls, env: Mapping[str, str]) -> None:
+        """Delete every database."""
+        with quiet_tls():
+            cosmos = client(env)
+            for database in list(cosmos.list_databases()):
+                cosmos.delete_database(database["id"])

@@ -1,0 +1,46 @@
+"""Client calls shared by the Kafka-protocol providers (Apache Kafka and tansu)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+
+
+def probe(env: Mapping[str, str]) -> None:
+    """Fetch cluster metadata and require at least one broker in it."""
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": env["KAFKA_BOOTSTRAP_SERVERS"],
+                         "socket.timeout.ms": 2000})
+    metadata = admin.list_topics(timeout=2)
+    if not metadata.brokers:
+        raise RuntimeError("no brokers in metadata yet")
+
+
+def wipe(env: Mapping[str, str], *, timeout: float = 30.0) -> None:
+    """Delete every non-internal topic and every consumer group, and wait until they are gone."""
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": env["KAFKA_BOOTSTRAP_SERVERS"]})
+    groups_future = admin.list_consumer_groups(request_timeout=10)
+    groups = [g.group_id for g in groups_future.result().valid]
+    if groups:
+        for future in admin.delete_consumer_groups(groups, request_timeout=10).values():
+            # A group with live members cannot be deleted; the tests' own cleanup handles it.
+            try:
+                future.result()
+            except Exception:  # noqa: S112 - best effort, see above
+                continue
+    topics = [t for t in admin.list_topics(timeout=10).topics if not t.startswith("__")]
+    if not topics:
+        return
+    for future in admin.delete_topics(topics, operation_timeout=10).values():
+        future.result()
+    # Deletion finishes asynchronously; recreating a topic of the same name before it has
+    # would fail, so wait for the metadata to drop them.
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        remaining = set(topics) & set(admin.list_topics(timeout=10).topics)
+        if not remaining:
+            return
+        time.sleep(0.2)

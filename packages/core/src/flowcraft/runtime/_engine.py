@@ -1,0 +1,629 @@
+"""The in-memory orchestrator of one run.
+
+Scheduling: ready nodes go to a deque served by at most ``concurrency`` worker tasks; a worker
+that finishes a node takes the next ready one itself, so a chain runs in one task and tasks are
+created only for real parallelism.
+
+Joins use dead-path elimination: each completed node marks every outgoing edge taken or not
+taken; a target whose predecessors have all resolved fires if at least one edge into it was
+taken, and is skipped (propagating further) if none was. A run is ``stalled`` only when it ends
+with a node that got some but not all of what its join needs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from flowcraft.blueprint import NodeDefinition
+from flowcraft.context import OUTPUTS, ContextView, MemoryContext
+from flowcraft.errors import (
+    FlowcraftError,
+    ImplementationNotFound,
+    NodeExecutionError,
+    WorkflowCancelled,
+)
+from flowcraft.node import CancelSignal, NodeContext, NodeResult
+from flowcraft.result import WorkflowStatus
+from flowcraft.runtime._executor import Attempts, invoker_for, run_with_middleware
+from flowcraft.runtime._graph import Graph, NodeSpec
+from flowcraft.runtime._inputs import resolve_inputs
+
+if TYPE_CHECKING:
+    from flowcraft.runtime.runtime import FlowRuntime
+
+__all__ = ["RUN_STATE_KEY", "Run"]
+
+_log = logging.getLogger("flowcraft.runtime")
+
+RUN_STATE_KEY = "_runState"
+AWAITING_IDS = "_awaitingNodeIds"
+AWAITING_DETAILS = "_awaitingDetails"
+INPUTS = "_inputs."
+_DEAD = -1
+
+COMPLETED = "completed"
+SKIPPED = "skipped"
+FAILED = "failed"
+AWAITING = "awaiting"
+RUNNING = "running"
+READY = "ready"
+RESCUED = "rescued"
+
+
+class _NoSignal:
+    __slots__ = ()
+
+    def is_set(self) -> bool:
+        return False
+
+
+NO_SIGNAL = _NoSignal()
+
+
+class Run:
+    """State and scheduling of one run of one blueprint."""
+
+    def __init__(
+        self,
+        runtime: FlowRuntime,
+        graph: Graph,
+        data: dict[str, Any],
+        *,
+        registry: Mapping[str, Any],
+        run_id: str,
+        signal: CancelSignal | None,
+        concurrency: int,
+    ) -> None:
+        self.runtime = runtime
+        self.graph = graph
+        self.blueprint_id = graph.blueprint.id
+        self.data = data
+        self.registry = registry
+        self.run_id = run_id
+        self.signal: CancelSignal = signal if signal is not None else NO_SIGNAL
+        self.concurrency = max(1, concurrency)
+        self.bus = runtime.event_bus
+        self.middleware = runtime.middleware
+        self.evaluator = runtime.evaluator
+        self.state: dict[str, str] = {}
+        self.arrivals: dict[str, dict[str, int]] = {}
+        self.awaiting: dict[str, dict[str, Any]] = {}
+        self.errors: list[FlowcraftError] = []
+        self.failed = False
+        self.cancelled = False
+        self._rescuing: dict[str, str] = {}
+        self._fallback_inputs: dict[str, Any] = {}
+        self._ready: deque[str] = deque()
+        self._active = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._done: asyncio.Future[None] | None = None
+        self._graph_private = False
+        bus = self.bus
+        self.context = MemoryContext(
+            data, self._on_change if bus is not None and bus.wants("context:change") else None
+        )
+
+    # ----------------------------------------------------------------- driving the run
+
+    async def drive(self, initial: list[str]) -> None:
+        """Schedule ``initial`` and run until nothing is ready or running."""
+        loop = asyncio.get_running_loop()
+        self._done = loop.create_future()
+        for node_id in initial:
+            self._schedule(node_id)
+        self._spawn(0)
+        if self._active == 0:
+            return
+        watcher: asyncio.Task[Any] | None = None
+        wait = getattr(self.signal, "wait", None)
+        if wait is not None and asyncio.iscoroutinefunction(wait):
+            watcher = asyncio.ensure_future(wait())
+            watcher.add_done_callback(lambda _: self.cancel())
+        try:
+            await self._done
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+
+    def cancel(self) -> None:
+        """Stop scheduling and cancel running nodes; the run ends ``cancelled``."""
+        if self.cancelled or (self._done is not None and self._done.done()):
+            return
+        self.cancelled = True
+        self._ready.clear()
+        for task in list(self._tasks):
+            task.cancel()
+
+    @property
+    def halted(self) -> bool:
+        return self.failed or self.cancelled or self.signal.is_set()
+
+    def _schedule(self, node_id: str) -> None:
+        self.state[node_id] = READY
+        self._ready.append(node_id)
+
+    def _spawn(self, takers: int) -> None:
+        while self._active < self.concurrency and len(self._ready) > takers:
+            self._active += 1
+            task = asyncio.ensure_future(self._worker())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            takers += 1
+
+    async def _worker(self) -> None:
+        try:
+            while self._ready:
+                if self.halted:
+                    if self.signal.is_set():
+                        self.cancelled = True
+                    self._ready.clear()
+                    break
+                await self._run_node(self._ready.popleft())
+                self._spawn(1)
+        except asyncio.CancelledError:
+            self.cancelled = True
+        except Exception as exc:
+            _log.exception("internal error in run %s", self.run_id)
+            self._record(FlowcraftError(f"internal error: {exc!r}", run_id=self.run_id), exc)
+        finally:
+            self._active -= 1
+            if self._active == 0 and self._done is not None and not self._done.done():
+                self._done.set_result(None)
+
+    # ----------------------------------------------------------------- executing a node
+
+    def _context_for(self, node_id: str, spec: NodeSpec, value: Any) -> NodeContext:
+        return NodeContext(
+            input=value,
+            context=self.context,
+            params=spec.definition.params or {},
+            dependencies=self.runtime.dependencies,
+            signal=self.signal,
+            node_id=node_id,
+            run_id=self.run_id,
+            blueprint_id=self.blueprint_id,
+            run=self,
+        )
+
+    async def _run_node(self, node_id: str) -> None:
+        spec = self.graph.nodes[node_id]
+        self.state[node_id] = RUNNING
+        value = self._input_for(node_id, spec)
+        bus = self.bus
+        if bus is not None and bus.wants("node:start"):
+            bus.emit(
+                "node:start",
+                {
+                    "nodeId": node_id,
+                    "executionId": self.run_id,
+                    "blueprintId": self.blueprint_id,
+                    "input": value,
+                },
+            )
+        ctx = self._context_for(node_id, spec, value)
+        try:
+            implementation = self._implementation(node_id, spec.definition)
+            invoker = invoker_for(implementation)
+            attempts = Attempts(spec.max_attempts, spec.retry_delay, spec.timeout, bus)
+            if self.middleware:
+
+                async def core() -> NodeResult:
+                    try:
+                        return await invoker(ctx, attempts)
+                    except Exception as exc:
+                        raise self._as_error(node_id, exc) from exc
+
+                result = await run_with_middleware(self.middleware, ctx, core)
+            else:
+                result = await invoker(ctx, attempts)
+        except WorkflowCancelled:
+            self.cancelled = True
+            return
+        except Exception as exc:
+            self._fail(node_id, spec, exc, value)
+            return
+        if node_id in self.awaiting:
+            self.state[node_id] = AWAITING
+            return
+        self.complete(node_id, spec, result)
+
+    def _implementation(self, node_id: str, node: NodeDefinition) -> Any:
+        try:
+            return self.registry[node.uses]
+        except KeyError:
+            raise ImplementationNotFound(
+                f"node '{node_id}' uses '{node.uses}', which is in no registry",
+                node_id=node_id,
+                blueprint_id=self.blueprint_id,
+                run_id=self.run_id,
+            ) from None
+
+    def _input_for(self, node_id: str, spec: NodeSpec) -> Any:
+        if node_id in self._fallback_inputs:
+            return self._fallback_inputs.pop(node_id)
+        data = self.data
+        arrived = self.arrivals.get(node_id)
+        definition = spec.definition
+        if definition.inputs is not None and not spec.has_in_transform:
+            return resolve_inputs(data, definition.inputs)
+        if not arrived:
+            return data.get(INPUTS + node_id)
+        edges = self.graph.edges
+        taken = [(source, index) for source, index in arrived.items() if index >= 0]
+        if definition.inputs is not None and not any(edges[i].transform for _, i in taken):
+            return resolve_inputs(data, definition.inputs)
+        if len(spec.preds) <= 1:
+            value = self._edge_value(taken[0][1], definition) if taken else None
+        else:
+            value = {source: self._edge_value(index, definition) for source, index in taken}
+        data[INPUTS + node_id] = value
+        return value
+
+    def _edge_value(self, index: int, target: NodeDefinition) -> Any:
+        edge = self.graph.edges[index]
+        data = self.data
+        value = data.get(OUTPUTS + edge.source)
+        if edge.transform is None:
+            return value
+        if isinstance(target.inputs, str):
+            ref = target.inputs if target.inputs[:1] == "_" else OUTPUTS + target.inputs
+            if ref != OUTPUTS + edge.source and ref in data:
+                value = data[ref]
+        scope = {"input": value, "context": ContextView(data)}
+        return self.evaluator.evaluate(edge.transform, scope)
+
+    # ----------------------------------------------------------------- outcomes
+
+    def pause(self, node_id: str, details: dict[str, Any]) -> None:
+        """Mark ``node_id`` awaiting (called by wait, sleep, webhook and subflow nodes)."""
+        self.awaiting[node_id] = details
+        ids = list(self.data.get(AWAITING_IDS) or [])
+        if node_id not in ids:
+            ids.append(node_id)
+        self.data[AWAITING_IDS] = ids
+        all_details = dict(self.data.get(AWAITING_DETAILS) or {})
+        all_details[node_id] = details
+        self.data[AWAITING_DETAILS] = all_details
+
+    def unpause(self, node_id: str) -> None:
+        """Remove ``node_id`` from the awaiting set (on resume)."""
+        self.awaiting.pop(node_id, None)
+        ids = [i for i in self.data.get(AWAITING_IDS) or [] if i != node_id]
+        details = {k: v for k, v in (self.data.get(AWAITING_DETAILS) or {}).items() if k != node_id}
+        if ids:
+            self.data[AWAITING_IDS] = ids
+            self.data[AWAITING_DETAILS] = details
+        else:
+            self.data.pop(AWAITING_IDS, None)
+            self.data.pop(AWAITING_DETAILS, None)
+
+    def _as_error(self, node_id: str, exc: BaseException) -> FlowcraftError:
+        if isinstance(exc, FlowcraftError):
+            if exc.node_id is None:
+                exc.node_id = node_id
+            exc.blueprint_id = exc.blueprint_id or self.blueprint_id
+            exc.run_id = exc.run_id or self.run_id
+            return exc
+        error = NodeExecutionError(
+            f"node '{node_id}' failed: {type(exc).__name__}: {exc}",
+            node_id=node_id,
+            blueprint_id=self.blueprint_id,
+            run_id=self.run_id,
+        )
+        error.__cause__ = exc
+        return error
+
+    def _fail(self, node_id: str, spec: NodeSpec, exc: BaseException, value: Any) -> None:
+        error = self._as_error(node_id, exc)
+        fallback = spec.fallback
+        bus = self.bus
+        if fallback is not None and not error.is_fatal and not self.halted:
+            _log.warning("node %s failed (%s); running fallback %s", node_id, error, fallback)
+            if bus is not None and bus.wants("node:fallback"):
+                bus.emit(
+                    "node:fallback",
+                    {
+                        "nodeId": node_id,
+                        "fallback": fallback,
+                        "executionId": self.run_id,
+                        "blueprintId": self.blueprint_id,
+                        "error": error.message,
+                    },
+                )
+            self.state[node_id] = RESCUED
+            self._rescuing[fallback] = node_id
+            self._fallback_inputs[fallback] = value
+            self._schedule(fallback)
+            return
+        self.state[node_id] = FAILED
+        if bus is not None and bus.wants("node:error"):
+            bus.emit(
+                "node:error",
+                {
+                    "nodeId": node_id,
+                    "error": error.to_dict(),
+                    "executionId": self.run_id,
+                    "blueprintId": self.blueprint_id,
+                },
+            )
+        self._record(error, exc)
+
+    def _record(self, error: FlowcraftError, exc: BaseException) -> None:
+        _log.error("run %s: %s", self.run_id, error, exc_info=exc)
+        self.errors.append(error)
+        self.failed = True
+        self._ready.clear()
+
+    def complete(self, node_id: str, spec: NodeSpec, result: NodeResult) -> None:
+        """Store a node's result and route from it."""
+        data = self.data
+        data[OUTPUTS + node_id] = result.output
+        if self.context.on_change is not None:
+            self._on_change("set", OUTPUTS + node_id, result.output)
+        primary = self._rescuing.pop(node_id, None)
+        if primary is not None:
+            data[OUTPUTS + primary] = result.output
+            self.state[primary] = COMPLETED
+        bus = self.bus
+        if bus is not None and bus.wants("node:finish"):
+            bus.emit(
+                "node:finish",
+                {
+                    "nodeId": node_id,
+                    "result": result.to_dict(),
+                    "executionId": self.run_id,
+                    "blueprintId": self.blueprint_id,
+                },
+            )
+        if result.dynamic_nodes:
+            self._splice(node_id, result)
+            spec = self.graph.nodes[node_id]
+        if spec.fallback is not None and primary is None:
+            self.state[node_id] = COMPLETED
+            if self._fallback_unneeded(spec.fallback):
+                self._skip(spec.fallback)
+        if spec.is_loop:
+            self.state[node_id] = ""
+            self.arrivals.pop(node_id, None)
+            if result.action == "continue":
+                self._reset_body(node_id)
+        else:
+            self.state[node_id] = COMPLETED
+        if self.halted:
+            return
+        self._route(node_id, spec, result)
+
+    def _route(self, node_id: str, spec: NodeSpec, result: NodeResult) -> None:
+        edges = spec.routing_edges
+        if not edges:
+            return
+        chosen = self._select(node_id, edges, result)
+        touched: list[str] = []
+        arrivals = self.arrivals
+        for index, edge in edges:
+            target = edge.target
+            arrived = arrivals.get(target)
+            if arrived is None:
+                arrived = arrivals[target] = {}
+            if index in chosen:
+                arrived[edge.source] = index
+            elif spec.is_loop or edge.source in arrived:
+                # A loop controller comes back: its untaken edges are not dead paths.
+                continue
+            else:
+                arrived[edge.source] = _DEAD
+            touched.append(target)
+        for target in dict.fromkeys(touched):
+            self._evaluate(target)
+
+    def _select(
+        self, node_id: str, edges: tuple[tuple[int, Any], ...], result: NodeResult
+    ) -> set[int]:
+        action = result.action
+        chosen: set[int] = set()
+        if action is not None:
+            for index, edge in edges:
+                if edge.action == action and self._passes(node_id, edge, result):
+                    chosen.add(index)
+        if not chosen:
+            for index, edge in edges:
+                if edge.action is None and self._passes(node_id, edge, result):
+                    chosen.add(index)
+        return chosen
+
+    def _passes(self, node_id: str, edge: Any, result: NodeResult) -> bool:
+        condition = edge.condition
+        if condition is None:
+            return True
+        outcome = self.evaluator.evaluate(
+            condition,
+            ContextView(
+                self.data,
+                {
+                    "result": {"output": result.output, "action": result.action},
+                    "context": ContextView(self.data),
+                },
+            ),
+        )
+        passed = bool(outcome)
+        bus = self.bus
+        if bus is not None:
+            if bus.wants("edge:evaluate"):
+                bus.emit(
+                    "edge:evaluate",
+                    {
+                        "source": edge.source,
+                        "target": edge.target,
+                        "condition": condition,
+                        "result": passed,
+                        "executionId": self.run_id,
+                        "blueprintId": self.blueprint_id,
+                    },
+                )
+            if not passed and bus.wants("node:skipped"):
+                bus.emit(
+                    "node:skipped",
+                    {
+                        "nodeId": node_id,
+                        "edge": edge.model_dump(by_alias=True, exclude_none=True),
+                        "executionId": self.run_id,
+                        "blueprintId": self.blueprint_id,
+                    },
+                )
+        return passed
+
+    def _evaluate(self, target: str) -> None:
+        spec = self.graph.nodes[target]
+        arrived = self.arrivals.get(target) or {}
+        if spec.is_loop:
+            if self.state.get(target):
+                return
+            if any(i >= 0 for i in arrived.values()):
+                self._schedule(target)
+            else:
+                entries = self.graph.loop_entries[target]
+                if entries and all(arrived.get(e) == _DEAD for e in entries):
+                    self._skip(target)
+            return
+        if self.state.get(target):
+            return
+        taken = any(i >= 0 for i in arrived.values())
+        if spec.join_any and taken:
+            self._schedule(target)
+        elif len(arrived) >= len(spec.preds):
+            if taken:
+                self._schedule(target)
+            else:
+                self._skip(target)
+
+    def _skip(self, first: str) -> None:
+        work = [first]
+        while work:
+            node_id = work.pop()
+            if self.state.get(node_id):
+                continue
+            self.state[node_id] = SKIPPED
+            fallback = self.graph.nodes[node_id].fallback
+            if fallback is not None and self._fallback_unneeded(fallback):
+                work.append(fallback)
+            for index in self.graph.out_edges[node_id]:
+                edge = self.graph.edges[index]
+                arrived = self.arrivals.setdefault(edge.target, {})
+                if edge.source not in arrived:
+                    arrived[edge.source] = _DEAD
+                    self._evaluate_for_skip(edge.target, work)
+
+    def _fallback_unneeded(self, fallback: str) -> bool:
+        # A fallback node runs only for its primaries; once none of them can fail, it never will.
+        if self.graph.in_edges[fallback] or self.state.get(fallback):
+            return False
+        return all(
+            self.state.get(p) in (COMPLETED, SKIPPED) for p in self.graph.primaries[fallback]
+        )
+
+    def _evaluate_for_skip(self, target: str, work: list[str]) -> None:
+        spec = self.graph.nodes[target]
+        if self.state.get(target):
+            return
+        arrived = self.arrivals.get(target) or {}
+        if spec.is_loop:
+            entries = self.graph.loop_entries[target]
+            if (
+                not any(i >= 0 for i in arrived.values())
+                and entries
+                and all(arrived.get(e) == _DEAD for e in entries)
+            ):
+                work.append(target)
+            return
+        if len(arrived) < len(spec.preds):
+            return
+        if any(i >= 0 for i in arrived.values()):
+            self._schedule(target)
+        else:
+            work.append(target)
+
+    def _reset_body(self, controller: str) -> None:
+        body = self.graph.loop_bodies[controller]
+        state = self.state
+        arrivals = self.arrivals
+        for node_id in body:
+            state.pop(node_id, None)
+            arrivals.pop(node_id, None)
+
+    def _splice(self, emitter: str, result: NodeResult) -> None:
+        if not self._graph_private:
+            self.graph = self.graph.copy()
+            self._graph_private = True
+        output = result.output
+        gather = output.get("gatherNodeId") if isinstance(output, Mapping) else None
+        for raw in result.dynamic_nodes:
+            preds = list(raw.get("predecessors") or [emitter])
+            definition = NodeDefinition.model_validate(
+                {k: v for k, v in raw.items() if k != "predecessors"}
+            )
+            self.graph.add_node(definition, preds)
+            self.graph.dynamic.append((raw, []))
+            self.state.pop(definition.id, None)
+            self.arrivals.pop(definition.id, None)
+            if isinstance(gather, str) and gather in self.graph.nodes:
+                self.graph.add_node(self.graph.nodes[gather].definition, [definition.id])
+
+    def _on_change(self, op: str, key: str, value: Any) -> None:
+        bus = self.bus
+        if bus is not None:
+            bus.emit(
+                "context:change",
+                {"key": key, "op": op, "value": value, "executionId": self.run_id},
+            )
+
+    # ----------------------------------------------------------------- ending
+
+    def status(self) -> WorkflowStatus:
+        """The run's status once nothing is running."""
+        if self.cancelled or (self.signal.is_set() and not self.failed):
+            return "cancelled"
+        if self.failed:
+            return "failed"
+        if self.awaiting:
+            return "awaiting"
+        for node_id, arrived in self.arrivals.items():
+            if arrived and not self.state.get(node_id) and any(i >= 0 for i in arrived.values()):
+                return "stalled"
+        return "completed"
+
+    def snapshot_state(self) -> dict[str, Any]:
+        """The scheduler's state, stored in the context while the run is paused."""
+        return {
+            "runId": self.run_id,
+            "state": {k: v for k, v in self.state.items() if v},
+            "arrivals": {k: dict(v) for k, v in self.arrivals.items() if v},
+            "dynamic": [raw for raw, _ in self.graph.dynamic],
+        }
+
+    def restore_state(self, saved: Mapping[str, Any]) -> None:
+        """Restore what :meth:`snapshot_state` stored."""
+        for raw in saved.get("dynamic") or []:
+            emitter = raw.get("predecessors", [None])[0]
+            self._splice(emitter or "", NodeResult(dynamic_nodes=[raw]))
+        self.state.update(saved.get("state") or {})
+        for target, arrived in (saved.get("arrivals") or {}).items():
+            self.arrivals[target] = {k: int(v) for k, v in arrived.items()}
+
+    def derive_state(self) -> None:
+        """Rebuild scheduler state from ``_outputs.*`` keys (a context saved by TypeScript)."""
+        for node_id in self.graph.nodes:
+            if OUTPUTS + node_id in self.data and node_id not in self.awaiting:
+                self.state[node_id] = COMPLETED
+        for node_id in self.awaiting:
+            self.state[node_id] = AWAITING
+        for index, edge in enumerate(self.graph.edges):
+            if (
+                self.state.get(edge.source) == COMPLETED
+                and edge.action is None
+                and not edge.condition
+            ):
+                self.arrivals.setdefault(edge.target, {})[edge.source] = index
