@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import itertools
 import re
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
-from flowcraft.analysis import analyze_blueprint, to_mermaid
-from flowcraft.blueprint import Blueprint
-from flowcraft.errors import BlueprintError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from flowcraft.analysis import analyze_blueprint, to_mermaid
+from flowcraft.blueprint import Blueprint
+from flowcraft.errors import BlueprintError
+
 
 def blueprint(
-    nodes: list[str] | list[dict[str, Any]], edges: list[tuple[str, str]] | list[dict[str, Any]]
+    nodes: Sequence[str | dict[str, Any]], edges: Sequence[tuple[str, str] | dict[str, Any]]
 ) -> Blueprint:
     """A blueprint from ids (uses ``"k"``) or node dicts, and (source, target) pairs or dicts."""
     return Blueprint.model_validate(

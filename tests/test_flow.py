@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from flowcraft.blueprint import Blueprint, NodeConfig, load_blueprint
 from flowcraft.errors import BlueprintError
 from flowcraft.flow import Flow, create_flow, uses_key_for

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+
 from flowcraft.analysis import BUILTIN_USES_KEYS, LintIssue, LintResult, lint_blueprint
 from flowcraft.blueprint import Blueprint
 from flowcraft.errors import BlueprintError

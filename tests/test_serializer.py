@@ -57,7 +57,7 @@ def test_json_types_round_trip(value: Any) -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["héllo", "日本語", "emoji 🎉", "quote \" and \\ backslash", "\x00\n\t\u2028", "𝔘"]
+    "text", ["héllo", "日本語", "emoji 🎉", 'quote " and \\ backslash', "\x00\n\t\u2028", "𝔘"]
 )
 def test_unicode_round_trips(text: str) -> None:
     assert roundtrip({text: text}) == {text: text}

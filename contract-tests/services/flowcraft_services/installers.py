@@ -92,39 +92,44 @@ def apt_install(packages: Sequence[str]) -> None:
 
 # --- npm ---------------------------------------------------------------------------------------
 
-def npm_install(spec: str, binary: str) -> Path:
-    """Install an npm package into its own cached prefix and return the path of one of its bins.
+def _npm_prefix(spec: str) -> Path:
+    """Return the cached prefix folder of one npm package version."""
+    return cache_dir() / "npm" / re.sub(r"[^A-Za-z0-9_.-]+", "_", spec)
+
+
+def npm_package_dir(spec: str) -> Path:
+    """Return where npm_install puts a package's own files."""
+    name = spec[: spec.rindex("@")] if spec.rfind("@") > 0 else spec
+    return _npm_prefix(spec) / "node_modules" / name
+
+
+def npm_install(spec: str, binary: str | None = None) -> Path:
+    """Install an npm package into its own cached prefix.
 
     Args:
         spec: Package and exact version, e.g. "azurite@3.35.0".
-        binary: Name of the executable under node_modules/.bin.
+        binary: Name of an executable under node_modules/.bin to return, if any.
 
     Returns:
-        Path to the executable.
+        Path to the executable, or to the package folder when `binary` is None.
     """
-    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", spec)
-    prefix = cache_dir() / "npm" / safe
-    exe = prefix / "node_modules" / ".bin" / binary
-    if exe.exists():
-        return exe
+    prefix = _npm_prefix(spec)
+    target = prefix / "node_modules" / ".bin" / binary if binary else npm_package_dir(spec)
+    marker = prefix / ".complete"
+    if marker.exists() and target.exists():
+        return target
     npm = require_tool("npm", "install Node.js and npm (Debian: apt-get install nodejs npm)")
-    with file_lock(f"npm-{safe}"):
-        if exe.exists():
-            return exe
+    with file_lock(f"npm-{prefix.name}"):
+        if marker.exists() and target.exists():
+            return target
         prefix.mkdir(parents=True, exist_ok=True)
         (prefix / "package.json").write_text('{"name": "flowcraft-service", "private": true}\n')
         run([npm, "install", "--no-audit", "--no-fund", "--loglevel=error", "--prefix",
              str(prefix), spec], what=f"npm install {spec}", cwd=prefix)
-    if not exe.exists():
-        raise ServiceError(f"npm install {spec} did not provide {exe}")
-    return exe
-
-
-def npm_package_dir(spec: str) -> Path:
-    """Return where npm_install put a package's files."""
-    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", spec)
-    name = spec.rsplit("@", 1)[0] if spec.count("@") > (1 if spec.startswith("@") else 0) else spec
-    return cache_dir() / "npm" / safe / "node_modules" / name
+        marker.write_text(spec + "\n")
+    if not target.exists():
+        raise ServiceError(f"npm install {spec} did not provide {target}")
+    return target
 
 
 # --- Maven Central -----------------------------------------------------------------------------

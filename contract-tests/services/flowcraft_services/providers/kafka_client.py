@@ -10,8 +10,10 @@ def probe(env: Mapping[str, str]) -> None:
     """Fetch cluster metadata and require at least one broker in it."""
     from confluent_kafka.admin import AdminClient
 
+    # log_level 0: a broker still booting refuses connections, and librdkafka would print
+    # every refusal to stderr.
     admin = AdminClient({"bootstrap.servers": env["KAFKA_BOOTSTRAP_SERVERS"],
-                         "socket.timeout.ms": 2000})
+                         "socket.timeout.ms": 2000, "log_level": 0})
     metadata = admin.list_topics(timeout=2)
     if not metadata.brokers:
         raise RuntimeError("no brokers in metadata yet")

@@ -9,12 +9,12 @@ reported by :func:`lint_blueprint` instead of raised.
 from __future__ import annotations
 
 import heapq
+import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import orjson
 from pydantic import ValidationError
 
 from flowcraft.blueprint import Blueprint, EdgeDefinition, NodeDefinition, load_blueprint
@@ -535,7 +535,8 @@ def to_mermaid(
         drawn.add(node.id)
         label = _escape_label(node.id)
         if node.params:
-            params = orjson.dumps(node.params, default=str).decode()
+            # Compact like JSON.stringify; stdlib json also copes with integers beyond 64 bits.
+            params = json.dumps(node.params, default=str, ensure_ascii=False, separators=(",", ":"))
             label += "<br/>params: " + _escape_label(params)
         lines.append(f'    {names[node.id]}["{label}"]')
     for edge in bp.edges:

@@ -13,7 +13,7 @@ import inspect
 import json
 import types
 from collections.abc import Awaitable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol, Self, TypeVar
 
 from pydantic import ValidationError
@@ -29,19 +29,14 @@ _ResultT = TypeVar("_ResultT")
 
 
 class SupportsRun(Protocol[_ResultT_co]):
-    """What :meth:`Flow.run` and :meth:`Flow.resume` need of a runtime.
-
-    ``run(blueprint, initial_state, *, function_registry, **options)`` and
-    ``resume(blueprint, state, resume_data, node_id, *, function_registry, **options)``, both
-    awaitable; :class:`flowcraft.FlowRuntime` is one.
-    """
+    """A runtime as :meth:`Flow.run` and :meth:`Flow.resume` use it, e.g. ``FlowRuntime``."""
 
     def run(self, *args: Any, **kwargs: Any) -> Awaitable[_ResultT_co]:
-        """Run a blueprint."""
+        """``run(blueprint, initial_state, *, function_registry, **options)``."""
         ...
 
     def resume(self, *args: Any, **kwargs: Any) -> Awaitable[_ResultT_co]:
-        """Resume a paused run of a blueprint."""
+        """``resume(blueprint, state, resume_data, node_id, *, function_registry, **options)``."""
         ...
 
 
@@ -154,13 +149,6 @@ class _LoopSpec:
     end: str
 
 
-@dataclass(slots=True)
-class _Metadata:
-    version: str | None = None
-    entry_points: list[str] = field(default_factory=list)
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
 class Flow:
     """A workflow under construction; every building method returns the flow itself.
 
@@ -178,10 +166,12 @@ class Flow:
         self._nodes: list[dict[str, Any]] = []
         self._taken: set[str] = set()
         self._batches: dict[str, None] = {}
-        self._loops: list[_LoopSpec] = []
+        self._loops: dict[str, _LoopSpec] = {}
         self._edges: list[_EdgeSpec] = []
         self._registry: dict[str, NodeImplementation] = {}
-        self._metadata = _Metadata()
+        self._version: str | None = None
+        self._entry_points: list[str] = []
+        self._extra_metadata: dict[str, Any] = {}
 
     @property
     def id(self) -> str:
@@ -195,8 +185,6 @@ class Flow:
 
     def __repr__(self) -> str:
         return f"Flow({self._id!r}, nodes={len(self._nodes)}, edges={len(self._edges)})"
-
-    # ----------------------------------------------------------------- nodes and edges
 
     def node(
         self,
@@ -266,8 +254,7 @@ class Flow:
             chunk_size: How many workers to start at once (default: all).
 
         Raises:
-            BlueprintError: An id is taken, ``chunk_size`` is not positive, or the worker's uses
-                key clashes with a different implementation.
+            BlueprintError: An id is taken, ``chunk_size`` is not positive, or a uses key clash.
         """
         scatter, gather = f"{batch_id}_scatter", f"{batch_id}_gather"
         for node_id in (batch_id, scatter, gather):
@@ -318,7 +305,7 @@ class Flow:
             params={"condition": condition},
             config={"joinStrategy": "any"},
         )
-        self._loops.append(_LoopSpec(loop_id, start_node_id, end_node_id))
+        self._loops[loop_id] = _LoopSpec(loop_id, start_node_id, end_node_id)
         self._edges.append(_EdgeSpec(end_node_id, loop_id))
         self._edges.append(_EdgeSpec(loop_id, start_node_id, "continue", loop_end=end_node_id))
         return self
@@ -359,12 +346,8 @@ class Flow:
     ) -> Self:
         """Add a ``subflow`` node running the blueprint registered as ``blueprint_id``.
 
-        Args:
-            node_id: The node id.
-            blueprint_id: The child blueprint's id (in the runtime's ``blueprints``).
-            inputs: Child key → parent key, copied into the child's context.
-            outputs: Parent key → child key, copied back when the child completes.
-            config: The node's config.
+        ``inputs`` maps child key → parent key (copied in); ``outputs`` maps parent key → child
+        key (copied back when the child completes).
         """
         node_config = self._config(node_id, config)
         self._claim(node_id)
@@ -375,31 +358,27 @@ class Flow:
             params["outputs"] = dict(outputs)
         return self._add(node_id, "subflow", params=params, config=node_config)
 
-    # ----------------------------------------------------------------- metadata
-
     def set_cycle_entry_point(self, node_id: str) -> Self:
         """Prefer ``node_id`` as the entry of a cycle that has no start node."""
-        if node_id not in self._metadata.entry_points:
-            self._metadata.entry_points.append(node_id)
+        if node_id not in self._entry_points:
+            self._entry_points.append(node_id)
         return self
 
     def version(self, version: str) -> Self:
         """Set ``metadata.version`` (distributed workers refuse jobs of another version)."""
-        self._metadata.version = version
+        self._version = version
         return self
 
     def metadata(self, **values: Any) -> Self:
         """Set metadata keys; ``version`` and ``cycle_entry_points`` are understood."""
         for key, value in values.items():
             if key == "version":
-                self._metadata.version = value
+                self._version = value
             elif key in ("cycle_entry_points", "cycleEntryPoints"):
-                self._metadata.entry_points = list(value)
+                self._entry_points = list(value)
             else:
-                self._metadata.extra[key] = value
+                self._extra_metadata[key] = value
         return self
-
-    # ----------------------------------------------------------------- output
 
     def to_blueprint(self) -> Blueprint:
         """Build and check a new :class:`~flowcraft.blueprint.Blueprint` (one per call).
@@ -414,7 +393,7 @@ class Flow:
         if not self._nodes:
             raise BlueprintError(f"flow '{self._id}' has no nodes", blueprint_id=self._id)
         node_ids = {node["id"] for node in self._nodes}
-        for loop in self._loops:
+        for loop in self._loops.values():
             for role, ref in (("start", loop.start), ("end", loop.end)):
                 if ref not in node_ids and ref not in self._batches:
                     raise BlueprintError(
@@ -423,30 +402,21 @@ class Flow:
                         node_id=loop.id,
                         blueprint_id=self._id,
                     )
-        placed: set[int] = set()
-        loop_exits: list[dict[str, Any]] = []
-        for loop in self._loops:
-            for index, spec in enumerate(self._edges):
-                if spec.source == loop.id and spec.target != loop.start and index not in placed:
-                    placed.add(index)
-                    transform = spec.transform
-                    if transform is None:
-                        transform = _context_ref(self._resolve(loop.end, "source"))
-                    loop_exits.append(
-                        self._edge_json(spec, action=spec.action or "break", transform=transform)
-                    )
-        batch_edges: list[dict[str, Any]] = []
-        for index, spec in enumerate(self._edges):
-            if index not in placed and (
-                spec.source in self._batches or spec.target in self._batches
-            ):
-                placed.add(index)
-                batch_edges.append(self._edge_json(spec))
-        others = [self._edge_json(s) for i, s in enumerate(self._edges) if i not in placed]
+        loop_rank = {loop_id: rank for rank, loop_id in enumerate(self._loops)}
+
+        def group(spec: _EdgeSpec) -> tuple[int, int]:
+            if self._loop_exit_of(spec) is not None:
+                return (0, loop_rank[spec.source])
+            return (
+                (1, 0) if spec.source in self._batches or spec.target in self._batches else (2, 0)
+            )
+
+        # sorted() is stable, so each group keeps the order in which its edges were added.
+        edges = [self._edge_json(spec) for spec in sorted(self._edges, key=group)]
         raw: dict[str, Any] = {
             "id": self._id,
             "nodes": copy.deepcopy(self._nodes),
-            "edges": loop_exits + batch_edges + others,
+            "edges": edges,
         }
         metadata = self._metadata_json()
         if metadata:
@@ -471,7 +441,7 @@ class Flow:
             **options: Passed on to ``runtime.run`` (``concurrency``, ``signal``, ...).
         """
         return await runtime.run(
-            self.to_blueprint(), initial_state, function_registry=self._registry, **options
+            self.to_blueprint(), initial_state, function_registry=self.function_registry, **options
         )
 
     async def resume(
@@ -496,11 +466,9 @@ class Flow:
             state,
             resume_data,
             node_id,
-            function_registry=self._registry,
+            function_registry=self.function_registry,
             **options,
         )
-
-    # ----------------------------------------------------------------- internals
 
     def _check_free(self, node_id: str) -> None:
         if not isinstance(node_id, str) or not node_id:
@@ -522,22 +490,25 @@ class Flow:
     def _config(
         self, node_id: str, config: NodeConfig | Mapping[str, Any] | None
     ) -> dict[str, Any] | None:
-        if config is None:
-            return None
-        if not isinstance(config, NodeConfig):
-            unknown = sorted(set(config) - _CONFIG_KEYS)
+        if config is None or isinstance(config, NodeConfig):
+            return None if config is None else config.model_dump(by_alias=True, exclude_none=True)
+        # NodeConfig ignores unknown keys; a misspelt "max_retry" must not vanish silently.
+        unknown = sorted(set(config) - _CONFIG_KEYS)
+        reason = f"unknown key(s) {', '.join(map(repr, unknown))}" if unknown else None
+        if reason is None:
             try:
-                if unknown:
-                    raise ValueError(f"unknown key(s) {', '.join(map(repr, unknown))}")
-                config = NodeConfig.model_validate(dict(config))
-            except (ValidationError, ValueError) as exc:
-                raise BlueprintError(
-                    f"flow '{self._id}': node '{node_id}' has an invalid config: {exc}",
-                    node_id=node_id,
-                    blueprint_id=self._id,
-                    field="config",
-                ) from exc
-        return config.model_dump(by_alias=True, exclude_none=True)
+                return NodeConfig.model_validate(dict(config)).model_dump(
+                    by_alias=True, exclude_none=True
+                )
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                reason = f"{'.'.join(map(str, first['loc']))}: {first['msg']}"
+        raise BlueprintError(
+            f"flow '{self._id}': node '{node_id}' has an invalid config: {reason}",
+            node_id=node_id,
+            blueprint_id=self._id,
+            field="config",
+        )
 
     def _register(self, impl: NodeImplementation | str, what: str) -> str:
         if isinstance(impl, str):
@@ -587,29 +558,34 @@ class Flow:
             return f"{ref}_gather" if end == "source" else f"{ref}_scatter"
         return ref
 
-    def _edge_json(
-        self, spec: _EdgeSpec, *, action: str | None = None, transform: str | None = None
-    ) -> dict[str, Any]:
-        if transform is None:
-            transform = spec.transform
-        if transform is None and spec.loop_end is not None:
-            transform = _context_ref(self._resolve(spec.loop_end, "source"))
+    def _loop_exit_of(self, spec: _EdgeSpec) -> _LoopSpec | None:
+        loop = self._loops.get(spec.source)
+        return loop if loop is not None and spec.target != loop.start else None
+
+    def _edge_json(self, spec: _EdgeSpec) -> dict[str, Any]:
+        action, transform, end = spec.action, spec.transform, spec.loop_end
+        exit_of = self._loop_exit_of(spec)
+        if exit_of is not None:
+            action, end = action or "break", exit_of.end
+        if transform is None and end is not None:
+            # The controller has no output of its own; hand on the loop body's last output.
+            transform = _context_ref(self._resolve(end, "source"))
         edge = {
             "source": self._resolve(spec.source, "source"),
             "target": self._resolve(spec.target, "target"),
-            "action": action or spec.action,
+            "action": action,
             "condition": spec.condition,
             "transform": transform,
         }
         return _present(edge)
 
     def _metadata_json(self) -> dict[str, Any]:
-        metadata = dict(self._metadata.extra)
-        if self._metadata.version is not None:
-            metadata["version"] = self._metadata.version
+        metadata = dict(self._extra_metadata)
+        if self._version is not None:
+            metadata["version"] = self._version
         entry_points: list[str] = []
         node_ids = {node["id"] for node in self._nodes}
-        for ref in self._metadata.entry_points:
+        for ref in self._entry_points:
             resolved = self._resolve(ref, "target")
             if resolved not in node_ids:
                 raise BlueprintError(
