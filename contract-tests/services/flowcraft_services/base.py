@@ -70,7 +70,9 @@ class Service(ABC):
     def env(self) -> dict[str, str]:
         """Connection settings of the running server."""
         if self.state is None:
-            raise ServiceError(f"{self.name} is not running; run `nox -s services -- up {self.name}`")
+            raise ServiceError(
+                f"{self.name} is not running; run `nox -s services -- up {self.name}`"
+            )
         return dict(self.state.env)
 
     def ready(self) -> None:
@@ -126,7 +128,7 @@ class LocalService(Service):
     def launch(self, workdir: Path) -> Launch:
         """Start the server's processes with data and logs in `workdir`; do not wait."""
 
-    def after_ready(self, launch: Launch) -> None:  # noqa: B027 - most servers need nothing
+    def after_ready(self, launch: Launch) -> None:
         """Hook run once the server answers, e.g. to record helper processes it spawned."""
 
     @property

@@ -180,11 +180,11 @@ def rss_bytes(refs: Sequence[ProcessRef]) -> int:
 def listening_addresses(refs: Sequence[ProcessRef]) -> list[tuple[str, int]]:
     """Return every (address, port) the processes and their descendants listen on."""
     pids = {proc.pid for ref in refs for proc in tree(ref)}
-    found: list[tuple[str, int]] = []
-    for conn in psutil.net_connections(kind="inet"):
-        if conn.pid in pids and conn.status == psutil.CONN_LISTEN and conn.laddr:
-            found.append((conn.laddr.ip, conn.laddr.port))
-    return found
+    return [
+        (conn.laddr.ip, conn.laddr.port)
+        for conn in psutil.net_connections(kind="inet")
+        if conn.pid in pids and conn.status == psutil.CONN_LISTEN and conn.laddr
+    ]
 
 
 def is_loopback(address: str) -> bool:

@@ -6,8 +6,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import ClassVar
 
-from .. import installers, procs
-from ..base import Launch, LocalService
+from flowcraft_services import installers, procs
+from flowcraft_services.base import Launch, LocalService
 
 # 3.35.0 is the newest Azurite that runs on Node 20; later ones need Node >= 21.
 NPM_SPEC = "azurite@3.35.0"

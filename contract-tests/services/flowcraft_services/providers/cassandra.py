@@ -6,8 +6,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
-from .. import installers, procs
-from ..base import Launch, LocalService
+from flowcraft_services import installers, procs
+from flowcraft_services.base import Launch, LocalService
 
 VERSION = "5.0.6"
 

@@ -8,8 +8,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
 
-from .. import installers, procs
-from ..base import Launch, LocalService
+from flowcraft_services import installers, procs
+from flowcraft_services.base import Launch, LocalService
 
 NPM_SPEC = "@vercel/cosmosdb-server@1.0.1"
 # The Cosmos emulator's published key; the server accepts any valid base64 key.
@@ -20,8 +20,11 @@ def client(env: Mapping[str, str]) -> Any:
     """Return an azure-cosmos client; the server's certificate is self-signed."""
     from azure.cosmos import CosmosClient
 
+    # Emulators advertise their own idea of their address (a container's internal port, for
+    # one); endpoint discovery off keeps every request on the endpoint we were given.
     return CosmosClient(env["COSMOS_ENDPOINT"], credential=env["COSMOS_KEY"],
-                        connection_verify=False, retry_total=0, connection_timeout=5)
+                        connection_verify=False, retry_total=0, connection_timeout=5,
+                        enable_endpoint_discovery=False)
 
 
 @contextmanager

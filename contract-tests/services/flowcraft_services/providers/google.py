@@ -8,8 +8,8 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
-from .. import installers
-from ..errors import ServiceError
+from flowcraft_services import installers
+from flowcraft_services.errors import ServiceError
 
 PROJECT = "flowcraft-test"
 SDK_ROOTS = (Path("/usr/lib/google-cloud-sdk"), Path("/usr/share/google-cloud-sdk"))

@@ -8,8 +8,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import ClassVar
 
-from .. import installers, procs
-from ..base import Launch, LocalService
+from flowcraft_services import installers, procs
+from flowcraft_services.base import Launch, LocalService
+
 from . import kafka_client
 
 VERSION = "4.1.1"

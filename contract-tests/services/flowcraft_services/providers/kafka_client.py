@@ -31,7 +31,7 @@ def wipe(env: Mapping[str, str], *, timeout: float = 30.0) -> None:
             # A group with live members cannot be deleted; the tests' own cleanup handles it.
             try:
                 future.result()
-            except Exception:  # noqa: S112 - best effort, see above
+            except Exception:
                 continue
     topics = [t for t in admin.list_topics(timeout=10).topics if not t.startswith("__")]
     if not topics:

@@ -6,8 +6,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import ClassVar
 
-from .. import installers, procs
-from ..base import Launch, LocalService
+from flowcraft_services import installers, procs
+from flowcraft_services.base import Launch, LocalService
+
 from . import aws
 
 MOTO_REQUIREMENTS = ("moto[dynamodb,sqs]==5.2.5", "flask>=3", "flask-cors>=4")

@@ -10,10 +10,10 @@ from typing import ClassVar
 
 import psutil
 
-from .. import installers, procs
-from ..base import Launch, LocalService
-from ..errors import ServiceError
-from ..procs import ProcessRef
+from flowcraft_services import installers, procs
+from flowcraft_services.base import Launch, LocalService
+from flowcraft_services.errors import ServiceError
+from flowcraft_services.procs import ProcessRef
 
 # The Debian wrapper in /usr/sbin switches to the system `rabbitmq` user and its fixed paths;
 # the real script lets us run a private node anywhere.
@@ -117,7 +117,7 @@ class RabbitMQService(LocalService):
 
 def _reset_with_ctl(env: Mapping[str, str]) -> None:
     """Delete and recreate vhost "/" with rabbitmqctl, using the node's private cookie."""
-    from ..state import RunState
+    from flowcraft_services.state import RunState
 
     state = RunState.load("rabbitmq")
     if state is None or state.env.get("AMQP_URL") != env["AMQP_URL"]:

@@ -407,17 +407,12 @@ class Flow:
         def group(spec: _EdgeSpec) -> tuple[int, int]:
             if self._loop_exit_of(spec) is not None:
                 return (0, loop_rank[spec.source])
-            return (
-                (1, 0) if spec.source in self._batches or spec.target in self._batches else (2, 0)
-            )
+            touches_batch = spec.source in self._batches or spec.target in self._batches
+            return (1, 0) if touches_batch else (2, 0)
 
         # sorted() is stable, so each group keeps the order in which its edges were added.
         edges = [self._edge_json(spec) for spec in sorted(self._edges, key=group)]
-        raw: dict[str, Any] = {
-            "id": self._id,
-            "nodes": copy.deepcopy(self._nodes),
-            "edges": edges,
-        }
+        raw: dict[str, Any] = {"id": self._id, "nodes": copy.deepcopy(self._nodes), "edges": edges}
         metadata = self._metadata_json()
         if metadata:
             raw["metadata"] = metadata

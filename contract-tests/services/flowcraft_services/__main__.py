@@ -1,0 +1,7 @@
+"""`python -m flowcraft_services ...`."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
