@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from flowcraft.blueprint import NodeDefinition
-from flowcraft.context import OUTPUTS, ContextView, MemoryContext
+from flowcraft.context import OUTPUTS, MemoryContext
 from flowcraft.errors import (
     FlowcraftError,
     ImplementationNotFound,
@@ -31,6 +31,7 @@ from flowcraft.result import WorkflowStatus
 from flowcraft.runtime._executor import Attempts, invoker_for, run_with_middleware
 from flowcraft.runtime._graph import Graph, NodeSpec
 from flowcraft.runtime._inputs import resolve_inputs
+from flowcraft.runtime._routing import condition_scope, input_from_edges, select_edges
 
 if TYPE_CHECKING:
     from flowcraft.runtime.runtime import FlowRuntime
@@ -252,29 +253,10 @@ class Run:
             return resolve_inputs(data, definition.inputs)
         if not arrived:
             return data.get(INPUTS + node_id)
-        edges = self.graph.edges
         taken = [(source, index) for source, index in arrived.items() if index >= 0]
-        if definition.inputs is not None and not any(edges[i].transform for _, i in taken):
-            return resolve_inputs(data, definition.inputs)
-        if len(spec.preds) <= 1:
-            value = self._edge_value(taken[0][1], definition) if taken else None
-        else:
-            value = {source: self._edge_value(index, definition) for source, index in taken}
+        value = input_from_edges(self.evaluator, self.graph.edges, spec, data, taken)
         data[INPUTS + node_id] = value
         return value
-
-    def _edge_value(self, index: int, target: NodeDefinition) -> Any:
-        edge = self.graph.edges[index]
-        data = self.data
-        value = data.get(OUTPUTS + edge.source)
-        if edge.transform is None:
-            return value
-        if isinstance(target.inputs, str):
-            ref = target.inputs if target.inputs[:1] == "_" else OUTPUTS + target.inputs
-            if ref != OUTPUTS + edge.source and ref in data:
-                value = data[ref]
-        scope = {"input": value, "context": ContextView(data)}
-        return self.evaluator.evaluate(edge.transform, scope)
 
     # ----------------------------------------------------------------- outcomes
 
@@ -423,32 +405,13 @@ class Run:
     def _select(
         self, node_id: str, edges: tuple[tuple[int, Any], ...], result: NodeResult
     ) -> set[int]:
-        action = result.action
-        chosen: set[int] = set()
-        if action is not None:
-            for index, edge in edges:
-                if edge.action == action and self._passes(node_id, edge, result):
-                    chosen.add(index)
-        if not chosen:
-            for index, edge in edges:
-                if edge.action is None and self._passes(node_id, edge, result):
-                    chosen.add(index)
-        return chosen
+        return select_edges(edges, result, lambda edge: self._passes(node_id, edge, result))
 
     def _passes(self, node_id: str, edge: Any, result: NodeResult) -> bool:
         condition = edge.condition
         if condition is None:
             return True
-        outcome = self.evaluator.evaluate(
-            condition,
-            ContextView(
-                self.data,
-                {
-                    "result": {"output": result.output, "action": result.action},
-                    "context": ContextView(self.data),
-                },
-            ),
-        )
+        outcome = self.evaluator.evaluate(condition, condition_scope(self.data, result))
         passed = bool(outcome)
         bus = self.bus
         if bus is not None:

@@ -7,13 +7,13 @@ import contextlib
 import inspect
 import logging
 from collections.abc import Awaitable, Callable
-from functools import partial
 from typing import Any
 
 from flowcraft.errors import FlowcraftError, NodeExecutionError, NodeTimeoutError, WorkflowCancelled
 from flowcraft.events import EventBus
 from flowcraft.middleware import Middleware
 from flowcraft.node import Node, NodeContext, NodeResult, to_node_result
+from flowcraft.runtime._threads import run_in_thread
 
 __all__ = ["Invoker", "invoker_for", "run_with_middleware"]
 
@@ -45,7 +45,7 @@ def _is_async(fn: Any) -> bool:
 async def _call(fn: Callable[..., Any], is_async: bool, *args: Any) -> Any:
     if is_async:
         return await fn(*args)
-    value = await asyncio.get_running_loop().run_in_executor(None, partial(fn, *args))
+    value = await run_in_thread(fn, *args)
     if inspect.isawaitable(value):
         value = await value
     return value
