@@ -116,23 +116,31 @@ class RabbitMQService(LocalService):
 
 
 def _reset_with_ctl(env: Mapping[str, str]) -> None:
-    """Delete and recreate vhost "/" with rabbitmqctl, using the node's private cookie."""
+    """Delete and recreate vhost "/" with rabbitmqctl, on the node this checkout started.
+
+    AMQP cannot list queues, so the reset goes through the node's own CLI: directly, with the
+    private node's cookie, or inside the container in Docker mode.
+    """
     from flowcraft_services.state import RunState
 
     state = RunState.load("rabbitmq")
     if state is None or state.env.get("AMQP_URL") != env["AMQP_URL"]:
-        raise ServiceError("rabbitmq reset needs the local node's state; "
+        raise ServiceError("rabbitmq reset works on a broker started by flowcraft_services; "
                            "for an external broker delete your queues yourself")
-    workdir = Path(state.workdir)
+    commands = [["delete_vhost", "/"], ["add_vhost", "/"],
+                ["set_permissions", "-p", "/", "guest", ".*", ".*", ".*"]]
+    if state.mode == "docker":
+        for command in commands:
+            installers.run(["docker", "exec", state.containers[0], "rabbitmqctl", *command],
+                           what="rabbitmqctl in the container")
+        return
     extra = state.extra
     ctl_env = {
-        "HOME": str(workdir),
+        "HOME": state.workdir,
         "ERL_EPMD_PORT": str(extra["epmd_port"]),
         "RABBITMQ_NODENAME": f"flowcraft{extra['port']}@localhost",
     }
     ctl = str(SERVER.parent / "rabbitmqctl")
-    node = ["-n", ctl_env["RABBITMQ_NODENAME"]]
-    installers.run([ctl, *node, "delete_vhost", "/"], what="rabbitmqctl", env=ctl_env)
-    installers.run([ctl, *node, "add_vhost", "/"], what="rabbitmqctl", env=ctl_env)
-    installers.run([ctl, *node, "set_permissions", "-p", "/", "guest", ".*", ".*", ".*"],
-                   what="rabbitmqctl", env=ctl_env)
+    for command in commands:
+        installers.run([ctl, "-n", ctl_env["RABBITMQ_NODENAME"], *command],
+                       what="rabbitmqctl", env=ctl_env)

@@ -1,0 +1,29 @@
+"""Driver errors translated into Flowcraft's, where they occur."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import redis.exceptions
+
+from flowcraft.errors import AdapterError, ConnectionFailed
+
+__all__ = ["retryable_errors", "translated"]
+
+retryable_errors: tuple[type[BaseException], ...] = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+)
+"""Driver errors after which a reconnect and retry can succeed."""
+
+
+@asynccontextmanager
+async def translated() -> AsyncIterator[None]:
+    """Re-raise redis errors as :class:`ConnectionFailed` or :class:`AdapterError`."""
+    try:
+        yield
+    except retryable_errors as exc:
+        raise ConnectionFailed(f"redis unreachable: {exc}") from exc
+    except redis.exceptions.RedisError as exc:
+        raise AdapterError(f"redis error: {exc}") from exc

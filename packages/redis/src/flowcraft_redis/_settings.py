@@ -1,0 +1,57 @@
+"""Connection settings and the key layout of the Redis backend."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+
+__all__ = ["RedisSettings"]
+
+
+@dataclass(frozen=True, slots=True)
+class RedisSettings:
+    """Where Redis is and how keys are named.
+
+    The defaults keep the TypeScript BullMQ adapter's layout (``workflow:state:<runId>``,
+    ``workflow:status:<runId>``, queue ``flowcraft-queue``) so TS clients can drive Python
+    workers.
+
+    Attributes:
+        url: ``redis://host:port/db``.
+        queue_name: The BullMQ queue (and the Streams stream's base name).
+        state_prefix: Prefix of each run's context hash.
+        status_prefix: Prefix of each run's final status key.
+        coordination_prefix: Prefix of join marks, fences, counters and timers.
+        state_ttl_seconds: TTL given to a finished run's keys (0 keeps them forever).
+    """
+
+    url: str = "redis://127.0.0.1:6379/0"
+    queue_name: str = "flowcraft-queue"
+    state_prefix: str = "workflow:state:"
+    status_prefix: str = "workflow:status:"
+    coordination_prefix: str = "flowcraft:"
+    state_ttl_seconds: int = 86_400
+
+    @classmethod
+    def from_env(cls, **overrides: str | int) -> RedisSettings:
+        """Settings from ``REDIS_URL`` (and keyword overrides)."""
+        url = os.environ.get("REDIS_URL", cls.url)
+        return cls(url=url, **overrides)  # type: ignore[arg-type]
+
+    def client(self) -> aioredis.Redis:
+        """A new client (connection pool) for these settings."""
+        return aioredis.Redis.from_url(self.url, decode_responses=False)
+
+    def state_key(self, run_id: str) -> str:
+        """The hash holding a run's context."""
+        return f"{self.state_prefix}{run_id}"
+
+    def status_key(self, run_id: str) -> str:
+        """The string holding a run's final result."""
+        return f"{self.status_prefix}{run_id}"
+
+    def coordination_key(self, key: str) -> str:
+        """A coordination key in this namespace."""
+        return f"{self.coordination_prefix}{key}"

@@ -1,0 +1,112 @@
+"""``RedisContextStore``: each run's context in one hash, one JSON-encoded field per key.
+
+This is the TypeScript adapter's layout (``workflow:state:<runId>``), so a TS client that HSETs
+the initial state is understood. A field holds at most 512 MB (Redis' limit).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+
+from flowcraft.errors import SerializationError
+from flowcraft.node import PatchOperation
+from flowcraft_redis._errors import translated
+from flowcraft_redis._settings import RedisSettings
+
+__all__ = ["RedisContextStore"]
+
+
+def _encode(key: str, value: Any) -> bytes:
+    try:
+        return orjson.dumps(value)
+    except TypeError as exc:
+        raise SerializationError(
+            f"context key '{key}' holds a value that is not JSON: {exc}"
+        ) from exc
+
+
+def _decode(raw: bytes | None) -> Any:
+    # The TS client writes empty strings for undefined values.
+    if raw is None or raw == b"":
+        return None
+    return orjson.loads(raw)
+
+
+class RedisContextStore:
+    """A :class:`~flowcraft.distributed.ContextStore` on Redis hashes.
+
+    Args:
+        client: A ``redis.asyncio`` client (not closed by this store).
+        settings: Key layout.
+    """
+
+    def __init__(self, client: aioredis.Redis, settings: RedisSettings | None = None) -> None:
+        self._redis = client
+        self._settings = settings or RedisSettings()
+
+    def _key(self, run_id: str) -> str:
+        return self._settings.state_key(run_id)
+
+    async def get(self, run_id: str, key: str) -> Any:
+        async with translated():
+            return _decode(await self._redis.hget(self._key(run_id), key))
+
+    async def set(self, run_id: str, key: str, value: Any) -> None:
+        data = _encode(key, value)
+        async with translated():
+            await self._redis.hset(self._key(run_id), key, data)
+
+    async def has(self, run_id: str, key: str) -> bool:
+        async with translated():
+            return bool(await self._redis.hexists(self._key(run_id), key))
+
+    async def delete(self, run_id: str, key: str) -> bool:
+        async with translated():
+            return bool(await self._redis.hdel(self._key(run_id), key))
+
+    async def get_many(self, run_id: str, keys: Iterable[str]) -> dict[str, Any]:
+        wanted = list(dict.fromkeys(keys))
+        if not wanted:
+            return {}
+        async with translated():
+            values = await self._redis.hmget(self._key(run_id), wanted)
+        return {k: _decode(v) for k, v in zip(wanted, values, strict=True) if v is not None}
+
+    async def patch(self, run_id: str, operations: Iterable[PatchOperation]) -> None:
+        sets: dict[str, bytes] = {}
+        deletes: list[str] = []
+        for op in operations:
+            kind, key = op.get("op"), op.get("key")
+            if not isinstance(key, str) or kind not in ("set", "delete"):
+                raise ValueError(f"invalid patch operation {op!r}: need op set/delete and a key")
+            if kind == "set":
+                if "value" not in op:
+                    raise ValueError(f"patch operation {op!r} sets no value")
+                sets[key] = _encode(key, op["value"])
+                if key in deletes:
+                    deletes.remove(key)
+            else:
+                sets.pop(key, None)
+                deletes.append(key)
+        if not sets and not deletes:
+            return
+        name = self._key(run_id)
+        async with translated(), self._redis.pipeline(transaction=True) as pipe:
+            if sets:
+                pipe.hset(name, mapping=sets)  # type: ignore[arg-type]
+            if deletes:
+                pipe.hdel(name, *deletes)
+            await pipe.execute()
+
+    async def to_dict(self, run_id: str) -> dict[str, Any]:
+        async with translated():
+            raw = await self._redis.hgetall(self._key(run_id))
+        return {k.decode(): _decode(v) for k, v in raw.items()}
+
+    async def delete_run(self, run_id: str) -> None:
+        async with translated():
+            await self._redis.delete(self._key(run_id))

@@ -1,0 +1,90 @@
+"""``RedisCoordinationStore``: atomic join marks, fences, counters and timers, each with a TTL.
+
+Every operation is one atomic server-side step (a MULTI block or a single command), so any
+number of workers can race on the same key.
+"""
+
+from __future__ import annotations
+
+import redis.asyncio as aioredis
+
+from flowcraft_redis._errors import translated
+from flowcraft_redis._settings import RedisSettings
+
+__all__ = ["RedisCoordinationStore"]
+
+# Sets read through get() as their size, like counters, so callers need not know the type.
+_GET = """
+local kind = redis.call('TYPE', KEYS[1]).ok
+if kind == 'string' then return redis.call('GET', KEYS[1]) end
+if kind == 'set' then return tostring(redis.call('SCARD', KEYS[1])) end
+return false
+"""
+
+
+def _ms(ttl: float) -> int:
+    return max(1, int(ttl * 1000))
+
+
+class RedisCoordinationStore:
+    """A :class:`~flowcraft.distributed.CoordinationStore` on plain Redis keys.
+
+    Args:
+        client: A ``redis.asyncio`` client (not closed by this store).
+        settings: Key layout; every key gets ``settings.coordination_prefix``.
+    """
+
+    def __init__(self, client: aioredis.Redis, settings: RedisSettings | None = None) -> None:
+        self._redis = client
+        self._settings = settings or RedisSettings()
+        self._get = client.register_script(_GET)
+
+    def _key(self, key: str) -> str:
+        return self._settings.coordination_key(key)
+
+    async def increment(self, key: str, ttl: float) -> int:
+        name = self._key(key)
+        async with translated(), self._redis.pipeline(transaction=True) as pipe:
+            pipe.incr(name)
+            pipe.pexpire(name, _ms(ttl))
+            value, _ = await pipe.execute()
+        return int(value)
+
+    async def set_if_not_exist(self, key: str, value: str, ttl: float) -> bool:
+        async with translated():
+            return bool(await self._redis.set(self._key(key), value, nx=True, px=_ms(ttl)))
+
+    async def add_to_set(self, key: str, member: str, ttl: float) -> int:
+        name = self._key(key)
+        async with translated(), self._redis.pipeline(transaction=True) as pipe:
+            pipe.sadd(name, member)
+            pipe.pexpire(name, _ms(ttl))
+            pipe.scard(name)
+            _, _, size = await pipe.execute()
+        return int(size)
+
+    async def remove_from_set(self, key: str, member: str) -> int:
+        name = self._key(key)
+        async with translated(), self._redis.pipeline(transaction=True) as pipe:
+            pipe.srem(name, member)
+            pipe.scard(name)
+            _, size = await pipe.execute()
+        return int(size)
+
+    async def members(self, key: str) -> set[str]:
+        async with translated():
+            raw = await self._redis.smembers(self._key(key))
+        return {m.decode() for m in raw}
+
+    async def extend_ttl(self, key: str, ttl: float) -> bool:
+        async with translated():
+            return bool(await self._redis.pexpire(self._key(key), _ms(ttl)))
+
+    async def get(self, key: str) -> str | None:
+        async with translated():
+            raw = await self._get(keys=[self._key(key)])
+        return None if raw is None else raw.decode()
+
+    async def delete(self, key: str) -> None:
+        async with translated():
+            await self._redis.delete(self._key(key))
