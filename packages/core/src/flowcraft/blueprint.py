@@ -47,8 +47,8 @@ class NodeConfig(_Model):
     """
 
     max_retries: int | None = Field(default=None, ge=0)
-    retry_delay: float | None = Field(default=None, ge=0)
-    timeout: float | None = Field(default=None, gt=0)
+    retry_delay: int | float | None = Field(default=None, ge=0)
+    timeout: int | float | None = Field(default=None, gt=0)
     fallback: str | None = None
     join_strategy: JoinStrategy | None = None
 

@@ -1,0 +1,28 @@
+"""Distributed execution: the adapter contract every backend implements, a worker and a client.
+
+A backend provides a queue (the abstract hooks of :class:`BaseDistributedAdapter`), a
+:class:`ContextStore` and a :class:`CoordinationStore`; all orchestration lives in the base
+adapter. :mod:`flowcraft.memory` is the in-process reference backend.
+"""
+
+from flowcraft.distributed._protocols import ContextStore, CoordinationStore, Delivery, JobPayload
+from flowcraft.distributed.adapter import BaseDistributedAdapter, JobRejected
+from flowcraft.distributed.client import Client
+from flowcraft.distributed.reconciler import ReconcileStats, Reconciler
+from flowcraft.distributed.worker import Worker
+
+__all__ = [
+    # The contract
+    "BaseDistributedAdapter",
+    "ContextStore",
+    "CoordinationStore",
+    "Delivery",
+    "JobPayload",
+    # Running
+    "Client",
+    "Reconciler",
+    "ReconcileStats",
+    "Worker",
+    # Errors
+    "JobRejected",
+]

@@ -1,0 +1,226 @@
+"""Running the node of one job: its input, the node call, and what a failure or pause means."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from flowcraft.context import OUTPUTS
+from flowcraft.distributed._jobrun import JobRun, StoreContext
+from flowcraft.distributed._orchestration import job_id
+from flowcraft.distributed._protocols import JobPayload
+from flowcraft.errors import (
+    FlowcraftError,
+    ImplementationNotFound,
+    NodeExecutionError,
+    WorkflowCancelled,
+)
+from flowcraft.node import NodeContext, NodeResult, PatchOperation
+from flowcraft.runtime._executor import Attempts, invoker_for, run_with_middleware
+from flowcraft.runtime._graph import Graph, NodeSpec
+from flowcraft.runtime._inputs import resolve_inputs
+from flowcraft.runtime._routing import input_from_edges
+
+if TYPE_CHECKING:
+    from flowcraft.distributed.adapter import BaseDistributedAdapter
+
+__all__ = ["Outcome", "execute_node"]
+
+_log = logging.getLogger("flowcraft.distributed")
+INPUTS = "_inputs."
+# Built-ins that read arbitrary context keys through ctx._run.data.
+_NEEDS_ALL = frozenset({"loop-controller", "batch-gather"})
+
+
+@dataclass(slots=True)
+class Outcome:
+    """A node's result and the context operations to store with it."""
+
+    result: NodeResult
+    ops: list[PatchOperation] = field(default_factory=list)
+
+
+def _reference_keys(ref: str) -> list[str]:
+    if ref[:1] == "_":
+        return [ref]
+    base = ref.partition(".")[0]
+    return [OUTPUTS + base, base]
+
+
+def _input_keys(spec: NodeSpec) -> list[str]:
+    inputs = spec.definition.inputs
+    if inputs is None:
+        return []
+    refs = [inputs] if isinstance(inputs, str) else list(inputs.values())
+    return [k for ref in refs for k in _reference_keys(ref)]
+
+
+async def _input(
+    adapter: BaseDistributedAdapter, payload: JobPayload, graph: Graph, node_id: str
+) -> tuple[Any, dict[str, Any], list[PatchOperation]]:
+    """The node's input, the context data loaded for it, and ``_inputs`` writes."""
+    run_id = payload.run_id
+    spec = graph.nodes[node_id]
+    uses = spec.definition.uses
+    if spec.definition.inputs is not None and not spec.has_in_transform:
+        keys = None if uses in _NEEDS_ALL else _input_keys(spec)
+        data = await adapter.job_run_data(run_id, keys)
+        return resolve_inputs(data, spec.definition.inputs), data, []
+    marks = await adapter.coordination.members(
+        adapter.keys.taken(run_id, node_id, payload.iteration)
+    )
+    taken: list[tuple[str, int]] = []
+    for mark in sorted(marks):
+        source, _, position = mark.rpartition("|")
+        if source in graph.out_edges and int(position) < len(graph.out_edges[source]):
+            taken.append((source, graph.out_edges[source][int(position)]))
+    needs_all = uses in _NEEDS_ALL or any(graph.edges[i].transform for _, i in taken)
+    keys = None if needs_all else [INPUTS + node_id, *(OUTPUTS + s for s, _ in taken)]
+    if keys is not None:
+        keys += _input_keys(spec)
+    data = await adapter.job_run_data(run_id, keys)
+    if not taken:
+        return data.get(INPUTS + node_id), data, []
+    value = input_from_edges(adapter.evaluator, graph.edges, spec, data, taken)
+    return value, data, [{"op": "set", "key": INPUTS + node_id, "value": value}]
+
+
+async def _watch(adapter: BaseDistributedAdapter, run_id: str, signal: asyncio.Event) -> None:
+    final = adapter.keys.final(run_id)
+    while not signal.is_set():
+        await asyncio.sleep(adapter.cancel_poll)
+        if await adapter.coordination.get(final) is not None:
+            signal.set()
+
+
+def _as_error(payload: JobPayload, exc: BaseException) -> FlowcraftError:
+    if isinstance(exc, FlowcraftError):
+        exc.node_id = exc.node_id or payload.node_id
+        exc.blueprint_id = exc.blueprint_id or payload.blueprint_id
+        exc.run_id = exc.run_id or payload.run_id
+        return exc
+    error = NodeExecutionError(
+        f"node '{payload.node_id}' failed: {type(exc).__name__}: {exc}",
+        node_id=payload.node_id,
+        blueprint_id=payload.blueprint_id,
+        run_id=payload.run_id,
+    )
+    error.__cause__ = exc
+    return error
+
+
+async def execute_node(
+    adapter: BaseDistributedAdapter,
+    payload: JobPayload,
+    graph: Graph,
+    spec: NodeSpec,
+    role: str,
+) -> Outcome | None:
+    """Run the job's node; None when it paused or failed (both already recorded)."""
+    node_id = payload.node_id
+    if role == "resume":
+        resume = payload.resume or {}
+        if "output" in resume:
+            output = resume["output"]
+        elif spec.definition.uses == "sleep":
+            output = (await _input(adapter, payload, graph, node_id))[0]
+        else:
+            output = None
+        await adapter.unpark(payload.run_id, node_id)
+        action = resume.get("action")
+        return Outcome(NodeResult(output=output, action=None if action is None else str(action)))
+    # A fallback receives what its failed primary received.
+    input_node = role[3:] if role.startswith("fb:") else node_id
+    value, data, ops = await _input(adapter, payload, graph, input_node)
+    if input_node != node_id:
+        ops = []
+    run = adapter.job_run(payload.run_id, data)
+    signal = asyncio.Event()
+    ctx = NodeContext(
+        input=value,
+        context=StoreContext(adapter.context, payload.run_id),
+        params=spec.definition.params or {},
+        dependencies=adapter.dependencies,
+        signal=signal,
+        node_id=node_id,
+        run_id=payload.run_id,
+        blueprint_id=payload.blueprint_id,
+        attempt=payload.attempt,
+        run=run,
+    )
+    watcher = asyncio.ensure_future(_watch(adapter, payload.run_id, signal))
+    try:
+        result = await _invoke(adapter, ctx, spec, payload)
+    except WorkflowCancelled:
+        return None
+    except Exception as exc:
+        await _failed(adapter, payload, spec, _as_error(payload, exc), role)
+        return None
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+    if run.paused is not None:
+        await adapter.park(payload, run.paused)
+        return None
+    return Outcome(result, [*run.changes(), *ops])
+
+
+async def _invoke(
+    adapter: BaseDistributedAdapter, ctx: NodeContext, spec: NodeSpec, payload: JobPayload
+) -> NodeResult:
+    uses = spec.definition.uses
+    try:
+        implementation = adapter.registry[uses]
+    except KeyError:
+        raise ImplementationNotFound(
+            f"node '{payload.node_id}' uses '{uses}', which is in no registry of this worker",
+            node_id=payload.node_id,
+        ) from None
+    invoker = invoker_for(implementation)
+    attempts = Attempts(spec.max_attempts, spec.retry_delay, spec.timeout, adapter.event_bus)
+    if not adapter.middleware:
+        return await invoker(ctx, attempts)
+
+    async def core() -> NodeResult:
+        try:
+            return await invoker(ctx, attempts)
+        except Exception as exc:
+            raise _as_error(payload, exc) from exc
+
+    return await run_with_middleware(adapter.middleware, ctx, core)
+
+
+async def _failed(
+    adapter: BaseDistributedAdapter,
+    payload: JobPayload,
+    spec: NodeSpec,
+    error: FlowcraftError,
+    role: str,
+) -> None:
+    bus = adapter.event_bus
+    fallback = spec.fallback
+    if fallback is not None and not error.is_fatal and not role.startswith("fb:"):
+        _log.warning("node %s failed (%s); running fallback %s", payload.node_id, error, fallback)
+        job = JobPayload(
+            run_id=payload.run_id,
+            blueprint_id=payload.blueprint_id,
+            node_id=fallback,
+            iteration=payload.iteration,
+            trace_context=payload.trace_context,
+            extra={"rescues": payload.node_id},
+        )
+        fence = adapter.keys.fallback(payload.run_id, payload.node_id, payload.iteration)
+        member = job_id(fallback, payload.iteration, f"fb:{payload.node_id}")
+        await adapter.enqueue_job(job, member, fence=fence)
+        return
+    if bus is not None and bus.wants("node:error"):
+        bus.emit(
+            "node:error",
+            {"nodeId": payload.node_id, "error": error.to_dict(), "executionId": payload.run_id},
+        )
+    _log.error("run %s failed at node %s: %s", payload.run_id, payload.node_id, error)
+    await adapter.publish_final(payload.run_id, "failed", [error])

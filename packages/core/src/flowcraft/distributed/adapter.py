@@ -1,0 +1,518 @@
+"""``BaseDistributedAdapter``: runs one node per queued job, for any backend.
+
+A backend subclasses it and implements the queue hooks (``_receive``, ``_enqueue``, ``_ack``,
+``_dead_letter``, ``_release``, ``_extend_lease``) and the result channel (``_publish_result``,
+``_wait_for_publish``), and hands in its two stores. Everything else — job handling,
+idempotency under redelivery, routing, joins, dead paths, fallbacks, pausing, timers, version
+checks, cancellation and the one final result — lives here and in ``_orchestration.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from flowcraft.blueprint import Blueprint
+from flowcraft.context import OUTPUTS
+from flowcraft.distributed._keys import AWAITING, DYNAMIC, PROGRESS, Keys
+from flowcraft.distributed._orchestration import (
+    RESUME,
+    STATUS,
+    Orchestration,
+    job_id,
+    parse_job_id,
+)
+from flowcraft.distributed._protocols import ContextStore, CoordinationStore, Delivery, JobPayload
+from flowcraft.distributed._execute import execute_node
+from flowcraft.errors import FlowcraftError, ResumeError, SerializationError
+from flowcraft.evaluator import Evaluator, SafeEvaluator
+from flowcraft.events import EventBus
+from flowcraft.middleware import Middleware
+from flowcraft.node import NodeResult
+from flowcraft.result import WorkflowResult
+from flowcraft.runtime._graph import Graph
+
+__all__ = ["BaseDistributedAdapter", "JobRejected"]
+
+_log = logging.getLogger("flowcraft.distributed")
+_UNSET: Any = object()
+
+
+class JobRejected(FlowcraftError):
+    """A job cannot be run (malformed, unknown blueprint or node, version mismatch)."""
+
+
+class BaseDistributedAdapter(Orchestration, ABC):
+    """The orchestration of distributed runs over a backend's queue and stores.
+
+    Args:
+        coordination: The backend's coordination store.
+        context: The backend's context store.
+        registry: ``uses`` key → implementation; built-ins are included.
+        blueprints: Blueprint id → blueprint the workers can run.
+        dependencies: Services handed to every node as ``ctx.dependencies``.
+        middleware: Wrappers around every node.
+        event_bus: Receives ``job:*``, ``node:*`` and ``workflow:finish`` events.
+        evaluator: Evaluates conditions and transforms; the safe evaluator by default.
+        namespace: Prefix of every coordination key.
+        ttl: Seconds coordination keys live (refreshed as they are written).
+        lease: Seconds a delivered job stays invisible; the heartbeat extends it.
+        cancel_poll: Seconds between checks, while a node runs, for a cancelled run.
+    """
+
+    def __init__(
+        self,
+        *,
+        coordination: CoordinationStore,
+        context: ContextStore,
+        registry: Mapping[str, Any] | None = None,
+        blueprints: Mapping[str, Blueprint] | None = None,
+        dependencies: Mapping[str, Any] | None = None,
+        middleware: list[Middleware] | None = None,
+        event_bus: EventBus | None = None,
+        evaluator: Evaluator | None = None,
+        namespace: str = "flowcraft",
+        ttl: float = 7 * 86400,
+        lease: float = 30.0,
+        cancel_poll: float = 0.5,
+    ) -> None:
+        from flowcraft.builtins import BUILTINS
+
+        self.coordination = coordination
+        self.context = context
+        self.registry: dict[str, Any] = {**BUILTINS, **(registry or {})}
+        self.blueprints = dict(blueprints or {})
+        self.dependencies: Mapping[str, Any] = dict(dependencies or {})
+        self.middleware: list[Middleware] = list(middleware or [])
+        self.event_bus = event_bus
+        self.evaluator = evaluator or SafeEvaluator()
+        self.keys = Keys(namespace)
+        self.ttl = ttl
+        self.lease = lease
+        self.cancel_poll = cancel_poll
+        self._graphs: dict[tuple[str, frozenset[str]], Graph] = {}
+
+    # ----------------------------------------------------------------- backend hooks
+
+    @abstractmethod
+    async def _receive(self, max_jobs: int, wait: float) -> list[Delivery]:
+        """Up to ``max_jobs`` deliveries, waiting at most ``wait`` seconds for the first."""
+
+    @abstractmethod
+    async def _enqueue(self, body: str, delay: float = 0.0) -> None:
+        """Put a job on the queue, visible after ``delay`` seconds."""
+
+    @abstractmethod
+    async def _ack(self, delivery: Delivery) -> None:
+        """Remove a handled job for good."""
+
+    @abstractmethod
+    async def _dead_letter(self, delivery: Delivery, reason: str) -> None:
+        """Move a job that cannot be handled to the dead-letter queue, with the reason."""
+
+    @abstractmethod
+    async def _release(self, delivery: Delivery) -> None:
+        """Make a job visible again now (a worker shutting down hands it back)."""
+
+    @abstractmethod
+    async def _extend_lease(self, delivery: Delivery, seconds: float) -> None:
+        """Keep a job invisible for another ``seconds`` (the heartbeat calls this)."""
+
+    @abstractmethod
+    async def _publish_result(self, run_id: str, status: str) -> None:
+        """Wake the clients waiting on ``run_id`` (the result is already stored)."""
+
+    @abstractmethod
+    async def _wait_for_publish(self, run_id: str, timeout: float) -> None:
+        """Return when ``run_id`` may have published, or after ``timeout`` seconds."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook, safe default
+        """Release backend connections; safe to call repeatedly."""
+
+    # ----------------------------------------------------------------- client operations
+
+    async def start_run(
+        self,
+        blueprint_id: str,
+        initial_context: Mapping[str, Any] | None = None,
+        run_id: str | None = None,
+    ) -> str:
+        """Store the initial context and enqueue the start nodes; the run id."""
+        import uuid
+
+        blueprint = self._blueprint(blueprint_id)
+        run_id = run_id or str(uuid.uuid4())
+        graph = graph_of_blueprint(blueprint)
+        ops = [{"op": "set", "key": k, "value": v} for k, v in (initial_context or {}).items()]
+        ops.append({"op": "set", "key": "blueprintId", "value": blueprint_id})
+        ops.append({"op": "set", "key": "blueprintVersion", "value": blueprint.version})
+        ops.append({"op": "set", "key": PROGRESS, "value": time.time()})
+        await self.context.patch(run_id, ops)
+        meta = orjson.dumps([blueprint_id, blueprint.version]).decode()
+        await self.coordination.set_if_not_exist(self.keys.meta(run_id), meta, self.ttl)
+        await self.coordination.add_to_set(self.keys.runs, run_id, self.ttl)
+        # Every start job counts as in flight before any is enqueued, or the first to finish
+        # would see an empty frontier and end the run.
+        starts = [job_id(node, 0) for node in graph.start_nodes]
+        for member in starts:
+            await self.coordination.add_to_set(self.keys.enqueued(run_id), member, self.ttl)
+        for node in graph.start_nodes:
+            job = JobPayload(run_id=run_id, blueprint_id=blueprint_id, node_id=node)
+            await self.enqueue_job(job, job_id(node, 0), fence=self.keys.fire(run_id, node, 0))
+        return run_id
+
+    async def wait_result(self, run_id: str, timeout: float | None = None) -> WorkflowResult:
+        """Wait by push until the run finishes or awaits a resume.
+
+        Raises:
+            TimeoutError: Nothing was published within ``timeout`` seconds.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            result = await self.final_result(run_id)
+            if result is not None:
+                return result
+            remaining = 60.0 if deadline is None else deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"run '{run_id}' did not finish within {timeout} s")
+            await self._wait_for_publish(run_id, min(remaining, 60.0))
+
+    async def status(self, run_id: str) -> str:
+        """``completed``/``failed``/``stalled``/``cancelled``, ``awaiting``, ``running``, or
+        ``unknown`` for a run id never started."""
+        raw = await self.coordination.get(self.keys.final(run_id))
+        if raw is not None:
+            return str(orjson.loads(raw)["status"])
+        if await self.coordination.get(self.keys.meta(run_id)) is None:
+            return "unknown"
+        if await self.coordination.members(self.keys.parked(run_id)):
+            return "awaiting"
+        return "running"
+
+    async def cancel(self, run_id: str) -> bool:
+        """Mark the run cancelled; whether this call ended it (false if already finished)."""
+        return await self.publish_final(run_id, "cancelled")
+
+    async def resume_with_action(
+        self,
+        run_id: str,
+        action: str | None = None,
+        output: Any = _UNSET,
+        node_id: str | None = None,
+    ) -> str:
+        """Complete an awaiting node with ``output`` and route by ``action``; its node id.
+
+        Raises:
+            ResumeError: The run is finished, nothing awaits, or ``node_id`` is not awaiting.
+        """
+        if await self.coordination.get(self.keys.final(run_id)) is not None:
+            raise ResumeError(f"run '{run_id}' is finished and cannot be resumed", run_id=run_id)
+        parked = [parse_job_id(m) for m in await self.coordination.members(self.keys.parked(run_id))]
+        candidates = [(n, i) for n, i, _ in parked if node_id is None or n == node_id]
+        if not candidates:
+            what = f"node '{node_id}' is not" if node_id else "no node is"
+            raise ResumeError(f"run '{run_id}': {what} awaiting", run_id=run_id, node_id=node_id)
+        node, iteration = sorted(candidates)[0]
+        data: dict[str, Any] = {"action": action}
+        if output is not _UNSET:
+            data["output"] = output
+        if not await self.resume_node(run_id, node, iteration, data):
+            raise ResumeError(f"run '{run_id}': node '{node}' was already resumed", run_id=run_id)
+        return node
+
+    async def resume_node(
+        self, run_id: str, node_id: str, iteration: int, data: Mapping[str, Any]
+    ) -> bool:
+        """Enqueue the job that completes an awaiting node (once); whether this call did."""
+        fence = self.keys.resumed(run_id, node_id, iteration)
+        if not await self.coordination.set_if_not_exist(fence, "resumed", self.ttl):
+            return False
+        meta = await self._meta(run_id)
+        member = job_id(node_id, iteration, "resume")
+        await self.context.patch(
+            run_id,
+            [
+                {"op": "set", "key": RESUME + member, "value": dict(data)},
+                {"op": "delete", "key": STATUS},
+            ],
+        )
+        await self.coordination.remove_from_set(
+            self.keys.parked(run_id), job_id(node_id, iteration)
+        )
+        job = JobPayload(
+            run_id=run_id,
+            blueprint_id=meta[0] if meta else "",
+            node_id=node_id,
+            iteration=iteration,
+            resume=dict(data),
+        )
+        await self.enqueue_job(job, member)
+        return True
+
+    async def reconcile(self, run_id: str) -> set[str]:
+        """Re-enqueue the jobs of an unfinished run that were counted but never finished.
+
+        Safe at any time: a re-enqueued job whose result is stored only re-routes, and join
+        marks and fences make that idempotent. Returns the re-enqueued node ids.
+        """
+        if await self.coordination.get(self.keys.final(run_id)) is not None:
+            return set()
+        meta = await self._meta(run_id)
+        if meta is None:
+            raise JobRejected(f"run '{run_id}' has no recorded blueprint", run_id=run_id)
+        enqueued = await self.coordination.members(self.keys.enqueued(run_id))
+        done = await self.coordination.members(self.keys.done(run_id))
+        out: set[str] = set()
+        for member in sorted(enqueued - done):
+            node, iteration, role = parse_job_id(member)
+            extra: dict[str, Any] = {}
+            resume = None
+            if role.startswith("fb:"):
+                extra["rescues"] = role[3:]
+            elif role == "resume":
+                resume = await self.context.get(run_id, RESUME + member) or {}
+            job = JobPayload(
+                run_id=run_id,
+                blueprint_id=meta[0],
+                node_id=node,
+                iteration=iteration,
+                resume=resume,
+                extra=extra,
+            )
+            await self._enqueue(job.to_json())
+            out.add(node)
+        return out
+
+    async def fire_due_timers(self, now: float | None = None) -> int:
+        """Wake every sleeping node whose time has come; how many were woken."""
+        now = time.time() if now is None else now
+        fired = 0
+        for timer in await self.coordination.members(self.keys.timers):
+            wake, run_id, node_id, iteration = _parse_timer(timer)
+            if wake > now:
+                continue
+            if await self.coordination.set_if_not_exist(
+                self.keys.timer_fired(timer), "1", self.ttl
+            ):
+                if await self.coordination.get(self.keys.final(run_id)) is None:
+                    await self.resume_node(run_id, node_id, iteration, {})
+                    fired += 1
+            await self.coordination.remove_from_set(self.keys.timers, timer)
+        return fired
+
+    # ----------------------------------------------------------------- handling one job
+
+    async def handle(self, delivery: Delivery) -> None:
+        """Handle one delivery: run or re-route its node, then ack or dead-letter it.
+
+        A backend error (the stores or queue failing) propagates without acking, so the queue
+        redelivers the job after its lease.
+        """
+        started = time.monotonic()
+        try:
+            payload = JobPayload.from_json(delivery.body)
+        except SerializationError as exc:
+            await self._reject(delivery, _run_id_of(delivery.body), str(exc))
+            return
+        heartbeat = asyncio.ensure_future(self._heartbeat(delivery))
+        try:
+            await self._handle(delivery, payload)
+        except JobRejected as exc:
+            await self._reject(delivery, payload.run_id, exc.message)
+            return
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+        await self._ack(delivery)
+        bus = self.event_bus
+        if bus is not None and bus.wants("job:processed"):
+            bus.emit(
+                "job:processed",
+                {**payload.to_dict(), "duration": time.monotonic() - started, "success": True},
+            )
+
+    async def _heartbeat(self, delivery: Delivery) -> None:
+        while True:
+            await asyncio.sleep(self.lease / 3)
+            try:
+                await self._extend_lease(delivery, self.lease)
+            except Exception:
+                _log.warning("could not extend the lease of a job", exc_info=True)
+
+    async def _reject(self, delivery: Delivery, run_id: str | None, reason: str) -> None:
+        _log.error("rejecting job: %s", reason)
+        await self._dead_letter(delivery, reason)
+        if run_id:
+            error = JobRejected(reason, run_id=run_id, is_fatal=True)
+            await self.publish_final(run_id, "failed", [error])
+        bus = self.event_bus
+        if bus is not None and bus.wants("job:failed"):
+            bus.emit("job:failed", {"runId": run_id, "error": reason})
+
+    async def _handle(self, delivery: Delivery, payload: JobPayload) -> None:
+        run_id = payload.run_id
+        if await self.coordination.get(self.keys.final(run_id)) is not None:
+            return  # finished or cancelled: queued jobs of the run are dropped on arrival
+        blueprint = self.blueprints.get(payload.blueprint_id)
+        if blueprint is None:
+            raise JobRejected(
+                f"job for node '{payload.node_id}': blueprint '{payload.blueprint_id}' is not"
+                " registered with this worker"
+            )
+        await self._check_version(payload, blueprint)
+        graph = await self.graph_of(run_id, blueprint)
+        spec = graph.nodes.get(payload.node_id)
+        if spec is None:
+            raise JobRejected(
+                f"job for blueprint '{blueprint.id}': node '{payload.node_id}' does not exist"
+            )
+        role = ""
+        rescues = payload.extra.get("rescues")
+        if isinstance(rescues, str):
+            role = f"fb:{rescues}"
+        elif payload.resume is not None:
+            role = "resume"
+        member = job_id(payload.node_id, payload.iteration, role)
+        result_key = self.keys.result(run_id, payload.node_id, payload.iteration)
+        stored = await self.coordination.get(result_key)
+        if stored is None:
+            outcome = await execute_node(self, payload, graph, spec, role)
+            if outcome is None:
+                await self.job_done(run_id, member)
+                return
+            record = orjson.dumps(outcome.result.to_dict()).decode()
+            if not await self.coordination.set_if_not_exist(result_key, record, self.ttl):
+                stored = await self.coordination.get(result_key)
+            else:
+                await self._store_effects(payload, outcome.result, outcome.ops, rescues)
+        if stored is not None:
+            # Redelivered (or raced): route from the stored result, never execute again.
+            raw = orjson.loads(stored)
+            result = NodeResult(
+                output=raw.get("output"),
+                action=raw.get("action"),
+                dynamic_nodes=list(raw.get("dynamicNodes") or []),
+            )
+            await self._store_effects(payload, result, [], rescues)
+        else:
+            result = outcome.result
+        graph = await self.graph_of(run_id, blueprint)
+        data = await self._routing_data(run_id, graph, payload.node_id, result)
+        await self.route(payload, graph, payload.node_id, result, data)
+        await self.job_done(run_id, member)
+
+    async def _store_effects(
+        self,
+        payload: JobPayload,
+        result: NodeResult,
+        ops: list[Any],
+        rescues: Any,
+    ) -> None:
+        run_id, node_id = payload.run_id, payload.node_id
+        ops = [
+            *ops,
+            {"op": "set", "key": OUTPUTS + node_id, "value": result.output},
+            {"op": "set", "key": PROGRESS, "value": time.time()},
+        ]
+        if isinstance(rescues, str):
+            ops.append({"op": "set", "key": OUTPUTS + rescues, "value": result.output})
+        if result.dynamic_nodes:
+            gather = result.output.get("gatherNodeId") if isinstance(result.output, dict) else None
+            splice = {"nodes": result.dynamic_nodes, "gather": gather}
+            ops.append({"op": "set", "key": DYNAMIC + node_id, "value": splice})
+        await self.context.patch(run_id, ops)
+        if result.dynamic_nodes:
+            await self.coordination.add_to_set(self.keys.dynamic(run_id), node_id, self.ttl)
+
+    async def _routing_data(
+        self, run_id: str, graph: Graph, node_id: str, result: NodeResult
+    ) -> dict[str, Any]:
+        # Conditions may read any key; without conditions routing needs no context at all.
+        if any(e.condition for _, e in graph.nodes[node_id].routing_edges):
+            data = await self.context.to_dict(run_id)
+        else:
+            data = {}
+        data[OUTPUTS + node_id] = result.output
+        return data
+
+    async def park(self, payload: JobPayload, details: Mapping[str, Any]) -> None:
+        """Record an awaiting node (wait, webhook, sleep) and, for sleep, its timer."""
+        run_id, node_id = payload.run_id, payload.node_id
+        await self.context.set(run_id, AWAITING + node_id, dict(details))
+        if details.get("reason") == "timer":
+            wake = self.wake_time(details)
+            timer = f"{wake:.6f}|{orjson.dumps([run_id, node_id, payload.iteration]).decode()}"
+            await self.coordination.add_to_set(self.keys.timers, timer, self.ttl)
+        member = job_id(node_id, payload.iteration)
+        await self.coordination.add_to_set(self.keys.parked(run_id), member, self.ttl)
+
+    async def unpark(self, run_id: str, node_id: str) -> None:
+        """Forget an awaiting node's details once it completed."""
+        await self.context.delete(run_id, AWAITING + node_id)
+
+    async def _check_version(self, payload: JobPayload, blueprint: Blueprint) -> None:
+        meta = await self._meta(payload.run_id)
+        if meta is None:
+            # Started by a client that stored no version: the first job records it.
+            stored = await self.context.get_many(payload.run_id, ["blueprintVersion"])
+            version = stored.get("blueprintVersion", blueprint.version)
+            value = orjson.dumps([payload.blueprint_id, version]).decode()
+            await self.coordination.set_if_not_exist(self.keys.meta(payload.run_id), value, self.ttl)
+            await self.coordination.add_to_set(self.keys.runs, payload.run_id, self.ttl)
+            meta = await self._meta(payload.run_id)
+            if meta is not None and not await self.coordination.members(
+                self.keys.enqueued(payload.run_id)
+            ):
+                await self.coordination.add_to_set(
+                    self.keys.enqueued(payload.run_id),
+                    job_id(payload.node_id, payload.iteration),
+                    self.ttl,
+                )
+        if meta is not None and meta[1] != blueprint.version:
+            raise JobRejected(
+                f"blueprint '{blueprint.id}' version mismatch: the run started with"
+                f" {meta[1]!r}, this worker has {blueprint.version!r}"
+            )
+
+    async def _meta(self, run_id: str) -> tuple[str, str | None] | None:
+        raw = await self.coordination.get(self.keys.meta(run_id))
+        if raw is None:
+            return None
+        blueprint_id, version = orjson.loads(raw)
+        return str(blueprint_id), version
+
+    def _blueprint(self, blueprint_id: str) -> Blueprint:
+        try:
+            return self.blueprints[blueprint_id]
+        except KeyError:
+            raise JobRejected(f"blueprint '{blueprint_id}' is not registered") from None
+
+
+def graph_of_blueprint(blueprint: Blueprint) -> Graph:
+    """The static graph of a blueprint."""
+    from flowcraft.runtime._graph import graph_for
+
+    return graph_for(blueprint)
+
+
+def _run_id_of(body: str) -> str | None:
+    try:
+        raw = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    run_id = raw.get("runId") if isinstance(raw, dict) else None
+    return run_id if isinstance(run_id, str) and run_id else None
+
+
+def _parse_timer(timer: str) -> tuple[float, str, str, int]:
+    wake, _, rest = timer.partition("|")
+    run_id, node_id, iteration = orjson.loads(rest)
+    return float(wake), str(run_id), str(node_id), int(iteration)

@@ -1,0 +1,58 @@
+"""``Reconciler``: finds unfinished runs without progress and re-enqueues their frontier."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TypedDict
+
+from flowcraft.distributed._keys import PROGRESS
+from flowcraft.distributed.adapter import BaseDistributedAdapter
+
+__all__ = ["ReconcileStats", "Reconciler"]
+
+_log = logging.getLogger("flowcraft.reconciler")
+
+
+class ReconcileStats(TypedDict):
+    """What one :meth:`Reconciler.run` did."""
+
+    scanned: int
+    stalled: int
+    reconciled: int
+    failed: int
+
+
+class Reconciler:
+    """Re-enqueues the frontier of runs idle for ``stalled_after`` seconds.
+
+    Only runs without a final result are scanned (the adapter keeps them in a set); awaiting
+    runs have an empty frontier and are left alone. A stall episode is reconciled once: the
+    fence is keyed by the run's last progress time.
+    """
+
+    def __init__(self, adapter: BaseDistributedAdapter, *, stalled_after: float = 300.0) -> None:
+        self.adapter = adapter
+        self.stalled_after = stalled_after
+
+    async def run(self, now: float | None = None) -> ReconcileStats:
+        """One scan."""
+        now = time.time() if now is None else now
+        adapter = self.adapter
+        stats: ReconcileStats = {"scanned": 0, "stalled": 0, "reconciled": 0, "failed": 0}
+        for run_id in sorted(await adapter.coordination.members(adapter.keys.runs)):
+            stats["scanned"] += 1
+            progress = await adapter.context.get(run_id, PROGRESS)
+            if not isinstance(progress, int | float) or now - progress < self.stalled_after:
+                continue
+            stats["stalled"] += 1
+            fence = f"{adapter.keys.namespace}:reconciled:{run_id}:{progress}"
+            if not await adapter.coordination.set_if_not_exist(fence, "1", adapter.ttl):
+                continue
+            try:
+                if await adapter.reconcile(run_id):
+                    stats["reconciled"] += 1
+            except Exception:
+                _log.exception("reconciling run %s failed", run_id)
+                stats["failed"] += 1
+        return stats

@@ -1,0 +1,425 @@
+"""OpenTelemetry tracing for Flowcraft runs (needs the ``otel`` extra: ``opentelemetry-api``).
+
+Only the OpenTelemetry *API* is used; which SDK and exporter record the spans is the user's
+choice (without an SDK every span is a no-op and costs next to nothing).
+
+Spans:
+
+* ``flowcraft.run <blueprintId>``: one per run, opened on ``workflow:start`` (or the first node)
+  and ended on ``workflow:finish`` with the run's status. A run that pauses ends its span with
+  status ``awaiting``; the span of its resumption is a child of the first one, so a run that
+  waits for days is still one trace.
+* ``flowcraft.node <nodeId>``: one per node *attempt*, a child of the run span, with attributes
+  ``flowcraft.run_id``, ``flowcraft.blueprint_id``, ``flowcraft.node_id``, ``flowcraft.attempt``
+  and ``flowcraft.status`` (``completed``, ``failed``, ``awaiting``, ``cancelled``). A node's span
+  links the spans of the predecessors whose edges fed it, so a join links every predecessor.
+
+Usage::
+
+    runtime = FlowRuntime()
+    OpenTelemetryMiddleware().install(runtime)   # adds the middleware and an event bus hook
+
+Across processes the W3C trace context travels as a plain ``dict`` (:func:`inject_trace_context`
+on the producer, :func:`attached_trace_context` around the consumer's work). A node attempt
+whose run span is not in this process becomes a child of the current (attached) context.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping
+from contextvars import Token
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+try:
+    from opentelemetry import context as otel_context
+    from opentelemetry import trace
+    from opentelemetry.trace import Link, Span, SpanContext, SpanKind, Status, StatusCode
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise ImportError(
+        "flowcraft.telemetry needs opentelemetry-api: pip install 'flowcraft-core[otel]'"
+    ) from exc
+
+from flowcraft.errors import WorkflowCancelled
+from flowcraft.events import EventBus, FlowEvent
+from flowcraft.middleware import Middleware, NextFn
+from flowcraft.node import NodeContext, NodeResult
+
+if TYPE_CHECKING:
+    from flowcraft.runtime.runtime import FlowRuntime
+
+__all__ = [
+    "ATTR_ATTEMPT",
+    "ATTR_BLUEPRINT_ID",
+    "ATTR_NODE_ID",
+    "ATTR_RUN_ID",
+    "ATTR_STATUS",
+    "InMemorySpanStore",
+    "OpenTelemetryMiddleware",
+    "SpanStore",
+    "attached_trace_context",
+    "extract_trace_context",
+    "inject_trace_context",
+]
+
+_log = logging.getLogger("flowcraft.telemetry")
+
+ATTR_RUN_ID = "flowcraft.run_id"
+ATTR_BLUEPRINT_ID = "flowcraft.blueprint_id"
+ATTR_NODE_ID = "flowcraft.node_id"
+ATTR_ATTEMPT = "flowcraft.attempt"
+ATTR_STATUS = "flowcraft.status"
+
+_PROPAGATOR = TraceContextTextMapPropagator()
+_INSTRUMENTATION = "flowcraft"
+
+
+# --------------------------------------------------------------------------- W3C trace context
+
+
+def inject_trace_context(
+    context: otel_context.Context | None = None, *, span: Span | None = None
+) -> dict[str, str]:
+    """The W3C trace context (``traceparent`` and, if any, ``tracestate``) as a plain dict.
+
+    Args:
+        context: The context to serialise; defaults to the current one.
+        span: Serialise this span's context instead.
+
+    Returns:
+        ``{"traceparent": "00-<trace>-<span>-<flags>", ...}``, or ``{}`` when there is no valid
+        span (for instance without an SDK).
+    """
+    if span is not None:
+        context = trace.set_span_in_context(span)
+    carrier: dict[str, str] = {}
+    _PROPAGATOR.inject(carrier, context=context)
+    return carrier
+
+
+def extract_trace_context(carrier: Mapping[str, str] | None) -> otel_context.Context:
+    """The context described by a carrier from :func:`inject_trace_context`.
+
+    A missing or malformed carrier gives an empty context (spans then start new traces).
+    """
+    return _PROPAGATOR.extract(dict(carrier or {}))
+
+
+@contextlib.contextmanager
+def attached_trace_context(carrier: Mapping[str, str] | None) -> Iterator[otel_context.Context]:
+    """Make the carried trace context current for the ``with`` block.
+
+    A distributed worker wraps the handling of one job in it so that the node's span joins the
+    run's trace::
+
+        with attached_trace_context(job.get("traceContext")):
+            await handle(job)
+    """
+    ctx = extract_trace_context(carrier)
+    token = otel_context.attach(ctx)
+    try:
+        yield ctx
+    finally:
+        otel_context.detach(token)
+
+
+def _span_context_of(carrier: Mapping[str, str]) -> SpanContext | None:
+    span_context = trace.get_current_span(extract_trace_context(carrier)).get_span_context()
+    return span_context if span_context.is_valid else None
+
+
+# --------------------------------------------------------------------------- span store
+
+
+class SpanStore(Protocol):
+    """Where node spans are remembered so that successors can link them.
+
+    The in-memory runtime uses :class:`InMemorySpanStore`; a distributed deployment passes one
+    backed by its shared store, so a join running on one worker links predecessors' spans made
+    on others.
+    """
+
+    async def save(self, run_id: str, node_id: str, carrier: dict[str, str]) -> None:
+        """Remember the (last) span of ``node_id`` in ``run_id`` as a W3C carrier."""
+
+    async def load(self, run_id: str, node_ids: list[str]) -> list[dict[str, str]]:
+        """The carriers of those of ``node_ids`` that have one, in order."""
+
+    async def forget(self, run_id: str) -> None:
+        """Drop everything remembered for ``run_id`` (the run has ended)."""
+
+
+class InMemorySpanStore:
+    """A :class:`SpanStore` in a dict, bounded to the ``max_runs`` most recent runs."""
+
+    def __init__(self, max_runs: int = 10_000) -> None:
+        self._runs: OrderedDict[str, dict[str, dict[str, str]]] = OrderedDict()
+        self._max_runs = max_runs
+
+    async def save(self, run_id: str, node_id: str, carrier: dict[str, str]) -> None:
+        """See :meth:`SpanStore.save`."""
+        spans = self._runs.get(run_id)
+        if spans is None:
+            spans = self._runs[run_id] = {}
+            while len(self._runs) > self._max_runs:
+                self._runs.popitem(last=False)
+        spans[node_id] = carrier
+
+    async def load(self, run_id: str, node_ids: list[str]) -> list[dict[str, str]]:
+        """See :meth:`SpanStore.load`."""
+        spans = self._runs.get(run_id) or {}
+        return [spans[node_id] for node_id in node_ids if node_id in spans]
+
+    async def forget(self, run_id: str) -> None:
+        """See :meth:`SpanStore.forget`."""
+        self._runs.pop(run_id, None)
+
+
+# --------------------------------------------------------------------------- the middleware
+
+
+@dataclass(slots=True)
+class _Attempt:
+    """The open span of one node execution and the context token that made it current."""
+
+    span: Span
+    token: Token[otel_context.Context]
+    attempt: int
+    links: list[Link]
+    carriers: list[dict[str, str]] = field(default_factory=list)
+
+
+class OpenTelemetryMiddleware(Middleware):
+    """Traces runs and node attempts with the OpenTelemetry API.
+
+    Args:
+        tracer_provider: The provider to take the tracer from; the global one by default.
+        span_store: Where node spans are kept for successors' links (default: in memory).
+        max_open_runs: Bound on runs whose span is kept open or suspended in this process.
+
+    Call :meth:`install` on a runtime (or add the middleware and :meth:`attach` it to the
+    runtime's event bus yourself): the bus tells it when runs start, retry and finish.
+    """
+
+    def __init__(
+        self,
+        tracer_provider: trace.TracerProvider | None = None,
+        *,
+        span_store: SpanStore | None = None,
+        max_open_runs: int = 10_000,
+    ) -> None:
+        self.tracer = trace.get_tracer(_INSTRUMENTATION, tracer_provider=tracer_provider)
+        self.span_store: SpanStore = span_store if span_store is not None else InMemorySpanStore()
+        self._max_open_runs = max_open_runs
+        self._runs: OrderedDict[str, Span] = OrderedDict()
+        self._suspended: OrderedDict[str, SpanContext] = OrderedDict()
+        self._attempts: dict[tuple[str, str, str], _Attempt] = {}
+
+    # ----------------------------------------------------------------- wiring
+
+    def install(self, runtime: FlowRuntime) -> FlowRuntime:
+        """Add this middleware to ``runtime`` (first, so it wraps all others) and attach it to
+        the runtime's event bus, creating a bus if the runtime has none. Returns ``runtime``."""
+        if self not in runtime.middleware:
+            runtime.middleware.insert(0, self)
+        if runtime.event_bus is None:
+            runtime.event_bus = EventBus()
+        self.attach(runtime.event_bus)
+        return runtime
+
+    def attach(self, bus: EventBus) -> None:
+        """Listen to run start/resume/finish and retries on ``bus`` (inline, never queued)."""
+        bus.subscribe(
+            self.on_event,
+            ["workflow:start", "workflow:resume", "workflow:finish", "node:retry"],
+            inline=True,
+        )
+
+    def on_event(self, event: FlowEvent) -> None:
+        """Handle one bus event (public so that other transports can forward events)."""
+        payload = event.payload
+        run_id = str(payload.get("executionId", ""))
+        blueprint_id = str(payload.get("blueprintId", ""))
+        if event.type in ("workflow:start", "workflow:resume"):
+            self._run_span(run_id, blueprint_id, resumed=event.type == "workflow:resume")
+        elif event.type == "workflow:finish":
+            self._end_run(run_id, str(payload.get("status", "")), payload.get("errors"))
+        elif event.type == "node:retry":
+            self._next_attempt(
+                (run_id, blueprint_id, str(payload.get("nodeId", ""))),
+                int(payload.get("attempt", 0)) + 1,
+                str(payload.get("error", "")),
+            )
+
+    def trace_context(self, run_id: str) -> dict[str, str]:
+        """The W3C carrier of ``run_id``'s run span (for job payloads); ``{}`` if unknown."""
+        span = self._runs.get(run_id)
+        if span is not None:
+            return inject_trace_context(span=span)
+        suspended = self._suspended.get(run_id)
+        if suspended is not None:
+            return inject_trace_context(span=trace.NonRecordingSpan(suspended))
+        return {}
+
+    # ----------------------------------------------------------------- run spans
+
+    def _run_span(self, run_id: str, blueprint_id: str, *, resumed: bool = False) -> Span:
+        span = self._runs.get(run_id)
+        if span is not None:
+            return span
+        parent: otel_context.Context | None = None
+        earlier = self._suspended.pop(run_id, None)
+        if earlier is not None:
+            parent = trace.set_span_in_context(trace.NonRecordingSpan(earlier))
+        span = self.tracer.start_span(
+            f"flowcraft.run {blueprint_id}",
+            context=parent,
+            kind=SpanKind.INTERNAL,
+            attributes={
+                ATTR_RUN_ID: run_id,
+                ATTR_BLUEPRINT_ID: blueprint_id,
+                "flowcraft.resumed": resumed or earlier is not None,
+            },
+        )
+        self._runs[run_id] = span
+        while len(self._runs) > self._max_open_runs:
+            _, stale = self._runs.popitem(last=False)
+            stale.end()
+        return span
+
+    def _end_run(self, run_id: str, status: str, errors: Any) -> None:
+        span = self._runs.pop(run_id, None)
+        if span is None:
+            return
+        span.set_attribute(ATTR_STATUS, status)
+        if status in ("failed", "stalled"):
+            description = status
+            if isinstance(errors, list) and errors and isinstance(errors[0], Mapping):
+                description = str(errors[0].get("message", status))
+            span.set_status(Status(StatusCode.ERROR, description))
+        else:
+            span.set_status(Status(StatusCode.OK))
+        if status == "awaiting":
+            self._suspended[run_id] = span.get_span_context()
+            while len(self._suspended) > self._max_open_runs:
+                self._suspended.popitem(last=False)
+        span.end()
+
+    # ----------------------------------------------------------------- node spans
+
+    def predecessors(self, ctx: NodeContext) -> list[str]:
+        """The predecessors whose edges fed this node (those its span links).
+
+        Reads the in-memory run's join bookkeeping; override it for runs executed elsewhere.
+        """
+        run = getattr(ctx, "_run", None)
+        arrivals = getattr(run, "arrivals", None)
+        if not isinstance(arrivals, Mapping):
+            return []
+        arrived = arrivals.get(ctx.node_id) or {}
+        return [source for source, index in arrived.items() if index >= 0]
+
+    def _start_attempt(
+        self, ctx: NodeContext, attempt: int, links: list[Link]
+    ) -> tuple[Span, otel_context.Context]:
+        run_span = self._runs.get(ctx.run_id)
+        parent = trace.set_span_in_context(run_span) if run_span is not None else None
+        span = self.tracer.start_span(
+            f"flowcraft.node {ctx.node_id}",
+            context=parent,
+            kind=SpanKind.INTERNAL,
+            links=links,
+            attributes={
+                ATTR_RUN_ID: ctx.run_id,
+                ATTR_BLUEPRINT_ID: ctx.blueprint_id,
+                ATTR_NODE_ID: ctx.node_id,
+                ATTR_ATTEMPT: attempt,
+            },
+        )
+        return span, trace.set_span_in_context(span, parent)
+
+    async def around_node(self, ctx: NodeContext, node_id: str, next: NextFn) -> Any:
+        """Open the node's first attempt span, run the node, close the last attempt span."""
+        links: list[Link] = []
+        preds = self.predecessors(ctx)
+        if preds:
+            for carrier in await self.span_store.load(ctx.run_id, preds):
+                span_context = _span_context_of(carrier)
+                if span_context is not None:
+                    links.append(Link(span_context))
+        span, span_ctx = self._start_attempt(ctx, 1, links)
+        key = (ctx.run_id, ctx.blueprint_id, node_id)
+        state = _Attempt(span, otel_context.attach(span_ctx), 1, links)
+        self._attempts[key] = state
+        status = "completed"
+        error: BaseException | None = None
+        try:
+            result: NodeResult = await next()
+            run = getattr(ctx, "_run", None)
+            if node_id in (getattr(run, "awaiting", None) or {}):
+                status = "awaiting"
+            return result
+        except (WorkflowCancelled, asyncio.CancelledError) as exc:
+            status = "cancelled"
+            error = exc
+            raise
+        except Exception as exc:
+            status = "failed"
+            error = exc
+            raise
+        finally:
+            self._attempts.pop(key, None)
+            final = state.span
+            _finish_span(final, status, error)
+            with contextlib.suppress(Exception):
+                otel_context.detach(state.token)
+            try:
+                await self.span_store.save(ctx.run_id, node_id, inject_trace_context(span=final))
+            except Exception:
+                _log.warning("could not store the span of node %s", node_id, exc_info=True)
+
+    def _next_attempt(self, key: tuple[str, str, str], attempt: int, error: str) -> None:
+        state = self._attempts.get(key)
+        if state is None:
+            return
+        old = state.span
+        old.set_attribute(ATTR_STATUS, "failed")
+        old.set_status(Status(StatusCode.ERROR, error))
+        old.end()
+        run_span = self._runs.get(key[0])
+        parent = trace.set_span_in_context(run_span) if run_span is not None else None
+        new = self.tracer.start_span(
+            f"flowcraft.node {key[2]}",
+            context=parent,
+            kind=SpanKind.INTERNAL,
+            links=state.links,
+            attributes={
+                ATTR_RUN_ID: key[0],
+                ATTR_BLUEPRINT_ID: key[1],
+                ATTR_NODE_ID: key[2],
+                ATTR_ATTEMPT: attempt,
+            },
+        )
+        state.span = new
+        state.attempt = attempt
+        # The retry event is emitted inside the node's own task: swap the current span there so
+        # spans the user's code opens nest under the live attempt.
+        if trace.get_current_span() is old:
+            with contextlib.suppress(Exception):
+                otel_context.detach(state.token)
+            state.token = otel_context.attach(trace.set_span_in_context(new, parent))
+
+
+def _finish_span(span: Span, status: str, error: BaseException | None) -> None:
+    span.set_attribute(ATTR_STATUS, status)
+    if status == "failed" and error is not None:
+        span.record_exception(error)
+        span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+    elif status != "cancelled":
+        span.set_status(Status(StatusCode.OK))
+    span.end()
