@@ -70,4 +70,33 @@ def ci(session: nox.Session) -> None:
     session.run("ruff", "format", "--check", ".")
     session.run("mypy")
     session.run("pytest", "tests", "-q")
+    session.run("pytest", "contract-tests", "--backend", "memory", "-q")
     session.run("python", "examples/content_moderation.py")
+
+
+BACKENDS = sorted(p.stem for p in ROOT.glob("contract-tests/backends/*.py") if p.stem != "__init__")
+
+
+def _contract(session: nox.Session, backend: str) -> None:
+    _install_packages(session, *DEV)
+    session.run("pytest", "contract-tests", "--backend", backend, *session.posargs)
+
+
+@nox.session(name="contract")
+@nox.parametrize("backend", BACKENDS, ids=BACKENDS)
+def contract(session: nox.Session, backend: str) -> None:
+    """The contract suite against one backend: ``nox -s "contract(memory)"``."""
+    _contract(session, backend)
+
+
+@nox.session(name="contract-memory")
+def contract_memory(session: nox.Session) -> None:
+    """The contract suite against the in-memory reference backend (no services)."""
+    _contract(session, "memory")
+
+
+@nox.session(name="contract-all")
+def contract_all(session: nox.Session) -> None:
+    """The contract suite against every backend that has a fixture module."""
+    for backend in BACKENDS:
+        _contract(session, backend)

@@ -31,7 +31,7 @@ class RedisSettings:
     queue_name: str = "flowcraft-queue"
     state_prefix: str = "workflow:state:"
     status_prefix: str = "workflow:status:"
-    coordination_prefix: str = "flowcraft:"
+    coordination_prefix: str = ""
     state_ttl_seconds: int = 86_400
 
     @classmethod

@@ -8,7 +8,7 @@ adapter. :mod:`flowcraft.memory` is the in-process reference backend.
 from flowcraft.distributed._protocols import ContextStore, CoordinationStore, Delivery, JobPayload
 from flowcraft.distributed.adapter import BaseDistributedAdapter, JobRejected
 from flowcraft.distributed.client import Client
-from flowcraft.distributed.reconciler import ReconcileStats, Reconciler
+from flowcraft.distributed.reconciler import Reconciler, ReconcileStats
 from flowcraft.distributed.worker import Worker
 
 __all__ = [

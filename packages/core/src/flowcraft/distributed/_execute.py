@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from flowcraft.context import OUTPUTS
-from flowcraft.distributed._jobrun import JobRun, StoreContext
+from flowcraft.distributed._jobrun import StoreContext
 from flowcraft.distributed._orchestration import job_id
 from flowcraft.distributed._protocols import JobPayload
 from flowcraft.errors import (

@@ -24,7 +24,6 @@ from typing import Any
 import orjson
 
 from flowcraft.blueprint import Blueprint, EdgeDefinition, NodeDefinition
-from flowcraft.context import OUTPUTS
 from flowcraft.distributed._jobrun import JobRun
 from flowcraft.distributed._keys import AWAITING, DYNAMIC, INTERNAL, Keys
 from flowcraft.distributed._protocols import ContextStore, CoordinationStore, JobPayload
@@ -154,9 +153,7 @@ class Orchestration:
             work.append((edge.target, target_iter))
         await self._settle(payload, graph, work)
 
-    async def _settle(
-        self, payload: JobPayload, graph: Graph, work: list[tuple[str, int]]
-    ) -> None:
+    async def _settle(self, payload: JobPayload, graph: Graph, work: list[tuple[str, int]]) -> None:
         run_id = payload.run_id
         keys, store = self.keys, self.coordination
         while work:
@@ -360,5 +357,3 @@ def _error_from_dict(raw: Mapping[str, Any]) -> FlowcraftError:
         run_id=raw.get("executionId"),
         is_fatal=bool(raw.get("isFatal")),
     )
-
-

@@ -21,6 +21,7 @@ import orjson
 
 from flowcraft.blueprint import Blueprint
 from flowcraft.context import OUTPUTS
+from flowcraft.distributed._execute import execute_node
 from flowcraft.distributed._keys import AWAITING, DYNAMIC, PROGRESS, Keys
 from flowcraft.distributed._orchestration import (
     RESUME,
@@ -30,7 +31,6 @@ from flowcraft.distributed._orchestration import (
     parse_job_id,
 )
 from flowcraft.distributed._protocols import ContextStore, CoordinationStore, Delivery, JobPayload
-from flowcraft.distributed._execute import execute_node
 from flowcraft.errors import FlowcraftError, ResumeError, SerializationError
 from flowcraft.evaluator import Evaluator, SafeEvaluator
 from flowcraft.events import EventBus
@@ -133,7 +133,7 @@ class BaseDistributedAdapter(Orchestration, ABC):
     async def _wait_for_publish(self, run_id: str, timeout: float) -> None:
         """Return when ``run_id`` may have published, or after ``timeout`` seconds."""
 
-    async def close(self) -> None:  # noqa: B027 - optional hook, safe default
+    async def close(self) -> None:
         """Release backend connections; safe to call repeatedly."""
 
     # ----------------------------------------------------------------- client operations
@@ -214,7 +214,9 @@ class BaseDistributedAdapter(Orchestration, ABC):
         """
         if await self.coordination.get(self.keys.final(run_id)) is not None:
             raise ResumeError(f"run '{run_id}' is finished and cannot be resumed", run_id=run_id)
-        parked = [parse_job_id(m) for m in await self.coordination.members(self.keys.parked(run_id))]
+        parked = [
+            parse_job_id(m) for m in await self.coordination.members(self.keys.parked(run_id))
+        ]
         candidates = [(n, i) for n, i, _ in parked if node_id is None or n == node_id]
         if not candidates:
             what = f"node '{node_id}' is not" if node_id else "no node is"
@@ -298,12 +300,14 @@ class BaseDistributedAdapter(Orchestration, ABC):
             wake, run_id, node_id, iteration = _parse_timer(timer)
             if wake > now:
                 continue
-            if await self.coordination.set_if_not_exist(
-                self.keys.timer_fired(timer), "1", self.ttl
+            if (
+                await self.coordination.set_if_not_exist(
+                    self.keys.timer_fired(timer), "1", self.ttl
+                )
+                and await self.coordination.get(self.keys.final(run_id)) is None
             ):
-                if await self.coordination.get(self.keys.final(run_id)) is None:
-                    await self.resume_node(run_id, node_id, iteration, {})
-                    fired += 1
+                await self.resume_node(run_id, node_id, iteration, {})
+                fired += 1
             await self.coordination.remove_from_set(self.keys.timers, timer)
         return fired
 
@@ -383,27 +387,27 @@ class BaseDistributedAdapter(Orchestration, ABC):
         member = job_id(payload.node_id, payload.iteration, role)
         result_key = self.keys.result(run_id, payload.node_id, payload.iteration)
         stored = await self.coordination.get(result_key)
+        result: NodeResult | None = None
         if stored is None:
             outcome = await execute_node(self, payload, graph, spec, role)
             if outcome is None:
                 await self.job_done(run_id, member)
                 return
             record = orjson.dumps(outcome.result.to_dict()).decode()
-            if not await self.coordination.set_if_not_exist(result_key, record, self.ttl):
-                stored = await self.coordination.get(result_key)
+            if await self.coordination.set_if_not_exist(result_key, record, self.ttl):
+                result = outcome.result
+                await self._store_effects(payload, result, outcome.ops, rescues)
             else:
-                await self._store_effects(payload, outcome.result, outcome.ops, rescues)
-        if stored is not None:
+                stored = await self.coordination.get(result_key)
+        if result is None:
             # Redelivered (or raced): route from the stored result, never execute again.
-            raw = orjson.loads(stored)
+            raw = orjson.loads(stored or "{}")
             result = NodeResult(
                 output=raw.get("output"),
                 action=raw.get("action"),
                 dynamic_nodes=list(raw.get("dynamicNodes") or []),
             )
             await self._store_effects(payload, result, [], rescues)
-        else:
-            result = outcome.result
         graph = await self.graph_of(run_id, blueprint)
         data = await self._routing_data(run_id, graph, payload.node_id, result)
         await self.route(payload, graph, payload.node_id, result, data)
@@ -465,7 +469,9 @@ class BaseDistributedAdapter(Orchestration, ABC):
             stored = await self.context.get_many(payload.run_id, ["blueprintVersion"])
             version = stored.get("blueprintVersion", blueprint.version)
             value = orjson.dumps([payload.blueprint_id, version]).decode()
-            await self.coordination.set_if_not_exist(self.keys.meta(payload.run_id), value, self.ttl)
+            await self.coordination.set_if_not_exist(
+                self.keys.meta(payload.run_id), value, self.ttl
+            )
             await self.coordination.add_to_set(self.keys.runs, payload.run_id, self.ttl)
             meta = await self._meta(payload.run_id)
             if meta is not None and not await self.coordination.members(

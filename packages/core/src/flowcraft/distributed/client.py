@@ -59,7 +59,11 @@ class Client:
         return await self.adapter.cancel(run_id)
 
     async def resume_with_action(
-        self, run_id: str, action: str | None = None, output: Any = _UNSET, node_id: str | None = None
+        self,
+        run_id: str,
+        action: str | None = None,
+        output: Any = _UNSET,
+        node_id: str | None = None,
     ) -> str:
         """Complete an awaiting node and route by ``action``; the resumed node's id."""
         if output is _UNSET:

@@ -43,6 +43,11 @@ class Worker:
         self._slots = asyncio.Semaphore(self.concurrency)
 
     @property
+    def stopping(self) -> bool:
+        """Whether :meth:`stop` or :meth:`kill` was called."""
+        return self._stopping
+
+    @property
     def is_running(self) -> bool:
         """Whether the worker is serving jobs."""
         return self._main is not None and not self._main.done()
@@ -69,7 +74,7 @@ class Worker:
         try:
             while not self._stopping:
                 await self._slots.acquire()
-                if self._stopping:
+                if self.stopping:
                     self._slots.release()
                     break
                 try:

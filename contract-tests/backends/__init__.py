@@ -1,0 +1,1 @@
+"""One fixture module per backend; ``conftest.py`` loads the one named by ``--backend``."""

@@ -1,0 +1,104 @@
+"""One contract suite for every backend: ``pytest contract-tests --backend <name>``.
+
+The backend's fixture module is ``backends/<name>.py``; tests never name a backend. A backend
+that cannot be provisioned fails the run with the reason (it is never skipped).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flowcraft import Blueprint
+from flowcraft.distributed import BaseDistributedAdapter, Client, Worker
+
+HERE = Path(__file__).parent
+# Service smoke tests and the service tooling have their own configuration and run separately.
+collect_ignore = ["smoke", "services"]
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--backend", default="memory", help="backend fixture module to test")
+
+
+@pytest.fixture(scope="session")
+def backend(request: pytest.FixtureRequest) -> Any:
+    name = request.config.getoption("--backend")
+    path = HERE / "backends" / f"{name}.py"
+    if not path.exists():
+        pytest.fail(f"no fixture module for backend '{name}' ({path})", pytrace=False)
+    spec = importlib.util.spec_from_file_location(f"contract_backend_{name}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    fixture = module.Fixture()
+    try:
+        fixture.provision()
+    except Exception as exc:
+        pytest.fail(f"backend '{name}' cannot be provisioned: {exc!r}", pytrace=False)
+    return fixture
+
+
+class Harness:
+    """A deployment of the backend under test with workers and a client."""
+
+    def __init__(self, backend: Any, *, lease: float = 5.0) -> None:
+        self.backend = backend
+        self.deployment = backend.deployment(lease=lease)
+        self.registry: dict[str, Any] = {}
+        self.blueprints: dict[str, Blueprint] = {}
+        self.workers: list[Worker] = []
+        self.options: dict[str, Any] = {"cancel_poll": 0.05}
+
+    def add(self, flow: Any) -> Blueprint:
+        """Register a flow's blueprint and functions."""
+        blueprint: Blueprint = flow.to_blueprint()
+        self.blueprints[blueprint.id] = blueprint
+        self.registry.update(flow.function_registry)
+        return blueprint
+
+    def adapter(self, **options: Any) -> BaseDistributedAdapter:
+        adapter: BaseDistributedAdapter = self.backend.adapter(
+            self.deployment, self.registry, self.blueprints, **{**self.options, **options}
+        )
+        return adapter
+
+    def worker(self, *, concurrency: int = 8, **options: Any) -> Worker:
+        worker = Worker(self.adapter(**options), concurrency=concurrency, timer_interval=0.05)
+        worker.start()
+        self.workers.append(worker)
+        return worker
+
+    @property
+    def client(self) -> Client:
+        return Client(self.adapter())
+
+    @property
+    def stores(self) -> tuple[Any, Any]:
+        return self.backend.stores(self.deployment)  # type: ignore[no-any-return]
+
+    def dead_letters(self) -> list[str]:
+        return self.backend.dead_letters(self.deployment)  # type: ignore[no-any-return]
+
+    async def close(self) -> None:
+        for worker in self.workers:
+            await worker.stop(timeout=5)
+        await self.backend.reset(self.deployment)
+
+
+@pytest.fixture
+async def harness(backend: Any) -> AsyncIterator[Harness]:
+    h = Harness(backend)
+    try:
+        yield h
+    finally:
+        await h.close()
+
+
+def outputs(context: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``_outputs.*`` keys of a context, by node id."""
+    return {k[9:]: v for k, v in context.items() if k.startswith("_outputs.")}

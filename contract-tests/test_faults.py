@@ -1,0 +1,175 @@
+"""Fault contract: redelivery, killed and restarted workers, malformed jobs."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+from conftest import Harness, outputs
+
+from flowcraft import NodeContext, create_flow
+from flowcraft.distributed import Delivery, JobPayload
+
+T = 15.0
+
+
+async def test_duplicate_delivery_never_double_fires_a_join(harness: Harness) -> None:
+    calls: list[str] = []
+
+    async def count(ctx: NodeContext) -> Any:
+        calls.append(ctx.node_id)
+        return ctx.node_id
+
+    flow = (
+        create_flow("dup")
+        .node("a", count)
+        .node("b", count)
+        .node("j", count)
+        .edge("a", "j")
+        .edge("b", "j")
+    )
+    harness.add(flow)
+    adapter = harness.adapter()
+    run_id = await harness.client.start("dup")
+    # Deliver every job twice by hand, before and after its first handling.
+    body_a = JobPayload(run_id=run_id, blueprint_id="dup", node_id="a").to_json()
+    body_b = JobPayload(run_id=run_id, blueprint_id="dup", node_id="b").to_json()
+    body_j = JobPayload(run_id=run_id, blueprint_id="dup", node_id="j").to_json()
+    for body in (body_a, body_a, body_b, body_b, body_j, body_j):
+        await adapter.handle(Delivery(body, handle=None))
+    harness.worker()
+    result = await harness.client.wait(run_id, timeout=T)
+    assert result.status == "completed"
+    assert sorted(calls) == ["a", "b", "j"]
+    assert outputs(result.context)["j"] == "j"
+
+
+async def test_worker_killed_mid_node_run_completes(harness: Harness) -> None:
+    harness.deployment = harness.backend.deployment(lease=0.3)
+    started = asyncio.Event()
+    runs: list[int] = []
+
+    async def slow(ctx: NodeContext) -> str:
+        runs.append(1)
+        started.set()
+        await asyncio.sleep(0.5 if len(runs) == 1 else 0)
+        return "done"
+
+    harness.add(create_flow("kill").node("a", slow).node("b", slow).edge("a", "b"))
+    victim = harness.worker()
+    run_id = await harness.client.start("kill")
+    await asyncio.wait_for(started.wait(), T)
+    victim.kill()
+    harness.worker()
+    result = await harness.client.wait(run_id, timeout=T)
+    assert result.status == "completed"
+    assert result.context["_outputs.b"] == "done"
+
+
+async def test_heartbeat_keeps_a_long_node_from_redelivery(harness: Harness) -> None:
+    harness.deployment = harness.backend.deployment(lease=0.3)
+    runs: list[int] = []
+
+    async def long(ctx: NodeContext) -> str:
+        runs.append(1)
+        await asyncio.sleep(1.0)
+        return "ok"
+
+    harness.add(create_flow("long").node("a", long))
+    harness.worker()
+    harness.worker()
+    result = await harness.client.run("long", timeout=T)
+    assert result.status == "completed"
+    assert len(runs) == 1
+
+
+async def test_worker_restarted_mid_run(harness: Harness) -> None:
+    gate = asyncio.Event()
+
+    async def first(ctx: NodeContext) -> int:
+        return 1
+
+    async def second(ctx: NodeContext) -> int:
+        await gate.wait()
+        return 2
+
+    harness.add(create_flow("restart").node("a", first).node("b", second).edge("a", "b"))
+    worker = harness.worker()
+    run_id = await harness.client.start("restart")
+    await asyncio.sleep(0.2)
+    stopping = asyncio.ensure_future(worker.stop(timeout=0.1))
+    await stopping
+    gate.set()
+    harness.worker()
+    result = await harness.client.wait(run_id, timeout=T)
+    assert result.status == "completed"
+    assert result.context["_outputs.b"] == 2
+
+
+async def test_malformed_jobs_are_rejected_and_the_worker_keeps_serving(
+    harness: Harness,
+) -> None:
+    async def one(ctx: NodeContext) -> int:
+        return 1
+
+    harness.add(create_flow("ok").node("a", one))
+    harness.worker()
+    client = harness.client
+    started = [await client.start("ok") for _ in range(3)]
+    unknown_bp = JobPayload(run_id="r-bp", blueprint_id="nope", node_id="a").to_json()
+    unknown_node = JobPayload(run_id=started[1], blueprint_id="ok", node_id="zz").to_json()
+    for body in ("{not json", orjson.dumps({"runId": 5}).decode(), unknown_bp, unknown_node):
+        await harness.backend.inject(harness.deployment, body)
+    good = await client.run("ok", timeout=T)
+    assert good.status == "completed"
+    for _ in range(200):
+        if len(harness.dead_letters()) >= 4:
+            break
+        await asyncio.sleep(0.02)
+    reasons = " | ".join(harness.dead_letters())
+    assert "not JSON" in reasons
+    assert "runId" in reasons
+    assert "'nope' is not registered" in reasons
+    assert "node 'zz' does not exist" in reasons
+    failed = await client.wait("r-bp", timeout=T)
+    assert failed.status == "failed"
+    assert "nope" in failed.errors[0].message
+
+
+async def test_version_mismatch_dead_letters_and_fails_the_run(harness: Harness) -> None:
+    async def one(ctx: NodeContext) -> int:
+        return 1
+
+    harness.add(create_flow("ver").node("a", one).version("1"))
+    client = harness.client
+    run_id = await client.start("ver")
+    harness.add(create_flow("ver").node("a", one).version("2"))
+    harness.worker()
+    result = await client.wait(run_id, timeout=T)
+    assert result.status == "failed"
+    assert "version mismatch" in result.errors[0].message
+    assert any("version mismatch" in r for r in harness.dead_letters())
+
+
+async def test_reconcile_recovers_a_lost_job(harness: Harness) -> None:
+    from flowcraft.distributed import Reconciler
+
+    async def one(ctx: NodeContext) -> int:
+        return 1
+
+    harness.add(create_flow("lost").node("a", one).node("b", one).edge("a", "b"))
+    adapter = harness.adapter()
+    run_id = await harness.client.start("lost")
+    await harness.backend.reset(harness.deployment)  # the queue and stores are wiped ...
+    run_id = await harness.client.start("lost")
+    # ... and this time the start job is lost from the queue only.
+    adapter2 = harness.adapter()
+    deliveries = await adapter2._receive(10, 0.1)
+    for delivery in deliveries:
+        await adapter2._ack(delivery)
+    stats = await Reconciler(adapter, stalled_after=0).run(now=10**10)
+    assert stats == {"scanned": 1, "stalled": 1, "reconciled": 1, "failed": 0}
+    harness.worker()
+    result = await harness.client.wait(run_id, timeout=T)
+    assert result.status == "completed"

@@ -1,0 +1,303 @@
+"""Workflow contract: real runs through the backend's workers and client."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from conftest import Harness, outputs
+
+from flowcraft import NodeContext, NodeResult, create_flow
+
+T = 15.0  # generous, only to avoid hangs
+
+
+async def one(ctx: NodeContext) -> int:
+    return 1
+
+
+async def inc(ctx: NodeContext) -> Any:
+    return (ctx.input or 0) + 1
+
+
+async def echo(ctx: NodeContext) -> Any:
+    return ctx.input
+
+
+async def boom(ctx: NodeContext) -> Any:
+    raise RuntimeError("kaput")
+
+
+async def test_linear(harness: Harness) -> None:
+    harness.add(
+        create_flow("lin")
+        .node("a", one)
+        .node("b", inc)
+        .node("c", inc)
+        .edge("a", "b")
+        .edge("b", "c")
+    )
+    harness.worker()
+    result = await harness.client.run("lin", timeout=T)
+    assert result.status == "completed"
+    assert outputs(result.context) == {"a": 1, "b": 2, "c": 3}
+
+
+@pytest.mark.parametrize("join", ["all", "any"])
+async def test_fan_out_fan_in(harness: Harness, join: str) -> None:
+    calls: list[str] = []
+
+    async def gather(ctx: NodeContext) -> Any:
+        calls.append(ctx.node_id)
+        return ctx.input
+
+    flow = (
+        create_flow(f"fan-{join}")
+        .node("a", one)
+        .node("b", inc)
+        .node("c", inc)
+        .node("d", gather, config={"joinStrategy": join})
+        .edge("a", "b")
+        .edge("a", "c")
+        .edge("b", "d")
+        .edge("c", "d")
+    )
+    harness.add(flow)
+    harness.worker()
+    result = await harness.client.run(f"fan-{join}", timeout=T)
+    assert result.status == "completed"
+    assert calls == ["d"]
+    if join == "all":
+        assert result.context["_outputs.d"] == {"b": 2, "c": 2}
+
+
+async def test_action_and_condition_routing_with_dead_paths(harness: Harness) -> None:
+    async def decide(ctx: NodeContext) -> NodeResult:
+        return NodeResult(output=5, action="left")
+
+    flow = (
+        create_flow("route")
+        .node("a", decide)
+        .node("l", echo)
+        .node("r", echo)
+        .node("big", echo)
+        .node("small", echo)
+        .node("join", echo)
+        .edge("a", "l", action="left")
+        .edge("a", "r", action="right")
+        .edge("l", "big", condition='context["a"] > 3')
+        .edge("l", "small", condition='context["a"] <= 3')
+        .edge("big", "join")
+        .edge("small", "join")
+        .edge("r", "join")
+    )
+    harness.add(flow)
+    harness.worker()
+    result = await harness.client.run("route", timeout=T)
+    assert result.status == "completed"
+    assert set(outputs(result.context)) == {"a", "l", "big", "join"}
+    assert result.context["_outputs.join"] == {"big": 5}
+
+
+async def test_loop(harness: Harness) -> None:
+    async def step(ctx: NodeContext) -> int:
+        n = int(await ctx.context.get("n", 0)) + 1
+        await ctx.context.set("n", n)
+        return n
+
+    flow = (
+        create_flow("loop")
+        .node("start", one)
+        .node("body", step)
+        .node("after", echo)
+        .loop("lp", start_node_id="body", end_node_id="body", condition='context["n"] < 3')
+        .edge("start", "lp")
+        .edge("lp", "after")
+    )
+    harness.add(flow)
+    harness.worker()
+    result = await harness.client.run("loop", {"n": 0}, timeout=T)
+    assert result.status == "completed"
+    assert result.context["n"] == 3
+    assert result.context["_outputs.after"] == 3
+
+
+async def test_batch(harness: Harness) -> None:
+    async def double(ctx: NodeContext) -> int:
+        return int(ctx.input) * 2
+
+    flow = create_flow("batch").batch("b", double, input_key="items", output_key="results")
+    harness.add(flow)
+    harness.worker()
+    harness.worker()
+    result = await harness.client.run("batch", {"items": [1, 2, 3, 4]}, timeout=T)
+    assert result.status == "completed", result.errors
+    assert result.context["results"] == [2, 4, 6, 8]
+
+
+async def test_retries_with_backoff(harness: Harness) -> None:
+    attempts: list[int] = []
+
+    async def flaky(ctx: NodeContext) -> str:
+        attempts.append(ctx.attempt)
+        if ctx.attempt < 3:
+            raise RuntimeError("not yet")
+        return "ok"
+
+    harness.add(create_flow("retry").node("a", flaky, config={"maxRetries": 3, "retryDelay": 1}))
+    harness.worker()
+    result = await harness.client.run("retry", timeout=T)
+    assert result.status == "completed"
+    assert attempts == [1, 2, 3]
+
+
+async def test_timeout_fails_the_run(harness: Harness) -> None:
+    async def slow(ctx: NodeContext) -> None:
+        await asyncio.sleep(30)
+
+    harness.add(create_flow("slow").node("a", slow, config={"timeout": 50}))
+    harness.worker()
+    result = await harness.client.run("slow", timeout=T)
+    assert result.status == "failed"
+    assert "timed out" in result.errors[0].message
+
+
+async def test_fallback(harness: Harness) -> None:
+    async def rescue(ctx: NodeContext) -> str:
+        return f"rescued {ctx.input}"
+
+    flow = (
+        create_flow("fb")
+        .node("a", one)
+        .node("b", boom, config={"fallback": "fix"})
+        .node("fix", rescue)
+        .node("c", echo)
+        .edge("a", "b")
+        .edge("b", "c")
+    )
+    harness.add(flow)
+    harness.worker()
+    result = await harness.client.run("fb", timeout=T)
+    assert result.status == "completed", result.errors
+    assert result.context["_outputs.c"] == "rescued 1"
+
+
+async def test_failing_node_fails_the_run_once(harness: Harness) -> None:
+    flow = (
+        create_flow("fail")
+        .node("a", one)
+        .node("b", boom)
+        .node("c", inc)
+        .edge("a", "b")
+        .edge("a", "c")
+    )
+    harness.add(flow)
+    harness.worker()
+    result = await harness.client.run("fail", timeout=T)
+    assert result.status == "failed"
+    assert len(result.errors) == 1
+    assert result.errors[0].node_id == "b"
+    assert "kaput" in result.errors[0].message
+
+
+async def test_any_join_never_flips_a_completed_run(harness: Harness) -> None:
+    async def late(ctx: NodeContext) -> None:
+        await asyncio.sleep(0.2)
+        raise RuntimeError("late failure")
+
+    flow = (
+        create_flow("anyjoin")
+        .node("a", one)
+        .node("fast", inc)
+        .node("slowfail", late)
+        .node("j", echo, config={"joinStrategy": "any"})
+        .edge("a", "fast")
+        .edge("a", "slowfail")
+        .edge("fast", "j")
+        .edge("slowfail", "j")
+    )
+    harness.add(flow)
+    harness.worker()
+    run_id = await harness.client.start("anyjoin")
+    result = await harness.client.wait(run_id, timeout=T)
+    assert result.status == "failed"  # the late failure is a real failure: the run waited for it
+    assert await harness.client.status(run_id) == "failed"
+    await harness.client.cancel(run_id)
+    assert await harness.client.status(run_id) == "failed"
+
+
+async def test_durable_sleep_fires(harness: Harness) -> None:
+    flow = create_flow("sleepy").node("a", one).sleep("nap", duration=100).node("b", inc)
+    flow.edge("a", "nap").edge("nap", "b")
+    harness.add(flow)
+    harness.worker()
+    run_id = await harness.client.start("sleepy")
+    result = await harness.client.wait(run_id, timeout=T)
+    assert result.status == "completed"
+    assert result.context["_outputs.b"] == 2
+
+
+async def test_wait_and_resume_routes_by_action(harness: Harness) -> None:
+    flow = (
+        create_flow("approve")
+        .node("a", one)
+        .wait("gate")
+        .node("yes", echo)
+        .node("no", echo)
+        .edge("a", "gate")
+        .edge("gate", "yes", action="approve")
+        .edge("gate", "no", action="reject")
+    )
+    harness.add(flow)
+    harness.worker()
+    client = harness.client
+    run_id = await client.start("approve")
+    paused = await client.wait(run_id, timeout=T)
+    assert paused.status == "awaiting"
+    assert paused.context["_awaitingNodeIds"] == ["gate"]
+    assert await client.status(run_id) == "awaiting"
+    assert await client.resume_with_action(run_id, "reject", {"by": "ann"}) == "gate"
+    result = await client.wait(run_id, timeout=T)
+    assert result.status == "completed"
+    assert set(outputs(result.context)) == {"a", "gate", "no"}
+    assert result.context["_outputs.no"] == {"by": "ann"}
+
+
+async def test_cancel(harness: Harness) -> None:
+    seen = asyncio.Event()
+
+    async def long(ctx: NodeContext) -> None:
+        seen.set()
+        while not ctx.cancelled:  # noqa: ASYNC110 - nodes see cancellation as a flag
+            await asyncio.sleep(0.01)
+
+    harness.add(create_flow("cancel").node("a", long).node("b", inc).edge("a", "b"))
+    harness.worker()
+    client = harness.client
+    run_id = await client.start("cancel")
+    await asyncio.wait_for(seen.wait(), T)
+    assert await client.cancel(run_id)
+    result = await client.wait(run_id, timeout=T)
+    assert result.status == "cancelled"
+    assert "_outputs.b" not in result.context
+
+
+async def test_twenty_concurrent_runs_on_two_workers(harness: Harness) -> None:
+    served: set[int] = set()
+    workers: dict[int, Any] = {}
+
+    async def note(ctx: NodeContext) -> Any:
+        await asyncio.sleep(0.01)
+        return (ctx.input or 0) + 1
+
+    harness.add(create_flow("many").node("a", note).node("b", note).edge("a", "b"))
+    for _ in range(2):
+        w = harness.worker(concurrency=4)
+        workers[id(w)] = w
+    client = harness.client
+    run_ids = [await client.start("many", {"i": i}) for i in range(20)]
+    results = await asyncio.gather(*(client.wait(r, timeout=T) for r in run_ids))
+    assert [r.status for r in results] == ["completed"] * 20
+    assert all(r.context["_outputs.b"] == 2 for r in results)
+    del served

@@ -1,0 +1,16 @@
+"""The in-memory reference backend: queue, context and coordination in one process."""
+
+from flowcraft.memory.adapter import JoinTimeout, MemoryAdapter, MemoryBackend
+from flowcraft.memory.context import MemoryContextStore
+from flowcraft.memory.coordination import MemoryCoordinationStore
+from flowcraft.memory.queue import DeadLetter, MemoryQueue
+
+__all__ = [
+    "DeadLetter",
+    "JoinTimeout",
+    "MemoryAdapter",
+    "MemoryBackend",
+    "MemoryContextStore",
+    "MemoryCoordinationStore",
+    "MemoryQueue",
+]
