@@ -13,6 +13,18 @@ import nox
 ROOT = Path(__file__).parent
 PACKAGES = sorted(p.parent for p in ROOT.glob("packages/*/pyproject.toml"))
 DEV = ["pytest>=8", "pytest-asyncio>=0.24", "hypothesis>=6.100"]
+# Operability (issue 6): the core's optional extras and what their tests use. The browser test
+# drives Debian's chromium (apt-get install chromium) through Playwright's Python driver.
+OPERABILITY = [
+    "opentelemetry-api>=1.20",
+    "opentelemetry-sdk>=1.20",
+    "starlette>=0.37",
+    "httpx>=0.27",
+    "click>=8.1",
+    "rich>=13",
+    "playwright>=1.40",
+]
+DEV += OPERABILITY
 
 nox.options.default_venv_backend = "uv|virtualenv"
 nox.options.reuse_existing_virtualenvs = True
@@ -62,37 +74,26 @@ def bench(session: nox.Session) -> None:
     session.run("python", "benchmarks/bench_inmem.py", "--ts", *session.posargs)
 
 
-@nox.session
-def ci(session: nox.Session) -> None:
-    """Everything CI runs, in one session (one environment, so it installs once)."""
-    _install_packages(session, *DEV, "mypy>=1.10", "ruff>=0.6")
-    session.run("ruff", "check", ".")
-    session.run("ruff", "format", "--check", ".")
-    session.run("mypy")
-    session.run("pytest", "tests", "-q")
-    session.run("pytest", "contract-tests", "--backend", "memory", "-q")
-    session.run("python", "examples/content_moderation.py")
-
-
+SERVICES = "contract-tests/services"
 BACKENDS = sorted(p.stem for p in ROOT.glob("contract-tests/backends/*.py") if p.stem != "__init__")
 
 
 def _contract(session: nox.Session, backend: str) -> None:
-    _install_packages(session, *DEV)
+    extra = [] if backend == "memory" else ["-e", SERVICES]
+    _install_packages(session, *DEV, *extra)
     session.run("pytest", "contract-tests", "--backend", backend, *session.posargs)
 
 
-@nox.session(name="contract")
-@nox.parametrize("backend", BACKENDS, ids=BACKENDS)
-def contract(session: nox.Session, backend: str) -> None:
-    """The contract suite against one backend: ``nox -s "contract(memory)"``."""
-    _contract(session, backend)
+def _contract_session(backend: str) -> None:
+    def run(session: nox.Session) -> None:
+        _contract(session, backend)
+
+    run.__doc__ = f"The contract suite against the {backend} backend."
+    nox.session(name=f"contract-{backend}")(run)
 
 
-@nox.session(name="contract-memory")
-def contract_memory(session: nox.Session) -> None:
-    """The contract suite against the in-memory reference backend (no services)."""
-    _contract(session, "memory")
+for _backend in BACKENDS:
+    _contract_session(_backend)
 
 
 @nox.session(name="contract-all")
@@ -100,3 +101,32 @@ def contract_all(session: nox.Session) -> None:
     """The contract suite against every backend that has a fixture module."""
     for backend in BACKENDS:
         _contract(session, backend)
+
+
+@nox.session
+def services(session: nox.Session) -> None:
+    """Install/start/stop the backends' servers: ``./run services up|down|status [name...]``."""
+    session.install("--quiet", "-e", SERVICES)
+    session.run("python", "-m", "flowcraft_services", *(session.posargs or ["status"]))
+
+
+@nox.session(name="services-smoke")
+def services_smoke(session: nox.Session) -> None:
+    """Start every server in parallel and round-trip each with its backend's Python client."""
+    session.install("--quiet", "-e", f"{SERVICES}[test]")
+    session.run("pytest", "contract-tests/smoke", "-p", "no:cacheprovider", "--timeout=900")
+
+
+@nox.session
+def ci(session: nox.Session) -> None:
+    """Everything CI runs, in one environment so it installs once."""
+    _install_packages(session, *DEV, "mypy>=1.10", "ruff>=0.6", "-e", f"{SERVICES}[test]")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+    session.run("mypy")
+    session.run("pytest", "tests", "-q")
+    for backend in BACKENDS:
+        session.run("pytest", "contract-tests", "--backend", backend, "-q")
+    session.run("pytest", "contract-tests/smoke", "-q", "-p", "no:cacheprovider", "--timeout=900")
+    session.run("python", "examples/content_moderation.py")
+    session.run("python", "-m", "flowcraft_services", "down")

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
 from conftest import Harness, outputs
 
-from flowcraft import NodeContext, NodeResult, create_flow
+from flowcraft import ExpressionError, NodeContext, NodeResult, SafeEvaluator, create_flow
 
 T = 15.0  # generous, only to avoid hangs
 
@@ -181,6 +182,108 @@ async def test_fallback(harness: Harness) -> None:
     result = await harness.client.run("fb", timeout=T)
     assert result.status == "completed", result.errors
     assert result.context["_outputs.c"] == "rescued 1"
+
+
+async def test_shared_fallback_stands_in_for_each_failed_primary(harness: Harness) -> None:
+    # 'fix' rescues 'a' and 'c' separately (each with its own input, along its own edges);
+    # 'b' succeeds and routes by its own result, never by the fallback's.
+    async def slow_x(ctx: NodeContext) -> NodeResult:
+        await asyncio.sleep(0.05)
+        return NodeResult(output="B", action="x")
+
+    async def rescue(ctx: NodeContext) -> str:
+        return f"rescued {ctx.input}"
+
+    flow = (
+        create_flow("shared-fb")
+        .node("start", one)
+        .node("a", boom, config={"fallback": "fix"})
+        .node("b", slow_x, config={"fallback": "fix"})
+        .node("c", boom, config={"fallback": "fix"})
+        .node("fix", rescue)
+        .node("after_a", echo)
+        .node("b_chosen", echo)
+        .node("b_default", echo)
+        .node("after_c", echo)
+        .edge("start", "a", transform='"A"')
+        .edge("start", "b")
+        .edge("start", "c", transform='"C"')
+        .edge("a", "after_a")
+        .edge("b", "b_chosen", action="x")
+        .edge("b", "b_default")
+        .edge("c", "after_c")
+    )
+    harness.add(flow)
+    harness.worker()
+    result = await harness.client.run("shared-fb", timeout=T)
+    assert result.status == "completed", result.errors
+    out = outputs(result.context)
+    assert out["after_a"] == "rescued A"
+    assert out["after_c"] == "rescued C"
+    assert out["b_chosen"] == "B"
+    assert "b_default" not in out
+
+
+async def test_unused_fallback_resolves_its_own_edges(harness: Harness) -> None:
+    # 'b' succeeds, so 'fix' never runs; the join after both must not wait for it.
+    async def rescue(ctx: NodeContext) -> str:
+        return "rescued"
+
+    flow = (
+        create_flow("unused-fb")
+        .node("a", one)
+        .node("b", inc, config={"fallback": "fix"})
+        .node("fix", rescue)
+        .node("join", echo)
+        .edge("a", "b")
+        .edge("b", "join")
+        .edge("fix", "join")
+    )
+    harness.add(flow)
+    harness.worker()
+    result = await harness.client.run("unused-fb", timeout=T)
+    assert result.status == "completed", result.errors
+    assert result.context["_outputs.join"] == {"b": 2}
+    assert "_outputs.fix" not in result.context
+
+
+async def test_rejected_expression_is_a_typed_error(harness: Harness) -> None:
+    harness.add(
+        create_flow("bad-expr").node("a", one).node("b", inc).edge("a", "b", condition="a.__x__")
+    )
+    harness.worker()
+    with pytest.raises(ExpressionError) as info:
+        await harness.client.start("bad-expr")
+    assert info.value.node_id == "a"
+    assert "(a -> b)" in info.value.message
+
+
+async def test_expression_failing_on_a_worker_fails_the_run_typed(harness: Harness) -> None:
+    class Picky(SafeEvaluator):
+        def evaluate(self, expression: str, scope: Mapping[str, Any]) -> Any:
+            if "missing" in expression:
+                raise KeyError(expression)
+            return super().evaluate(expression, scope)
+
+    flow = (
+        create_flow("late-expr")
+        .node("a", one)
+        .node("b", inc)
+        .node("c", inc)
+        .edge("a", "b", transform="missing")
+        .edge("b", "c")
+    )
+    harness.add(flow)
+    harness.worker(evaluator=Picky())
+    result = await harness.client.run("late-expr", timeout=T)
+    assert result.status == "failed"
+    assert len(result.errors) == 1
+    error = result.errors[0]
+    assert isinstance(error, ExpressionError)
+    assert error.node_id == "a"
+    assert "(a -> b) transform" in error.message
+    assert "_outputs.b" not in result.context
+    assert harness.dead_letters() == []
 
 
 async def test_failing_node_fails_the_run_once(harness: Harness) -> None:

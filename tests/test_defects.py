@@ -1,9 +1,10 @@
 """Regression tests for the TypeScript defects listed in reference-behaviour.md §12.1 (items 1-30).
 
 Each ``test_defect_<n>_...`` quotes what the reference does and states what we do instead
-(design.md wins where the two disagree). A few numbers have a second test marked
-``xfail(strict=True)``: those document a defect of *our* core in the same area, found while
-writing these tests; the reason names the bug.
+(design.md wins where the two disagree). A few numbers have a second test for a defect of
+*our* core in the same area, found while writing these tests (nested loops, a fallback shared
+by several primaries, a rejected expression, a false UNSATISFIABLE_JOIN warning); each was
+fixed in the core, and the test guards the fix.
 
 Omitted numbers:
 
@@ -270,16 +271,6 @@ async def test_defect_3_loop_without_exit_edge_terminates() -> None:
     assert tracker.ran == ["body", "body", "body"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "core bug: nested loops — the outer loop body is computed by a BFS that stops at the "
-        "inner loop controller (_graph._index_loop), so nodes after the inner loop (here "
-        "'after_inner') are never reset by the outer 'continue'; from the second outer "
-        "iteration on they do not run again, the outer controller is never reached, the exit "
-        "'done' never runs, and the run still reports 'completed'"
-    ),
-)
 async def test_defect_3_nested_loops_run_every_outer_iteration() -> None:
     """Reference: loops misbehave in several ways (defects 3, 19). Ours (design.md 2, 3): each
     loop terminates by its own condition, also when nested, and a run never reports
@@ -397,16 +388,6 @@ async def test_defect_5_rescued_failure_does_not_mask_other_failures() -> None:
     assert result.context["_outputs.primary"] == "rescued"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "core bug: a fallback node shared by several primaries inherits the outgoing edges of "
-        "ALL of them (_graph.Graph._refresh) and Run._rescuing maps it to one primary only; "
-        "rescuing 'a' routes along 'b's edges with the fallback's result, so 'b_default' runs "
-        "(input None) before 'b' has finished, and 'b_chosen' — the edge 'b' then selects — is "
-        "already marked dead and never runs; the run still reports 'completed'"
-    ),
-)
 async def test_defect_5_shared_fallback_routes_only_for_its_rescued_primary() -> None:
     """Reference: a fallback inherits its primary's outgoing edges (§4.4). Ours (design.md 5):
     a fallback runs only for the node that failed for good, so it may stand in for that node's
@@ -441,6 +422,39 @@ async def test_defect_5_shared_fallback_routes_only_for_its_rescued_primary() ->
     assert result.context["_outputs.after_a"] == "handled"
     assert "b_default" not in tracker.ran
     assert result.context["_outputs.b_chosen"] == "B"
+
+
+async def test_defect_5_shared_fallback_runs_once_per_failed_primary() -> None:
+    """Ours (semantics.md, Resilience): when several primaries of one fallback fail, the
+    fallback stands in for each separately — once per primary, with that primary's input,
+    storing its output as that primary's and routing along that primary's edges only."""
+    tracker = Tracker()
+    blueprint = _blueprint(
+        "shared-fallback-both",
+        [
+            _node("start"),
+            _node("a", "boom", config={"fallback": "handler"}),
+            _node("b", "boom", config={"fallback": "handler"}),
+            _node("handler", "echo"),
+            _node("after_a", "echo"),
+            _node("after_b", "echo"),
+            _node("join", "echo"),
+        ],
+        [
+            _edge("start", "a", transform='"for a"'),
+            _edge("start", "b", transform='"for b"'),
+            _edge("a", "after_a"),
+            _edge("b", "after_b"),
+            _edge("after_a", "join"),
+            _edge("after_b", "join"),
+        ],
+    )
+    result = await tracker.runtime().run(blueprint)
+    assert result.status == "completed", result.errors
+    assert tracker.ran.count("handler") == 2
+    assert result.context["_outputs.a"] == "for a"
+    assert result.context["_outputs.b"] == "for b"
+    assert result.context["_outputs.join"] == {"after_a": "for a", "after_b": "for b"}
 
 
 # --------------------------------------------------------------------------- 6-10
@@ -1041,31 +1055,77 @@ async def test_defect_20_only_a_whitelisting_evaluator_exists() -> None:
     assert evaluator.evaluate("len(items) == 2 && a.b === 1", scope) is True
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "core bug: an edge condition or transform the safe evaluator rejects raises out of "
-        "Run.complete()/_input_for() into the worker's catch-all, so the run fails with a "
-        "generic FlowcraftError('internal error: ExpressionError(...)') whose node_id is None, "
-        "instead of the typed ExpressionError naming the edge (design.md 20)"
-    ),
-)
-async def test_defect_20_rejected_expression_fails_the_run_with_a_typed_error() -> None:
+async def test_defect_20_rejected_expression_is_a_typed_error_before_any_node_runs() -> None:
     """Ours (design.md 20): "Bad input anywhere (blueprint, job payload, resume data,
     expression) raises a typed `FlowcraftError` subclass whose message names the offending id
-    or field"."""
+    or field".
+
+    Every condition, transform and loop condition is checked by the runtime's evaluator when
+    the run starts, so a blueprint with a rejected expression is refused like any invalid
+    blueprint: ``run`` raises :class:`ExpressionError` naming the edge, and no node runs.
+    """
     tracker = Tracker()
-    blueprint = _blueprint(
-        "bad-expression",
-        [_node("a"), _node("b")],
-        [_edge("a", "b", condition="__import__('os')")],
+    runtime = tracker.runtime()
+    for edge, kind in (
+        (_edge("a", "b", condition="__import__('os')"), "condition"),
+        (_edge("a", "b", transform="input.__class__"), "transform"),
+    ):
+        blueprint = _blueprint("bad-expression", [_node("a"), _node("b")], [edge])
+        with pytest.raises(ExpressionError) as info:
+            await runtime.run(blueprint)
+        error = info.value
+        assert error.node_id == "a"
+        assert error.blueprint_id == "bad-expression"
+        assert "(a -> b)" in error.message and kind in error.message
+        assert "internal error" not in error.message
+    loop = _blueprint(
+        "bad-loop",
+        [
+            _node("lp", "loop-controller", params={"condition": "n +"}),
+            _node("body"),
+        ],
+        [_edge("lp", "body", action="continue"), _edge("body", "lp")],
+        metadata={"cycleEntryPoints": ["lp"]},
     )
-    result = await tracker.runtime().run(blueprint)
+    with pytest.raises(ExpressionError) as info:
+        await runtime.run(loop)
+    assert info.value.node_id == "lp"
+    assert "loop controller 'lp'" in info.value.message
+    assert tracker.ran == []
+
+
+class _PickyEvaluator(SafeEvaluator):
+    """Accepts every expression the safe evaluator accepts, but fails on ``missing`` at run
+    time (as a custom evaluator may)."""
+
+    def evaluate(self, expression: str, scope: Mapping[str, Any]) -> Any:
+        if "missing" in expression:
+            raise KeyError("missing")
+        return super().evaluate(expression, scope)
+
+
+@pytest.mark.parametrize("kind", ["condition", "transform"])
+async def test_defect_20_expression_failing_at_run_time_fails_the_run_typed(kind: str) -> None:
+    """An expression that passes the check but fails when evaluated fails the run with an
+    :class:`ExpressionError` naming the edge (``node_id`` is its source) — never a generic
+    internal error — and nothing after it runs."""
+    tracker = Tracker()
+    runtime = FlowRuntime(registry=tracker.registry, evaluator=_PickyEvaluator())
+    blueprint = _blueprint(
+        "late-expression",
+        [_node("a"), _node("b", "echo"), _node("c")],
+        [_edge("a", "b", **{kind: "missing"}), _edge("b", "c")],
+    )
+    result = await runtime.run(blueprint)
     assert result.status == "failed"
+    assert len(result.errors) == 1
     error = result.errors[0]
     assert isinstance(error, ExpressionError)
     assert error.node_id == "a"
+    assert f"(a -> b) {kind}" in error.message
     assert "internal error" not in error.message
+    assert isinstance(error.__cause__, KeyError)
+    assert tracker.ran == ["a"]
 
 
 # --------------------------------------------------------------------------- 21-25
@@ -1411,15 +1471,6 @@ def test_defect_29_linter_knows_builtins_and_reports_the_missing_checks() -> Non
     assert "#quot;" in diagram
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "core bug (linter): UNSATISFIABLE_JOIN is reported for an 'all' join fed by several "
-        "edges of ONE source with distinct actions, but the runtime fires that join whenever "
-        "the source takes any of them (one structural predecessor; dead-path elimination), so "
-        "the warning is a false positive (analysis._lint_flow)"
-    ),
-)
 async def test_defect_29_unsatisfiable_join_warning_agrees_with_the_runtime() -> None:
     """Ours (design.md 2): a join only waits for predecessors that can still complete; the
     linter must not call a join unsatisfiable that the runtime fires."""

@@ -17,10 +17,11 @@ from typing import Any
 import pytest
 
 pytest.importorskip("starlette", reason="starlette is a test dependency (extra 'web')")
-httpx = pytest.importorskip("httpx", reason="httpx is a test dependency")
-playwright_api = pytest.importorskip(
-    "playwright.async_api", reason="playwright (PyPI) is a test dependency"
-)
+pytest.importorskip("httpx", reason="httpx is a test dependency")
+pytest.importorskip("playwright.async_api", reason="playwright (PyPI) is a test dependency")
+
+import httpx
+from playwright import async_api as playwright_api
 
 from flowcraft import FlowRuntime, NodeContext, create_flow
 from flowcraft.webhooks import create_app

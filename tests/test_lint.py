@@ -195,22 +195,59 @@ def test_exitless_loop_is_a_warning() -> None:
 
 
 def test_unsatisfiable_join_is_a_warning() -> None:
+    # 'j' waits (all) for 'b', which only runs after 'j': the runtime stalls there.
     blueprint = raw(
-        [node("route"), node("join")],
-        [edge("route", "join", action="left"), edge("route", "join", action="right")],
+        [node("start"), node("j"), node("b")],
+        [edge("start", "j"), edge("j", "b"), edge("b", "j")],
     )
     result = lint_blueprint(blueprint)
     issue = only(result, "UNSATISFIABLE_JOIN")
-    assert (issue.node_id, issue.related_id, issue.severity) == ("join", "route", "warning")
+    assert (issue.node_id, issue.related_id, issue.severity) == ("j", "b", "warning")
     assert result.is_valid
-    # A default edge and an action edge of one source exclude each other too.
-    with_default = raw([node("r"), node("j")], [edge("r", "j"), edge("r", "j", action="x")])
-    assert codes(lint_blueprint(with_default)) == ["UNSATISFIABLE_JOIN"]
+    # A loop entered at its first body node instead of its controller waits for the controller.
+    entered_at_body = raw(
+        [
+            node("s"),
+            node("body"),
+            node("lp", "loop-controller", params={"condition": "true"}),
+            node("after"),
+        ],
+        [
+            edge("s", "body"),
+            edge("body", "lp"),
+            edge("lp", "body", action="continue"),
+            edge("lp", "after", action="break"),
+        ],
+    )
+    issue = only(lint_blueprint(entered_at_body), "UNSATISFIABLE_JOIN")
+    assert (issue.node_id, issue.related_id) == ("body", "lp")
+    # A join downstream of the stuck one is not reported again.
+    downstream = raw(
+        [node("start"), node("j"), node("b"), node("x"), node("k")],
+        [
+            edge("start", "j"),
+            edge("j", "b"),
+            edge("b", "j"),
+            edge("start", "x"),
+            edge("x", "k"),
+            edge("b", "k"),
+        ],
+    )
+    assert [(i.code, i.node_id) for i in lint_blueprint(downstream).issues] == [
+        ("UNSATISFIABLE_JOIN", "j")
+    ]
 
 
 @pytest.mark.parametrize(
     "blueprint",
     [
+        # one source, distinct actions: one structural predecessor, so the join fires on any
+        raw(
+            [node("route"), node("join")],
+            [edge("route", "join", action="left"), edge("route", "join", action="right")],
+        ),
+        # a default edge and an action edge of one source
+        raw([node("r"), node("j")], [edge("r", "j"), edge("r", "j", action="x")]),
         # an `any` join
         raw(
             [node("r"), node("j", config={"joinStrategy": "any"})],
@@ -223,11 +260,46 @@ def test_unsatisfiable_join_is_a_warning() -> None:
             [node("r"), node("s"), node("j")],
             [edge("r", "s"), edge("r", "j", action="a"), edge("s", "j", action="b")],
         ),
+        # exclusive branches joined (dead-path elimination resolves the untaken one)
+        raw(
+            [node("r"), node("a"), node("b"), node("j")],
+            [
+                edge("r", "a", action="x"),
+                edge("r", "b", action="y"),
+                edge("a", "j"),
+                edge("b", "j"),
+            ],
+        ),
         # a predecessor reachable only through a fallback
         raw(
             [node("a", config={"fallback": "fb"}), node("fb"), node("j")],
             [edge("a", "j"), edge("fb", "j")],
         ),
+        # a loop entered through its controller, with an all join in its body
+        raw(
+            [
+                node("s"),
+                node("lp", "loop-controller", params={"condition": "true"}),
+                node("p"),
+                node("q"),
+                node("body"),
+                node("after"),
+            ],
+            [
+                edge("s", "lp"),
+                edge("lp", "p", action="continue"),
+                edge("lp", "q", action="continue"),
+                edge("p", "body"),
+                edge("q", "body"),
+                edge("body", "lp"),
+                edge("lp", "after", action="break"),
+            ],
+        ),
+        # a cycle entered at the join (cycleEntryPoints)
+        {
+            **raw([node("j"), node("b")], [edge("j", "b"), edge("b", "j")]),
+            "metadata": {"cycleEntryPoints": ["j"]},
+        },
     ],
 )
 def test_satisfiable_joins_are_not_flagged(blueprint: dict[str, Any]) -> None:

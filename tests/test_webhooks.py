@@ -8,7 +8,9 @@ from typing import Any
 import pytest
 
 pytest.importorskip("starlette", reason="starlette is a test dependency (extra 'web')")
-httpx = pytest.importorskip("httpx", reason="httpx is a test dependency")
+pytest.importorskip("httpx", reason="httpx is a test dependency")
+
+import httpx
 
 from flowcraft import FlowRuntime, NodeContext, create_flow
 from flowcraft.webhooks import (

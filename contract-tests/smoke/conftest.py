@@ -15,33 +15,20 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from flowcraft_services import Service, from_state
+from flowcraft_services import from_state
 from flowcraft_services.cli import start_many
 from flowcraft_services.paths import state_dir
 from flowcraft_services.registry import expand
+from smoke_support import Started
+
+# Set once the servers were started in this run, so the summary never shows an old report.
+_REPORTED: list[bool] = []
 
 
 def selected() -> list[str]:
     """Service names chosen for this run."""
     raw = os.environ.get("FLOWCRAFT_SMOKE_SERVICES", "all")
     return expand([n for n in re.split(r"[\s,]+", raw) if n])
-
-
-class Started:
-    """The outcome of starting every selected server."""
-
-    def __init__(self, results: dict[str, Service | Exception], seconds: float,
-                 preexisting: set[str]) -> None:
-        self.results = results
-        self.seconds = seconds
-        self.preexisting = preexisting
-
-    def get(self, name: str) -> Service:
-        """Return a started provider, failing the test (never skipping) if it did not start."""
-        result = self.results[name]
-        if isinstance(result, Exception):
-            pytest.fail(f"{name} did not start: {result}", pytrace=False)
-        return result
 
 
 @pytest.fixture(scope="session")
@@ -53,6 +40,7 @@ def started() -> Iterator[Started]:
     results = start_many(names)
     outcome = Started(results, time.monotonic() - began, preexisting)
     _write_report(outcome)
+    _REPORTED.append(True)
     yield outcome
     if os.environ.get("FLOWCRAFT_SMOKE_KEEP") == "1":
         return
@@ -65,15 +53,18 @@ def _write_report(outcome: Started) -> None:
     """Record start times and memory, for docs/services.md and the CI log."""
     report: dict[str, object] = {"parallel_start_seconds": round(outcome.seconds, 1)}
     for name, result in outcome.results.items():
-        report[name] = ({"error": str(result)[:500]} if isinstance(result, Exception)
-                        else result.describe() | {"env": None})
+        report[name] = (
+            {"error": str(result)[:500]}
+            if isinstance(result, Exception)
+            else result.describe() | {"env": None}
+        )
     (state_dir() / "smoke-report.json").write_text(json.dumps(report, indent=2))
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     """Print each server's start time and memory after the tests."""
     path = state_dir() / "smoke-report.json"
-    if not path.exists():
+    if not _REPORTED or not path.exists():
         return
     report = json.loads(path.read_text())
     terminalreporter.section("servers")
@@ -93,4 +84,3 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Parametrise every test that takes `service_name` over the selected servers."""
     if "service_name" in metafunc.fixturenames:
         metafunc.parametrize("service_name", selected())
-

@@ -92,11 +92,14 @@ def sqs_roundtrip(env: Mapping[str, str]) -> None:
     queue_url = sqs.create_queue(QueueName=_unique("smoke"))["QueueUrl"]  # type: ignore[attr-defined]
     sqs.send_message(QueueUrl=queue_url, MessageBody="hello")  # type: ignore[attr-defined]
     messages = sqs.receive_message(  # type: ignore[attr-defined]
-        QueueUrl=queue_url, WaitTimeSeconds=5, MaxNumberOfMessages=1,
+        QueueUrl=queue_url,
+        WaitTimeSeconds=5,
+        MaxNumberOfMessages=1,
     )["Messages"]
     assert messages[0]["Body"] == "hello"
     sqs.delete_message(  # type: ignore[attr-defined]
-        QueueUrl=queue_url, ReceiptHandle=messages[0]["ReceiptHandle"],
+        QueueUrl=queue_url,
+        ReceiptHandle=messages[0]["ReceiptHandle"],
     )
 
 
@@ -106,13 +109,15 @@ def dynamodb_roundtrip(env: Mapping[str, str]) -> None:
         ddb = _boto("dynamodb")
     table = _unique("smoke")
     ddb.create_table(  # type: ignore[attr-defined]
-        TableName=table, BillingMode="PAY_PER_REQUEST",
+        TableName=table,
+        BillingMode="PAY_PER_REQUEST",
         KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
         AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
     )
     ddb.get_waiter("table_exists").wait(TableName=table)  # type: ignore[attr-defined]
     ddb.put_item(  # type: ignore[attr-defined]
-        TableName=table, Item={"pk": {"S": "a"}, "body": {"S": "hello"}},
+        TableName=table,
+        Item={"pk": {"S": "a"}, "body": {"S": "hello"}},
         ConditionExpression="attribute_not_exists(pk)",
     )
     item = ddb.get_item(TableName=table, Key={"pk": {"S": "a"}}, ConsistentRead=True)  # type: ignore[attr-defined]
@@ -141,12 +146,12 @@ def pubsub_roundtrip(env: Mapping[str, str]) -> None:
     received = []
     deadline = time.monotonic() + 15
     while not received and time.monotonic() < deadline:
-        response = subscriber.pull(request={"subscription": subscription, "max_messages": 1},
-                                   timeout=5)
+        response = subscriber.pull(
+            request={"subscription": subscription, "max_messages": 1}, timeout=5
+        )
         received = list(response.received_messages)
     assert received and received[0].message.data == b"hello"
-    subscriber.acknowledge(request={"subscription": subscription,
-                                    "ack_ids": [received[0].ack_id]})
+    subscriber.acknowledge(request={"subscription": subscription, "ack_ids": [received[0].ack_id]})
     subscriber.close()
 
 
@@ -168,8 +173,9 @@ def azurite_roundtrip(env: Mapping[str, str]) -> None:
     """Create a queue, send, receive, delete the message."""
     from azure.storage.queue import QueueClient
 
-    queue = QueueClient.from_connection_string(env["AZURE_STORAGE_CONNECTION_STRING"],
-                                               _unique("smoke"))
+    queue = QueueClient.from_connection_string(
+        env["AZURE_STORAGE_CONNECTION_STRING"], _unique("smoke")
+    )
     queue.create_queue()
     queue.send_message("hello")
     messages = list(queue.receive_messages(max_messages=1, visibility_timeout=30))
@@ -188,18 +194,26 @@ def cosmos_roundtrip(env: Mapping[str, str]) -> None:
     with warnings.catch_warnings():
         # The local server's certificate is self-signed; real Cosmos has a valid one.
         warnings.simplefilter("ignore", InsecureRequestWarning)
-        client = CosmosClient(env["COSMOS_ENDPOINT"], credential=env["COSMOS_KEY"],
-                              connection_verify=False, enable_endpoint_discovery=False)
+        client = CosmosClient(
+            env["COSMOS_ENDPOINT"],
+            credential=env["COSMOS_KEY"],
+            connection_verify=False,
+            enable_endpoint_discovery=False,
+        )
         database = client.create_database_if_not_exists(_unique("smoke"))
         container = database.create_container_if_not_exists(
-            id="items", partition_key=PartitionKey(path="/pk"),
+            id="items",
+            partition_key=PartitionKey(path="/pk"),
         )
         container.upsert_item({"id": "a", "pk": "p", "body": "hello"})
         assert container.read_item("a", partition_key="p")["body"] == "hello"
-        rows = list(container.query_items(
-            "SELECT * FROM c WHERE c.pk = @pk", parameters=[{"name": "@pk", "value": "p"}],
-            partition_key="p",
-        ))
+        rows = list(
+            container.query_items(
+                "SELECT * FROM c WHERE c.pk = @pk",
+                parameters=[{"name": "@pk", "value": "p"}],
+                partition_key="p",
+            )
+        )
         assert [r["id"] for r in rows] == ["a"]
 
 
@@ -217,12 +231,16 @@ def kafka_roundtrip(env: Mapping[str, str]) -> None:
     producer = Producer({"bootstrap.servers": servers})
     producer.produce(topic, key=b"k", value=b"hello")
     assert producer.flush(30) == 0
-    consumer = Consumer({
-        "bootstrap.servers": servers, "group.id": _unique("smoke"),
-        # tansu answers ListOffsets "latest" wrongly; "earliest" works on both brokers.
-        "auto.offset.reset": "earliest", "enable.auto.commit": False,
-        "session.timeout.ms": 6000,
-    })
+    consumer = Consumer(
+        {
+            "bootstrap.servers": servers,
+            "group.id": _unique("smoke"),
+            # tansu answers ListOffsets "latest" wrongly; "earliest" works on both brokers.
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "session.timeout.ms": 6000,
+        }
+    )
     try:
         consumer.subscribe([topic])
         message = None
@@ -244,7 +262,8 @@ def cassandra_roundtrip(env: Mapping[str, str]) -> None:
     from cassandra.policies import DCAwareRoundRobinPolicy
 
     cluster = Cluster(
-        env["CASSANDRA_CONTACT_POINTS"].split(","), port=int(env["CASSANDRA_PORT"]),
+        env["CASSANDRA_CONTACT_POINTS"].split(","),
+        port=int(env["CASSANDRA_PORT"]),
         load_balancing_policy=DCAwareRoundRobinPolicy(local_dc=env["CASSANDRA_LOCAL_DC"]),
         protocol_version=5,
     )
@@ -253,7 +272,8 @@ def cassandra_roundtrip(env: Mapping[str, str]) -> None:
         keyspace = _unique("smoke").replace("-", "_")
         session.execute(
             f"CREATE KEYSPACE {keyspace} WITH replication = "
-            "{'class': 'SimpleStrategy', 'replication_factor': 1}", timeout=60,
+            "{'class': 'SimpleStrategy', 'replication_factor': 1}",
+            timeout=60,
         )
         session.execute(f"CREATE TABLE {keyspace}.t (id int PRIMARY KEY, body text)", timeout=60)
         session.execute(f"INSERT INTO {keyspace}.t (id, body) VALUES (1, 'hello')")
@@ -361,8 +381,12 @@ def _cosmos_databases(env: Mapping[str, str]) -> list[str]:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", InsecureRequestWarning)
-        client = CosmosClient(env["COSMOS_ENDPOINT"], credential=env["COSMOS_KEY"],
-                              connection_verify=False, enable_endpoint_discovery=False)
+        client = CosmosClient(
+            env["COSMOS_ENDPOINT"],
+            credential=env["COSMOS_KEY"],
+            connection_verify=False,
+            enable_endpoint_discovery=False,
+        )
         return [d["id"] for d in client.list_databases()]
 
 
@@ -378,7 +402,8 @@ def _cassandra_keyspaces(env: Mapping[str, str]) -> list[str]:
     from cassandra.policies import DCAwareRoundRobinPolicy
 
     cluster = Cluster(
-        env["CASSANDRA_CONTACT_POINTS"].split(","), port=int(env["CASSANDRA_PORT"]),
+        env["CASSANDRA_CONTACT_POINTS"].split(","),
+        port=int(env["CASSANDRA_PORT"]),
         load_balancing_policy=DCAwareRoundRobinPolicy(local_dc=env["CASSANDRA_LOCAL_DC"]),
         protocol_version=5,
     )

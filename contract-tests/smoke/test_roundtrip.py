@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from conftest import Started
 from flowcraft_services import procs
 from roundtrips import LEFTOVERS, ROUNDTRIPS
+from smoke_support import Started
 
 
 def test_roundtrip(started: Started, service_name: str) -> None:

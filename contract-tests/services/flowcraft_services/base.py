@@ -154,15 +154,22 @@ class LocalService(Service):
         began = time.monotonic()
         launch = self.launch(self.workdir)
         self.state = RunState(
-            name=self.name, mode="local", env=launch.env, processes=launch.processes,
-            workdir=str(self.workdir), extra=launch.extra,
+            name=self.name,
+            mode="local",
+            env=launch.env,
+            processes=launch.processes,
+            workdir=str(self.workdir),
+            extra=launch.extra,
         )
         # Saved before waiting so that `down` can stop a server that hangs during start-up.
         self.state.save()
         try:
             procs.wait_until(
-                lambda: self.probe(launch.env), what=f"{self.name} start",
-                timeout=self.start_timeout, proc=launch.processes[0], log_path=self.log_path,
+                lambda: self.probe(launch.env),
+                what=f"{self.name} start",
+                timeout=self.start_timeout,
+                proc=launch.processes[0],
+                log_path=self.log_path,
             )
             self.after_ready(launch)
         except BaseException:
@@ -179,7 +186,8 @@ class LocalService(Service):
         """Refuse to keep a server that listens beyond loopback."""
         assert self.state is not None
         wide = [
-            (addr, port) for addr, port in procs.listening_addresses(self.state.processes)
+            (addr, port)
+            for addr, port in procs.listening_addresses(self.state.processes)
             if not procs.is_loopback(addr)
         ]
         if wide:

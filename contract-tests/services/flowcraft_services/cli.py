@@ -70,13 +70,17 @@ def cmd_up(args: argparse.Namespace) -> int:
             print(f"FAILED  {name}: {result}", file=sys.stderr)
             continue
         info = result.describe()
-        print(f"up      {name:15} {result.mode:8} {info.get('start_seconds', 0):6.1f} s "
-              f"{info.get('rss_mb', 0):6} MB")
+        print(
+            f"up      {name:15} {result.mode:8} {info.get('start_seconds', 0):6.1f} s "
+            f"{info.get('rss_mb', 0):6} MB"
+        )
         for key, value in sorted(result.env.items()):
             print(f"          {key}={value}")
     write_env_files()
-    print(f"{len(results) - failed}/{len(results)} up in {time.monotonic() - began:.1f} s; "
-          f"settings: source {state_dir() / 'env.sh'}")
+    print(
+        f"{len(results) - failed}/{len(results)} up in {time.monotonic() - began:.1f} s; "
+        f"settings: source {state_dir() / 'env.sh'}"
+    )
     return 1 if failed else 0
 
 
@@ -138,14 +142,21 @@ def cmd_env(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point."""
-    names_help = ("service names: " + ", ".join([*PROVIDERS, *ALIASES, "all"])
-                  + f"; default for up: {' '.join(DEFAULT)}")
+    names_help = (
+        "service names: "
+        + ", ".join([*PROVIDERS, *ALIASES, "all"])
+        + f"; default for up: {' '.join(DEFAULT)}"
+    )
     parser = argparse.ArgumentParser(prog="flowcraft-services", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="install if needed, start, wait until a client call works")
     up.add_argument("names", nargs="*", help=names_help)
-    up.add_argument("--mode", choices=MODES, default=None,
-                    help="default: FLOWCRAFT_SERVICES_MODE or auto (env vars > docker > local)")
+    up.add_argument(
+        "--mode",
+        choices=MODES,
+        default=None,
+        help="default: FLOWCRAFT_SERVICES_MODE or auto (env vars > docker > local)",
+    )
     up.set_defaults(func=cmd_up)
     down = sub.add_parser("down", help="stop by PID / container id (default: everything)")
     down.add_argument("names", nargs="*", help=names_help)

@@ -59,8 +59,10 @@ class ImageSpec:
 
 
 def _aws(*keys: str) -> Settings:
-    return lambda p: {**{k: f"http://{H}:{next(iter(p.values()))}" for k in keys},
-                      **aws.CREDENTIALS}
+    return lambda p: {
+        **{k: f"http://{H}:{next(iter(p.values()))}" for k in keys},
+        **aws.CREDENTIALS,
+    }
 
 
 _KAFKA_ENV = {
@@ -82,63 +84,98 @@ _KAFKA_ENV = {
 GCLOUD = "gcr.io/google.com/cloudsdktool/google-cloud-cli:emulators"
 
 SPECS: dict[str, ImageSpec] = {
-    "redis": ImageSpec("redis:7", (6379,),
-                       lambda p: {"REDIS_URL": f"redis://{H}:{p[6379]}/0"}),
+    "redis": ImageSpec("redis:7", (6379,), lambda p: {"REDIS_URL": f"redis://{H}:{p[6379]}/0"}),
     "postgres": ImageSpec(
-        "postgres:16", (5432,),
-        lambda p: {"DATABASE_URL": f"postgresql://{postgres.USER}:{postgres.PASSWORD}@{H}:"
-                                   f"{p[5432]}/{postgres.DATABASE}"},
-        env={"POSTGRES_USER": postgres.USER, "POSTGRES_PASSWORD": postgres.PASSWORD,
-             "POSTGRES_DB": postgres.DATABASE},
+        "postgres:16",
+        (5432,),
+        lambda p: {
+            "DATABASE_URL": f"postgresql://{postgres.USER}:{postgres.PASSWORD}@{H}:"
+            f"{p[5432]}/{postgres.DATABASE}"
+        },
+        env={
+            "POSTGRES_USER": postgres.USER,
+            "POSTGRES_PASSWORD": postgres.PASSWORD,
+            "POSTGRES_DB": postgres.DATABASE,
+        },
     ),
-    "rabbitmq": ImageSpec("rabbitmq:3.13-management", (5672,),
-                          lambda p: {"AMQP_URL": f"amqp://guest:guest@{H}:{p[5672]}/%2F"}),
-    "moto": ImageSpec("motoserver/moto:latest", (5000,),
-                      _aws("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_SQS",
-                           "AWS_ENDPOINT_URL_DYNAMODB")),
-    "elasticmq": ImageSpec("softwaremill/elasticmq-native:1.7.1", (9324,),
-                           _aws("AWS_ENDPOINT_URL_SQS")),
-    "dynamodb-local": ImageSpec("amazon/dynamodb-local:latest", (8000,),
-                                _aws("AWS_ENDPOINT_URL_DYNAMODB"),
-                                command="-jar DynamoDBLocal.jar -inMemory -sharedDb"),
+    "rabbitmq": ImageSpec(
+        "rabbitmq:3.13-management",
+        (5672,),
+        lambda p: {"AMQP_URL": f"amqp://guest:guest@{H}:{p[5672]}/%2F"},
+    ),
+    "moto": ImageSpec(
+        "motoserver/moto:latest",
+        (5000,),
+        _aws("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_SQS", "AWS_ENDPOINT_URL_DYNAMODB"),
+    ),
+    "elasticmq": ImageSpec(
+        "softwaremill/elasticmq-native:1.7.1", (9324,), _aws("AWS_ENDPOINT_URL_SQS")
+    ),
+    "dynamodb-local": ImageSpec(
+        "amazon/dynamodb-local:latest",
+        (8000,),
+        _aws("AWS_ENDPOINT_URL_DYNAMODB"),
+        command="-jar DynamoDBLocal.jar -inMemory -sharedDb",
+    ),
     "pubsub": ImageSpec(
-        GCLOUD, (8085,),
-        lambda p: {"PUBSUB_EMULATOR_HOST": f"{H}:{p[8085]}", "PUBSUB_PROJECT_ID": google.PROJECT,
-                   "GOOGLE_CLOUD_PROJECT": google.PROJECT},
+        GCLOUD,
+        (8085,),
+        lambda p: {
+            "PUBSUB_EMULATOR_HOST": f"{H}:{p[8085]}",
+            "PUBSUB_PROJECT_ID": google.PROJECT,
+            "GOOGLE_CLOUD_PROJECT": google.PROJECT,
+        },
         command=f"gcloud beta emulators pubsub start --host-port=0.0.0.0:8085 "
-                f"--project={google.PROJECT}",
+        f"--project={google.PROJECT}",
     ),
     "firestore": ImageSpec(
-        GCLOUD, (8080,),
-        lambda p: {"FIRESTORE_EMULATOR_HOST": f"{H}:{p[8080]}",
-                   "GOOGLE_CLOUD_PROJECT": google.PROJECT},
+        GCLOUD,
+        (8080,),
+        lambda p: {
+            "FIRESTORE_EMULATOR_HOST": f"{H}:{p[8080]}",
+            "GOOGLE_CLOUD_PROJECT": google.PROJECT,
+        },
         command="gcloud emulators firestore start --host-port=0.0.0.0:8080 "
-                "--database-mode=firestore-native",
+        "--database-mode=firestore-native",
     ),
     "azurite": ImageSpec(
-        "mcr.microsoft.com/azure-storage/azurite:3.35.0", (10001,),
-        lambda p: {"AZURE_STORAGE_CONNECTION_STRING":
-                   azurite.connection_string(f"http://{H}:{p[10001]}")},
+        "mcr.microsoft.com/azure-storage/azurite:3.35.0",
+        (10001,),
+        lambda p: {
+            "AZURE_STORAGE_CONNECTION_STRING": azurite.connection_string(f"http://{H}:{p[10001]}")
+        },
         command="azurite-queue --queueHost 0.0.0.0 --queuePort 10001 --inMemoryPersistence "
-                "--skipApiVersionCheck --loose --disableTelemetry",
+        "--skipApiVersionCheck --loose --disableTelemetry",
     ),
     "cosmos": ImageSpec(
-        "mcr.microsoft.com/cosmosdb/linux/azure-cosmos-emulator:vnext-preview", (8081,),
+        "mcr.microsoft.com/cosmosdb/linux/azure-cosmos-emulator:vnext-preview",
+        (8081,),
         lambda p: {"COSMOS_ENDPOINT": f"https://{H}:{p[8081]}/", "COSMOS_KEY": cosmos.KEY},
         env={"PROTOCOL": "https"},
     ),
-    "kafka": ImageSpec("apache/kafka:4.1.1", (9092,),
-                       lambda p: {"KAFKA_BOOTSTRAP_SERVERS": f"{H}:{p[9092]}"}, env=_KAFKA_ENV),
-    "tansu": ImageSpec(
-        "ghcr.io/tansu-io/tansu:latest", (9092,),
+    "kafka": ImageSpec(
+        "apache/kafka:4.1.1",
+        (9092,),
         lambda p: {"KAFKA_BOOTSTRAP_SERVERS": f"{H}:{p[9092]}"},
-        env={"ADVERTISED_LISTENER_URL": "tcp://127.0.0.1:{port:9092}",
-             "STORAGE_ENGINE": "memory://tansu/"},
+        env=_KAFKA_ENV,
+    ),
+    "tansu": ImageSpec(
+        "ghcr.io/tansu-io/tansu:latest",
+        (9092,),
+        lambda p: {"KAFKA_BOOTSTRAP_SERVERS": f"{H}:{p[9092]}"},
+        env={
+            "ADVERTISED_LISTENER_URL": "tcp://127.0.0.1:{port:9092}",
+            "STORAGE_ENGINE": "memory://tansu/",
+        },
     ),
     "cassandra": ImageSpec(
-        "cassandra:5.0", (9042,),
-        lambda p: {"CASSANDRA_CONTACT_POINTS": H, "CASSANDRA_PORT": str(p[9042]),
-                   "CASSANDRA_LOCAL_DC": "datacenter1"},
+        "cassandra:5.0",
+        (9042,),
+        lambda p: {
+            "CASSANDRA_CONTACT_POINTS": H,
+            "CASSANDRA_PORT": str(p[9042]),
+            "CASSANDRA_LOCAL_DC": "datacenter1",
+        },
         env={"MAX_HEAP_SIZE": "1G", "HEAP_NEWSIZE": "200M"},
     ),
 }
@@ -194,8 +231,9 @@ class ContainerService(Service):
         try:
             from testcontainers.core.container import DockerContainer
         except ImportError as exc:
-            raise ServiceError("Docker mode needs testcontainers: "
-                               "pip install 'flowcraft-services[docker]'") from exc
+            raise ServiceError(
+                "Docker mode needs testcontainers: pip install 'flowcraft-services[docker]'"
+            ) from exc
         ports = {p: procs.free_port() for p in self.spec.ports}
         container = DockerContainer(self.spec.image)
         for key, value in self.spec.env.items():
@@ -208,12 +246,20 @@ class ContainerService(Service):
         container.start()
         wrapped = container.get_wrapped_container()
         env = self.spec.settings(ports)
-        self.state = RunState(name=self.name, mode="docker", env=env,
-                              containers=[wrapped.id], extra={"image": self.spec.image})
+        self.state = RunState(
+            name=self.name,
+            mode="docker",
+            env=env,
+            containers=[wrapped.id],
+            extra={"image": self.spec.image},
+        )
         self.state.save()
         try:
-            procs.wait_until(lambda: self.provider.probe(env), what=f"{self.name} container",
-                             timeout=self.start_timeout)
+            procs.wait_until(
+                lambda: self.provider.probe(env),
+                what=f"{self.name} container",
+                timeout=self.start_timeout,
+            )
         except BaseException:
             self.stop()
             raise
@@ -225,7 +271,11 @@ class ContainerService(Service):
         """Remove exactly the containers we recorded."""
         if self.state is not None:
             for container_id in self.state.containers:
-                subprocess.run(["docker", "rm", "-f", "-v", container_id],
-                               capture_output=True, check=False, timeout=60)
+                subprocess.run(
+                    ["docker", "rm", "-f", "-v", container_id],
+                    capture_output=True,
+                    check=False,
+                    timeout=60,
+                )
         RunState.forget(self.name)
         self.state = None

@@ -38,8 +38,11 @@ class ExternalService(Service):
     def start(self) -> dict[str, str]:
         """Check the configured server answers; start nothing."""
         env = {k: os.environ[k] for k in self.env_vars if k in os.environ}
-        procs.wait_until(lambda: self.provider.probe(env), what=f"{self.name} (external)",
-                         timeout=30)
+        procs.wait_until(
+            lambda: self.provider.probe(env),
+            what=f"{self.name} (external, from ${self.env_vars[0]})",
+            timeout=30,
+        )
         self.state = RunState(name=self.name, mode="external", env=env)
         return env
 

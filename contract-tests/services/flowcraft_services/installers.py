@@ -22,14 +22,26 @@ from .locks import file_lock
 from .paths import cache_dir
 
 
-def run(argv: Sequence[str], *, what: str, cwd: Path | None = None,
-        env: dict[str, str] | None = None, timeout: float = 900) -> str:
+def run(
+    argv: Sequence[str],
+    *,
+    what: str,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 900,
+) -> str:
     """Run an install command, raising ServiceError with its output if it fails."""
     full_env = {**os.environ, **(env or {})}
     try:
         done = subprocess.run(
-            list(argv), cwd=cwd, env=full_env, capture_output=True, text=True,
-            timeout=timeout, check=False, stdin=subprocess.DEVNULL,
+            list(argv),
+            cwd=cwd,
+            env=full_env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            stdin=subprocess.DEVNULL,
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise ServiceError(f"{what}: {' '.join(argv)} failed: {exc}") from exc
@@ -49,11 +61,14 @@ def require_tool(tool: str, hint: str) -> str:
 
 # --- Debian packages -------------------------------------------------------------------------
 
+
 def dpkg_installed(package: str) -> bool:
     """Tell whether a Debian package is installed."""
     done = subprocess.run(
         ["dpkg-query", "-W", "-f=${Status}", package],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     return done.returncode == 0 and done.stdout.strip().endswith("installed")
 
@@ -92,6 +107,7 @@ def apt_install(packages: Sequence[str]) -> None:
 
 # --- npm ---------------------------------------------------------------------------------------
 
+
 def _npm_prefix(spec: str) -> Path:
     """Return the cached prefix folder of one npm package version."""
     return cache_dir() / "npm" / re.sub(r"[^A-Za-z0-9_.-]+", "_", spec)
@@ -124,8 +140,20 @@ def npm_install(spec: str, binary: str | None = None) -> Path:
             return target
         prefix.mkdir(parents=True, exist_ok=True)
         (prefix / "package.json").write_text('{"name": "flowcraft-service", "private": true}\n')
-        run([npm, "install", "--no-audit", "--no-fund", "--loglevel=error", "--prefix",
-             str(prefix), spec], what=f"npm install {spec}", cwd=prefix)
+        run(
+            [
+                npm,
+                "install",
+                "--no-audit",
+                "--no-fund",
+                "--loglevel=error",
+                "--prefix",
+                str(prefix),
+                spec,
+            ],
+            what=f"npm install {spec}",
+            cwd=prefix,
+        )
         marker.write_text(spec + "\n")
     if not target.exists():
         raise ServiceError(f"npm install {spec} did not provide {target}")
@@ -181,15 +209,26 @@ def maven_assemble(name: str, artifacts: Sequence[str]) -> Path:
         shutil.rmtree(lib, ignore_errors=True)
         # A private local repository per assembly: Maven 3.8 does not lock its repository, so
         # two assemblies running in parallel must not share one.
-        run([mvn, "-B", "-q", f"-Dmaven.repo.local={base / 'repository'}",
-             "dependency:copy-dependencies", f"-DoutputDirectory={lib}",
-             "-DincludeScope=runtime"], what=f"assembling {name} from Maven Central", cwd=base)
+        run(
+            [
+                mvn,
+                "-B",
+                "-q",
+                f"-Dmaven.repo.local={base / 'repository'}",
+                "dependency:copy-dependencies",
+                f"-DoutputDirectory={lib}",
+                "-DincludeScope=runtime",
+            ],
+            what=f"assembling {name} from Maven Central",
+            cwd=base,
+        )
         shutil.rmtree(base / "repository", ignore_errors=True)
         marker.write_text("\n".join(artifacts) + "\n")
     return lib
 
 
 # --- Python tools ------------------------------------------------------------------------------
+
 
 def python_tool(name: str, requirements: Sequence[str]) -> Path:
     """Create (once) a cached virtual environment holding a Python-packaged server.
@@ -211,9 +250,18 @@ def python_tool(name: str, requirements: Sequence[str]) -> Path:
             return bindir
         shutil.rmtree(home, ignore_errors=True)
         venv.EnvBuilder(with_pip=True, clear=True).create(home)
-        run([str(bindir / "python"), "-m", "pip", "install", "--quiet",
-             "--disable-pip-version-check", *requirements],
-            what=f"pip install {' '.join(requirements)}")
+        run(
+            [
+                str(bindir / "python"),
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                *requirements,
+            ],
+            what=f"pip install {' '.join(requirements)}",
+        )
         marker.write_text("\n".join(requirements) + "\n")
     return bindir
 

@@ -58,15 +58,18 @@ def shim_path() -> str:
         return str(target)
     compiler = shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
-        raise ServiceError("a C compiler (cc/gcc) is needed to keep this server on loopback; "
-                           "apt-get install gcc")
+        raise ServiceError(
+            "a C compiler (cc/gcc) is needed to keep this server on loopback; apt-get install gcc"
+        )
     with file_lock("loopback-shim"):
         if not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)
             source = target.with_suffix(".c")
             source.write_text(_SOURCE)
             tmp = target.with_suffix(".tmp.so")
-            installers.run([compiler, "-shared", "-fPIC", "-O2", "-o", str(tmp), str(source),
-                            "-ldl"], what="compiling the loopback bind shim")
+            installers.run(
+                [compiler, "-shared", "-fPIC", "-O2", "-o", str(tmp), str(source), "-ldl"],
+                what="compiling the loopback bind shim",
+            )
             tmp.replace(target)
     return str(target)

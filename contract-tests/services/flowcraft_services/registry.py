@@ -39,8 +39,16 @@ PROVIDERS: dict[str, type[Service]] = {
 
 # What `up` with no names starts: one server per backend need (moto covers SQS and DynamoDB).
 DEFAULT: tuple[str, ...] = (
-    "redis", "postgres", "rabbitmq", "moto", "pubsub", "firestore", "azurite", "cosmos",
-    "kafka", "cassandra",
+    "redis",
+    "postgres",
+    "rabbitmq",
+    "moto",
+    "pubsub",
+    "firestore",
+    "azurite",
+    "cosmos",
+    "kafka",
+    "cassandra",
 )
 
 # Names users think in, mapped to the provider that serves them by default.
@@ -75,7 +83,7 @@ def expand(names: list[str] | tuple[str, ...]) -> list[str]:
         return list(DEFAULT)
     result: list[str] = []
     for name in names:
-        for key in (PROVIDERS if name == "all" else [canonical(name)]):
+        for key in PROVIDERS if name == "all" else [canonical(name)]:
             if key not in result:
                 result.append(key)
     return result

@@ -21,8 +21,11 @@ def client(service: str, endpoint: str) -> Any:
     from botocore.config import Config
 
     return boto3.client(
-        service, endpoint_url=endpoint, region_name=REGION,
-        aws_access_key_id="test", aws_secret_access_key="test",
+        service,
+        endpoint_url=endpoint,
+        region_name=REGION,
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
         config=Config(connect_timeout=2, read_timeout=10, retries={"max_attempts": 1}),
     )
 

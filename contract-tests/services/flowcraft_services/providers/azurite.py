@@ -20,8 +20,10 @@ ACCOUNT_KEY = (
 
 def connection_string(queue_endpoint: str) -> str:
     """Return the connection string for the development account at an endpoint."""
-    return (f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={ACCOUNT_KEY};"
-            f"QueueEndpoint={queue_endpoint}/{ACCOUNT};")
+    return (
+        f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={ACCOUNT_KEY};"
+        f"QueueEndpoint={queue_endpoint}/{ACCOUNT};"
+    )
 
 
 class AzuriteService(LocalService):
@@ -41,11 +43,20 @@ class AzuriteService(LocalService):
         exe = installers.npm_install(NPM_SPEC, "azurite-queue")
         port = procs.free_port()
         proc = procs.spawn(
-            [str(exe), "--queueHost", procs.LOOPBACK, "--queuePort", str(port),
-             "--inMemoryPersistence", "--disableTelemetry",
-             # The current Python SDK sends an API version newer than 3.35.0 knows.
-             "--skipApiVersionCheck", "--loose"],
-            log_path=self.log_path, cwd=workdir,
+            [
+                str(exe),
+                "--queueHost",
+                procs.LOOPBACK,
+                "--queuePort",
+                str(port),
+                "--inMemoryPersistence",
+                "--disableTelemetry",
+                # The current Python SDK sends an API version newer than 3.35.0 knows.
+                "--skipApiVersionCheck",
+                "--loose",
+            ],
+            log_path=self.log_path,
+            cwd=workdir,
         )
         endpoint = f"http://{procs.LOOPBACK}:{port}"
         return Launch([proc], {"AZURE_STORAGE_CONNECTION_STRING": connection_string(endpoint)})
@@ -56,7 +67,9 @@ class AzuriteService(LocalService):
         from azure.storage.queue import QueueServiceClient
 
         service = QueueServiceClient.from_connection_string(
-            env["AZURE_STORAGE_CONNECTION_STRING"], retry_total=0, connection_timeout=2,
+            env["AZURE_STORAGE_CONNECTION_STRING"],
+            retry_total=0,
+            connection_timeout=2,
         )
         list(service.list_queues())
 

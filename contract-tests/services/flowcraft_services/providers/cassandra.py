@@ -14,33 +14,61 @@ VERSION = "5.0.6"
 # From Cassandra's conf/jvm17-server.options: Cassandra reaches into JDK internals.
 JVM17 = (
     "-Djdk.attach.allowAttachSelf=true",
-    "--add-exports", "java.base/jdk.internal.misc=ALL-UNNAMED",
-    "--add-exports", "java.management.rmi/com.sun.jmx.remote.internal.rmi=ALL-UNNAMED",
-    "--add-exports", "java.rmi/sun.rmi.registry=ALL-UNNAMED",
-    "--add-exports", "java.rmi/sun.rmi.server=ALL-UNNAMED",
-    "--add-exports", "java.sql/java.sql=ALL-UNNAMED",
-    "--add-exports", "java.base/java.lang.ref=ALL-UNNAMED",
-    "--add-exports", "jdk.unsupported/sun.misc=ALL-UNNAMED",
-    "--add-exports", "jdk.compiler/com.sun.tools.javac.file=ALL-UNNAMED",
-    "--add-exports", "jdk.attach/sun.tools.attach=ALL-UNNAMED",
-    "--add-opens", "java.base/java.lang.module=ALL-UNNAMED",
-    "--add-opens", "java.base/jdk.internal.loader=ALL-UNNAMED",
-    "--add-opens", "java.base/jdk.internal.ref=ALL-UNNAMED",
-    "--add-opens", "java.base/jdk.internal.reflect=ALL-UNNAMED",
-    "--add-opens", "java.base/jdk.internal.math=ALL-UNNAMED",
-    "--add-opens", "java.base/jdk.internal.module=ALL-UNNAMED",
-    "--add-opens", "java.base/jdk.internal.util.jar=ALL-UNNAMED",
-    "--add-opens", "jdk.management/com.sun.management.internal=ALL-UNNAMED",
-    "--add-opens", "java.base/sun.nio.ch=ALL-UNNAMED",
-    "--add-opens", "java.base/java.io=ALL-UNNAMED",
-    "--add-opens", "java.base/java.lang.reflect=ALL-UNNAMED",
-    "--add-opens", "jdk.compiler/com.sun.tools.javac=ALL-UNNAMED",
-    "--add-opens", "java.base/java.lang=ALL-UNNAMED",
-    "--add-opens", "java.base/java.util=ALL-UNNAMED",
+    "--add-exports",
+    "java.base/jdk.internal.misc=ALL-UNNAMED",
+    "--add-exports",
+    "java.management.rmi/com.sun.jmx.remote.internal.rmi=ALL-UNNAMED",
+    "--add-exports",
+    "java.rmi/sun.rmi.registry=ALL-UNNAMED",
+    "--add-exports",
+    "java.rmi/sun.rmi.server=ALL-UNNAMED",
+    "--add-exports",
+    "java.sql/java.sql=ALL-UNNAMED",
+    "--add-exports",
+    "java.base/java.lang.ref=ALL-UNNAMED",
+    "--add-exports",
+    "jdk.unsupported/sun.misc=ALL-UNNAMED",
+    "--add-exports",
+    "jdk.compiler/com.sun.tools.javac.file=ALL-UNNAMED",
+    "--add-exports",
+    "jdk.attach/sun.tools.attach=ALL-UNNAMED",
+    "--add-opens",
+    "java.base/java.lang.module=ALL-UNNAMED",
+    "--add-opens",
+    "java.base/jdk.internal.loader=ALL-UNNAMED",
+    "--add-opens",
+    "java.base/jdk.internal.ref=ALL-UNNAMED",
+    "--add-opens",
+    "java.base/jdk.internal.reflect=ALL-UNNAMED",
+    "--add-opens",
+    "java.base/jdk.internal.math=ALL-UNNAMED",
+    "--add-opens",
+    "java.base/jdk.internal.module=ALL-UNNAMED",
+    "--add-opens",
+    "java.base/jdk.internal.util.jar=ALL-UNNAMED",
+    "--add-opens",
+    "jdk.management/com.sun.management.internal=ALL-UNNAMED",
+    "--add-opens",
+    "java.base/sun.nio.ch=ALL-UNNAMED",
+    "--add-opens",
+    "java.base/java.io=ALL-UNNAMED",
+    "--add-opens",
+    "java.base/java.lang.reflect=ALL-UNNAMED",
+    "--add-opens",
+    "jdk.compiler/com.sun.tools.javac=ALL-UNNAMED",
+    "--add-opens",
+    "java.base/java.lang=ALL-UNNAMED",
+    "--add-opens",
+    "java.base/java.util=ALL-UNNAMED",
     "-Dio.netty.tryReflectionSetAccessible=true",
 )
-HEAP = ("-Xms512m", "-Xmx1g", "-XX:+UseG1GC", "-XX:+ParallelRefProcEnabled",
-        "-XX:MaxTenuringThreshold=1")
+HEAP = (
+    "-Xms512m",
+    "-Xmx1g",
+    "-XX:+UseG1GC",
+    "-XX:+ParallelRefProcEnabled",
+    "-XX:MaxTenuringThreshold=1",
+)
 # A single test node need not wait for gossip or a ring to settle.
 FAST_START = (
     "-Dcassandra.skip_wait_for_gossip_to_settle=0",
@@ -93,10 +121,14 @@ def cluster(env: Mapping[str, str], timeout: float = 5.0) -> Any:
     from cassandra.policies import DCAwareRoundRobinPolicy
 
     return Cluster(
-        env["CASSANDRA_CONTACT_POINTS"].split(","), port=int(env["CASSANDRA_PORT"]),
-        load_balancing_policy=DCAwareRoundRobinPolicy(local_dc=env.get("CASSANDRA_LOCAL_DC",
-                                                                       "datacenter1")),
-        protocol_version=5, connect_timeout=timeout, control_connection_timeout=timeout,
+        env["CASSANDRA_CONTACT_POINTS"].split(","),
+        port=int(env["CASSANDRA_PORT"]),
+        load_balancing_policy=DCAwareRoundRobinPolicy(
+            local_dc=env.get("CASSANDRA_LOCAL_DC", "datacenter1")
+        ),
+        protocol_version=5,
+        connect_timeout=timeout,
+        control_connection_timeout=timeout,
     )
 
 
@@ -106,35 +138,54 @@ class CassandraService(LocalService):
     name: ClassVar[str] = "cassandra"
     summary: ClassVar[str] = f"Apache Cassandra {VERSION} (Maven Central)"
     env_vars: ClassVar[tuple[str, ...]] = (
-        "CASSANDRA_CONTACT_POINTS", "CASSANDRA_PORT", "CASSANDRA_LOCAL_DC",
+        "CASSANDRA_CONTACT_POINTS",
+        "CASSANDRA_PORT",
+        "CASSANDRA_LOCAL_DC",
     )
     start_timeout: ClassVar[float] = 170.0
 
     def install(self) -> None:
         """Assemble cassandra-all and its dependencies from Maven Central once."""
-        installers.maven_assemble(f"cassandra-{VERSION}",
-                                  [f"org.apache.cassandra:cassandra-all:{VERSION}"])
+        installers.maven_assemble(
+            f"cassandra-{VERSION}", [f"org.apache.cassandra:cassandra-all:{VERSION}"]
+        )
 
     def launch(self, workdir: Path) -> Launch:
         """Write the config and start the node."""
-        lib = installers.maven_assemble(f"cassandra-{VERSION}",
-                                        [f"org.apache.cassandra:cassandra-all:{VERSION}"])
+        lib = installers.maven_assemble(
+            f"cassandra-{VERSION}", [f"org.apache.cassandra:cassandra-all:{VERSION}"]
+        )
         storage_port, native_port = procs.free_port(), procs.free_port()
         config = workdir / "cassandra.yaml"
         config.write_text(_yaml(workdir, storage_port, native_port))
         logback = workdir / "logback.xml"
         logback.write_text(LOGBACK.format(log=workdir / "system.log"))
         proc = procs.spawn(
-            [installers.java(), *HEAP, *JVM17, *FAST_START,
-             f"-Dcassandra.config=file://{config}", f"-Dlogback.configurationFile={logback}",
-             f"-Dcassandra.storagedir={workdir}", "-Dcassandra-foreground=yes",
-             "-cp", f"{lib}/*", "org.apache.cassandra.service.CassandraDaemon"],
-            log_path=self.log_path, cwd=workdir,
+            [
+                installers.java(),
+                *HEAP,
+                *JVM17,
+                *FAST_START,
+                f"-Dcassandra.config=file://{config}",
+                f"-Dlogback.configurationFile={logback}",
+                f"-Dcassandra.storagedir={workdir}",
+                "-Dcassandra-foreground=yes",
+                "-cp",
+                f"{lib}/*",
+                "org.apache.cassandra.service.CassandraDaemon",
+            ],
+            log_path=self.log_path,
+            cwd=workdir,
         )
-        return Launch([proc], {
-            "CASSANDRA_CONTACT_POINTS": procs.LOOPBACK, "CASSANDRA_PORT": str(native_port),
-            "CASSANDRA_LOCAL_DC": "datacenter1",
-        }, {"storage_port": storage_port})
+        return Launch(
+            [proc],
+            {
+                "CASSANDRA_CONTACT_POINTS": procs.LOOPBACK,
+                "CASSANDRA_PORT": str(native_port),
+                "CASSANDRA_LOCAL_DC": "datacenter1",
+            },
+            {"storage_port": storage_port},
+        )
 
     @classmethod
     def probe(cls, env: Mapping[str, str]) -> None:
@@ -151,5 +202,4 @@ class CassandraService(LocalService):
             rows = session.execute("SELECT keyspace_name FROM system_schema.keyspaces")
             for row in rows:
                 if not row.keyspace_name.startswith("system"):
-                    session.execute(f'DROP KEYSPACE IF EXISTS "{row.keyspace_name}"',
-                                    timeout=60)
+                    session.execute(f'DROP KEYSPACE IF EXISTS "{row.keyspace_name}"', timeout=60)

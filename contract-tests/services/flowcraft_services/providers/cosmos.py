@@ -22,19 +22,27 @@ def client(env: Mapping[str, str]) -> Any:
 
     # Emulators advertise their own idea of their address (a container's internal port, for
     # one); endpoint discovery off keeps every request on the endpoint we were given.
-    return CosmosClient(env["COSMOS_ENDPOINT"], credential=env["COSMOS_KEY"],
-                        connection_verify=False, retry_total=0, connection_timeout=5,
-                        enable_endpoint_discovery=False)
+    return CosmosClient(
+        env["COSMOS_ENDPOINT"],
+        credential=env["COSMOS_KEY"],
+        connection_verify=False,
+        retry_total=0,
+        connection_timeout=5,
+        enable_endpoint_discovery=False,
+    )
 
 
 @contextmanager
 def quiet_tls() -> Iterator[None]:
-    """Hide urllib3's warning about the self-signed certificate we knowingly accept."""
+    """Hide urllib3's warning about the self-signed certificate we knowingly accept.
+
+    A process-wide filter, not catch_warnings(): the Cosmos client also makes requests from
+    its own threads, where a scoped filter does not reach.
+    """
     from urllib3.exceptions import InsecureRequestWarning
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", InsecureRequestWarning)
-        yield
+    warnings.filterwarnings("ignore", category=InsecureRequestWarning)
+    yield
 
 
 class CosmosService(LocalService):
@@ -53,11 +61,18 @@ class CosmosService(LocalService):
         """Start the server; its output goes to a file (it logs a stack trace per 500)."""
         exe = installers.npm_install(NPM_SPEC, "cosmosdb-server")
         port = procs.free_port()
-        proc = procs.spawn([str(exe), "--host", procs.LOOPBACK, "-p", str(port)],
-                           log_path=self.log_path, cwd=workdir)
-        return Launch([proc], {
-            "COSMOS_ENDPOINT": f"https://{procs.LOOPBACK}:{port}/", "COSMOS_KEY": KEY,
-        })
+        proc = procs.spawn(
+            [str(exe), "--host", procs.LOOPBACK, "-p", str(port)],
+            log_path=self.log_path,
+            cwd=workdir,
+        )
+        return Launch(
+            [proc],
+            {
+                "COSMOS_ENDPOINT": f"https://{procs.LOOPBACK}:{port}/",
+                "COSMOS_KEY": KEY,
+            },
+        )
 
     @classmethod
     def probe(cls, env: Mapping[str, str]) -> None:

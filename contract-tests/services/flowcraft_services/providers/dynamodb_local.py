@@ -42,11 +42,23 @@ class DynamoDBLocalService(LocalService):
         jar_dir = _jar_dir()
         port = procs.free_port()
         proc = procs.spawn(
-            [installers.java(), "-Xms64m", "-Xmx512m", "-Djava.net.preferIPv4Stack=true",
-             f"-Djava.library.path={jar_dir / 'DynamoDBLocal_lib'}", "-jar",
-             str(jar_dir / "DynamoDBLocal.jar"), "-inMemory", "-sharedDb", "-port", str(port),
-             "-disableTelemetry"],
-            log_path=self.log_path, cwd=workdir, env={"LD_PRELOAD": loopback.shim_path()},
+            [
+                installers.java(),
+                "-Xms64m",
+                "-Xmx512m",
+                "-Djava.net.preferIPv4Stack=true",
+                f"-Djava.library.path={jar_dir / 'DynamoDBLocal_lib'}",
+                "-jar",
+                str(jar_dir / "DynamoDBLocal.jar"),
+                "-inMemory",
+                "-sharedDb",
+                "-port",
+                str(port),
+                "-disableTelemetry",
+            ],
+            log_path=self.log_path,
+            cwd=workdir,
+            env={"LD_PRELOAD": loopback.shim_path()},
         )
         url = f"http://{procs.LOOPBACK}:{port}"
         return Launch([proc], {"AWS_ENDPOINT_URL_DYNAMODB": url, **aws.CREDENTIALS})

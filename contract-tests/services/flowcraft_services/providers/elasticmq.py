@@ -45,9 +45,18 @@ class ElasticMQService(LocalService):
             'aws { region = "us-east-1", accountId = "000000000000" }\n'
         )
         proc = procs.spawn(
-            [installers.java(), "-Xms64m", "-Xmx256m", "-XX:+UseSerialGC",
-             f"-Dconfig.file={conf}", "-cp", f"{lib}/*", "org.elasticmq.server.Main"],
-            log_path=self.log_path, cwd=workdir,
+            [
+                installers.java(),
+                "-Xms64m",
+                "-Xmx256m",
+                "-XX:+UseSerialGC",
+                f"-Dconfig.file={conf}",
+                "-cp",
+                f"{lib}/*",
+                "org.elasticmq.server.Main",
+            ],
+            log_path=self.log_path,
+            cwd=workdir,
         )
         url = f"http://{procs.LOOPBACK}:{port}"
         return Launch([proc], {"AWS_ENDPOINT_URL_SQS": url, **aws.CREDENTIALS})

@@ -33,15 +33,28 @@ class FirestoreService(LocalService):
         jar = google.emulator_file(PACKAGE, JAR)
         port = procs.free_port()
         proc = procs.spawn(
-            [installers.java(), "-Xms64m", "-Xmx512m", "-cp", str(jar),
-             "com.google.cloud.datastore.emulator.firestore.CloudFirestore", "start",
-             f"--host={procs.LOOPBACK}", f"--port={port}", "--database-mode=firestore-native"],
-            log_path=self.log_path, cwd=workdir,
+            [
+                installers.java(),
+                "-Xms64m",
+                "-Xmx512m",
+                "-cp",
+                str(jar),
+                "com.google.cloud.datastore.emulator.firestore.CloudFirestore",
+                "start",
+                f"--host={procs.LOOPBACK}",
+                f"--port={port}",
+                "--database-mode=firestore-native",
+            ],
+            log_path=self.log_path,
+            cwd=workdir,
         )
-        return Launch([proc], {
-            "FIRESTORE_EMULATOR_HOST": f"{procs.LOOPBACK}:{port}",
-            "GOOGLE_CLOUD_PROJECT": google.PROJECT,
-        })
+        return Launch(
+            [proc],
+            {
+                "FIRESTORE_EMULATOR_HOST": f"{procs.LOOPBACK}:{port}",
+                "GOOGLE_CLOUD_PROJECT": google.PROJECT,
+            },
+        )
 
     @classmethod
     def probe(cls, env: Mapping[str, str]) -> None:
@@ -51,7 +64,7 @@ class FirestoreService(LocalService):
         with google.emulator_host("FIRESTORE_EMULATOR_HOST", env["FIRESTORE_EMULATOR_HOST"]):
             client = firestore.Client(project=google.project(env))
         client.collection("_flowcraft_probe").document("probe").get(timeout=2)
-        client.close()
+        client.close()  # type: ignore[no-untyped-call]
 
     @classmethod
     def wipe(cls, env: Mapping[str, str]) -> None:
@@ -59,6 +72,8 @@ class FirestoreService(LocalService):
         import requests
 
         host = env["FIRESTORE_EMULATOR_HOST"]
-        url = (f"http://{host}/emulator/v1/projects/{google.project(env)}"
-               "/databases/(default)/documents")
+        url = (
+            f"http://{host}/emulator/v1/projects/{google.project(env)}"
+            "/databases/(default)/documents"
+        )
         requests.delete(url, timeout=10).raise_for_status()

@@ -19,8 +19,13 @@ ARTIFACTS = (
     # Kafka logs through SLF4J 1.x; this binds it to the log4j2 that Kafka already ships.
     "org.apache.logging.log4j:log4j-slf4j-impl:2.24.3",
 )
-JVM = ("-Xms256m", "-Xmx512m", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
-       "-Djava.awt.headless=true")
+JVM = (
+    "-Xms256m",
+    "-Xmx512m",
+    "-XX:+UseG1GC",
+    "-XX:MaxGCPauseMillis=20",
+    "-Djava.awt.headless=true",
+)
 
 LOG4J2 = """\
 rootLogger.level = WARN
@@ -50,42 +55,50 @@ class KafkaService(LocalService):
         port, controller_port = procs.free_port(), procs.free_port()
         data = workdir / "data"
         props = workdir / "server.properties"
-        props.write_text("\n".join([
-            "process.roles=broker,controller",
-            "node.id=1",
-            f"controller.quorum.voters=1@{procs.LOOPBACK}:{controller_port}",
-            f"listeners=PLAINTEXT://{procs.LOOPBACK}:{port},"
-            f"CONTROLLER://{procs.LOOPBACK}:{controller_port}",
-            f"advertised.listeners=PLAINTEXT://{procs.LOOPBACK}:{port}",
-            "controller.listener.names=CONTROLLER",
-            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
-            "inter.broker.listener.name=PLAINTEXT",
-            f"log.dirs={data}",
-            "num.partitions=1",
-            # One node: internal topics cannot have more replicas than that.
-            "offsets.topic.replication.factor=1",
-            "offsets.topic.num.partitions=4",
-            "transaction.state.log.replication.factor=1",
-            "transaction.state.log.min.isr=1",
-            "share.coordinator.state.topic.replication.factor=1",
-            "share.coordinator.state.topic.min.isr=1",
-            # Tests want a consumer group to form at once, not after the 3 s default delay.
-            "group.initial.rebalance.delay.ms=0",
-            "auto.create.topics.enable=true",
-            "delete.topic.enable=true",
-            "",
-        ]))
+        props.write_text(
+            "\n".join(
+                [
+                    "process.roles=broker,controller",
+                    "node.id=1",
+                    f"controller.quorum.voters=1@{procs.LOOPBACK}:{controller_port}",
+                    f"listeners=PLAINTEXT://{procs.LOOPBACK}:{port},"
+                    f"CONTROLLER://{procs.LOOPBACK}:{controller_port}",
+                    f"advertised.listeners=PLAINTEXT://{procs.LOOPBACK}:{port}",
+                    "controller.listener.names=CONTROLLER",
+                    "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                    "inter.broker.listener.name=PLAINTEXT",
+                    f"log.dirs={data}",
+                    "num.partitions=1",
+                    # One node: internal topics cannot have more replicas than that.
+                    "offsets.topic.replication.factor=1",
+                    "offsets.topic.num.partitions=4",
+                    "transaction.state.log.replication.factor=1",
+                    "transaction.state.log.min.isr=1",
+                    "share.coordinator.state.topic.replication.factor=1",
+                    "share.coordinator.state.topic.min.isr=1",
+                    # Tests want a consumer group to form at once, not after the 3 s default delay.
+                    "group.initial.rebalance.delay.ms=0",
+                    "auto.create.topics.enable=true",
+                    "delete.topic.enable=true",
+                    "",
+                ]
+            )
+        )
         log4j = workdir / "log4j2.properties"
         log4j.write_text(LOG4J2)
-        java = [installers.java(), *JVM, f"-Dlog4j2.configurationFile={log4j}",
-                "-cp", f"{lib}/*"]
+        java = [installers.java(), *JVM, f"-Dlog4j2.configurationFile={log4j}", "-cp", f"{lib}/*"]
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-        installers.run([*java, "kafka.tools.StorageTool", "format", "-t", cluster_id,
-                        "-c", str(props)], what="formatting the KRaft log dir", cwd=workdir)
-        proc = procs.spawn([*java, "kafka.Kafka", str(props)], log_path=self.log_path,
-                           cwd=workdir)
-        return Launch([proc], {"KAFKA_BOOTSTRAP_SERVERS": f"{procs.LOOPBACK}:{port}"},
-                      {"controller_port": controller_port})
+        installers.run(
+            [*java, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)],
+            what="formatting the KRaft log dir",
+            cwd=workdir,
+        )
+        proc = procs.spawn([*java, "kafka.Kafka", str(props)], log_path=self.log_path, cwd=workdir)
+        return Launch(
+            [proc],
+            {"KAFKA_BOOTSTRAP_SERVERS": f"{procs.LOOPBACK}:{port}"},
+            {"controller_port": controller_port},
+        )
 
     @classmethod
     def probe(cls, env: Mapping[str, str]) -> None:

@@ -12,8 +12,13 @@ def probe(env: Mapping[str, str]) -> None:
 
     # log_level 0: a broker still booting refuses connections, and librdkafka would print
     # every refusal to stderr.
-    admin = AdminClient({"bootstrap.servers": env["KAFKA_BOOTSTRAP_SERVERS"],
-                         "socket.timeout.ms": 2000, "log_level": 0})
+    admin = AdminClient(
+        {
+            "bootstrap.servers": env["KAFKA_BOOTSTRAP_SERVERS"],
+            "socket.timeout.ms": 2000,
+            "log_level": 0,
+        }
+    )
     metadata = admin.list_topics(timeout=2)
     if not metadata.brokers:
         raise RuntimeError("no brokers in metadata yet")

@@ -20,7 +20,9 @@ class MotoService(LocalService):
     name: ClassVar[str] = "moto"
     summary: ClassVar[str] = "moto server 5.2.5 (SQS + DynamoDB)"
     env_vars: ClassVar[tuple[str, ...]] = (
-        "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_SQS", "AWS_ENDPOINT_URL_DYNAMODB",
+        "AWS_ENDPOINT_URL",
+        "AWS_ENDPOINT_URL_SQS",
+        "AWS_ENDPOINT_URL_DYNAMODB",
         *aws.CREDENTIALS,
     )
     start_timeout: ClassVar[float] = 60.0
@@ -38,10 +40,15 @@ class MotoService(LocalService):
             log_path=self.log_path,
         )
         url = f"http://{procs.LOOPBACK}:{port}"
-        return Launch([proc], {
-            "AWS_ENDPOINT_URL": url, "AWS_ENDPOINT_URL_SQS": url,
-            "AWS_ENDPOINT_URL_DYNAMODB": url, **aws.CREDENTIALS,
-        })
+        return Launch(
+            [proc],
+            {
+                "AWS_ENDPOINT_URL": url,
+                "AWS_ENDPOINT_URL_SQS": url,
+                "AWS_ENDPOINT_URL_DYNAMODB": url,
+                **aws.CREDENTIALS,
+            },
+        )
 
     @classmethod
     def probe(cls, env: Mapping[str, str]) -> None:

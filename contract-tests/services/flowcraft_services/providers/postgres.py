@@ -57,8 +57,10 @@ class PostgresService(LocalService):
         try:
             pwd.getpwnam("postgres")
         except KeyError as exc:
-            raise ServiceError("running as root needs the `postgres` system user "
-                               "(created by the Debian postgresql package)") from exc
+            raise ServiceError(
+                "running as root needs the `postgres` system user "
+                "(created by the Debian postgresql package)"
+            ) from exc
         return "postgres"
 
     def launch(self, workdir: Path) -> Launch:
@@ -80,12 +82,29 @@ class PostgresService(LocalService):
         _initdb(bindir, data, pwfile, user, home)
         port = procs.free_port()
         proc = procs.spawn(
-            [str(bindir / "postgres"), "-D", str(data), "-p", str(port),
-             "-c", f"listen_addresses={procs.LOOPBACK}", "-c", f"unix_socket_directories={sockets}",
-             # Durability is not needed for throwaway test data; this makes tests faster.
-             "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
-             "-c", "max_connections=200"],
-            log_path=self.log_path, user=user, cwd=home,
+            [
+                str(bindir / "postgres"),
+                "-D",
+                str(data),
+                "-p",
+                str(port),
+                "-c",
+                f"listen_addresses={procs.LOOPBACK}",
+                "-c",
+                f"unix_socket_directories={sockets}",
+                # Durability is not needed for throwaway test data; this makes tests faster.
+                "-c",
+                "fsync=off",
+                "-c",
+                "synchronous_commit=off",
+                "-c",
+                "full_page_writes=off",
+                "-c",
+                "max_connections=200",
+            ],
+            log_path=self.log_path,
+            user=user,
+            cwd=home,
         )
         url = f"postgresql://{USER}:{PASSWORD}@{procs.LOOPBACK}:{port}/{DATABASE}"
         return Launch([proc], {"DATABASE_URL": url}, {"port": port, "home": str(home)})
@@ -105,8 +124,9 @@ class PostgresService(LocalService):
         url = env["DATABASE_URL"]
         base, _, dbname = url.rpartition("/")
         with psycopg.connect(f"{base}/postgres", connect_timeout=2, autocommit=True) as conn:
-            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s",
-                                  (dbname,)).fetchone()
+            exists = conn.execute(
+                "SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)
+            ).fetchone()
             if not exists:
                 conn.execute(f'CREATE DATABASE "{dbname}"')
         with psycopg.connect(url, connect_timeout=2) as conn:
@@ -125,9 +145,23 @@ class PostgresService(LocalService):
 def _initdb(bindir: Path, data: Path, pwfile: Path, user: str | None, workdir: Path) -> None:
     """Create the cluster, as the server user when we are root."""
     done = subprocess.run(
-        [str(bindir / "initdb"), "-D", str(data), "-U", USER, f"--pwfile={pwfile}",
-         "--auth=scram-sha-256", "--encoding=UTF8", "--locale=C", "--no-sync"],
-        cwd=workdir, user=user, capture_output=True, text=True, check=False,
+        [
+            str(bindir / "initdb"),
+            "-D",
+            str(data),
+            "-U",
+            USER,
+            f"--pwfile={pwfile}",
+            "--auth=scram-sha-256",
+            "--encoding=UTF8",
+            "--locale=C",
+            "--no-sync",
+        ],
+        cwd=workdir,
+        user=user,
+        capture_output=True,
+        text=True,
+        check=False,
         env={**os.environ, "LC_ALL": "C"},
     )
     if done.returncode != 0:

@@ -20,7 +20,9 @@ class PubSubService(LocalService):
     name: ClassVar[str] = "pubsub"
     summary: ClassVar[str] = "Google Pub/Sub emulator (google-cloud-cli-pubsub-emulator)"
     env_vars: ClassVar[tuple[str, ...]] = (
-        "PUBSUB_EMULATOR_HOST", "PUBSUB_PROJECT_ID", "GOOGLE_CLOUD_PROJECT",
+        "PUBSUB_EMULATOR_HOST",
+        "PUBSUB_PROJECT_ID",
+        "GOOGLE_CLOUD_PROJECT",
     )
     start_timeout: ClassVar[float] = 90.0
 
@@ -35,24 +37,29 @@ class PubSubService(LocalService):
         port = procs.free_port()
         proc = procs.spawn(
             [str(script), f"--host={procs.LOOPBACK}", f"--port={port}"],
-            log_path=self.log_path, cwd=workdir,
+            log_path=self.log_path,
+            cwd=workdir,
             env={"JAVA_TOOL_OPTIONS": "-Xms64m -Xmx512m"},
         )
-        return Launch([proc], {
-            "PUBSUB_EMULATOR_HOST": f"{procs.LOOPBACK}:{port}",
-            "PUBSUB_PROJECT_ID": google.PROJECT,
-            "GOOGLE_CLOUD_PROJECT": google.PROJECT,
-        })
+        return Launch(
+            [proc],
+            {
+                "PUBSUB_EMULATOR_HOST": f"{procs.LOOPBACK}:{port}",
+                "PUBSUB_PROJECT_ID": google.PROJECT,
+                "GOOGLE_CLOUD_PROJECT": google.PROJECT,
+            },
+        )
 
     @classmethod
     def probe(cls, env: Mapping[str, str]) -> None:
         """List the project's topics through the Python client."""
-        from google.cloud import pubsub_v1
+        from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 
         with google.emulator_host("PUBSUB_EMULATOR_HOST", env["PUBSUB_EMULATOR_HOST"]):
             publisher = pubsub_v1.PublisherClient()
-        list(publisher.list_topics(request={"project": f"projects/{google.project(env)}"},
-                                   timeout=2))
+        list(
+            publisher.list_topics(request={"project": f"projects/{google.project(env)}"}, timeout=2)
+        )
 
     @classmethod
     def wipe(cls, env: Mapping[str, str]) -> None:
@@ -60,7 +67,7 @@ class PubSubService(LocalService):
 
         The emulator's POST /reset is not in every release, so we delete through the API.
         """
-        from google.cloud import pubsub_v1
+        from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 
         project_path = f"projects/{google.project(env)}"
         with google.emulator_host("PUBSUB_EMULATOR_HOST", env["PUBSUB_EMULATOR_HOST"]):

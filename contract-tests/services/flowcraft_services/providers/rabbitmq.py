@@ -65,7 +65,8 @@ class RabbitMQService(LocalService):
         }
         proc = procs.spawn([str(SERVER)], log_path=self.log_path, env=env, cwd=workdir)
         return Launch(
-            [proc], {"AMQP_URL": f"amqp://guest:guest@{procs.LOOPBACK}:{port}/%2F"},
+            [proc],
+            {"AMQP_URL": f"amqp://guest:guest@{procs.LOOPBACK}:{port}/%2F"},
             {"port": port, "dist_port": dist_port, "epmd_port": epmd_port},
         )
 
@@ -125,14 +126,21 @@ def _reset_with_ctl(env: Mapping[str, str]) -> None:
 
     state = RunState.load("rabbitmq")
     if state is None or state.env.get("AMQP_URL") != env["AMQP_URL"]:
-        raise ServiceError("rabbitmq reset works on a broker started by flowcraft_services; "
-                           "for an external broker delete your queues yourself")
-    commands = [["delete_vhost", "/"], ["add_vhost", "/"],
-                ["set_permissions", "-p", "/", "guest", ".*", ".*", ".*"]]
+        raise ServiceError(
+            "rabbitmq reset works on a broker started by flowcraft_services; "
+            "for an external broker delete your queues yourself"
+        )
+    commands = [
+        ["delete_vhost", "/"],
+        ["add_vhost", "/"],
+        ["set_permissions", "-p", "/", "guest", ".*", ".*", ".*"],
+    ]
     if state.mode == "docker":
         for command in commands:
-            installers.run(["docker", "exec", state.containers[0], "rabbitmqctl", *command],
-                           what="rabbitmqctl in the container")
+            installers.run(
+                ["docker", "exec", state.containers[0], "rabbitmqctl", *command],
+                what="rabbitmqctl in the container",
+            )
         return
     extra = state.extra
     ctl_env = {
@@ -142,5 +150,6 @@ def _reset_with_ctl(env: Mapping[str, str]) -> None:
     }
     ctl = str(SERVER.parent / "rabbitmqctl")
     for command in commands:
-        installers.run([ctl, "-n", ctl_env["RABBITMQ_NODENAME"], *command],
-                       what="rabbitmqctl", env=ctl_env)
+        installers.run(
+            [ctl, "-n", ctl_env["RABBITMQ_NODENAME"], *command], what="rabbitmqctl", env=ctl_env
+        )

@@ -26,9 +26,23 @@ class RedisService(LocalService):
         """Run redis-server in the foreground so its PID is the one we record."""
         port = procs.free_port()
         proc = procs.spawn(
-            [installers.require_tool("redis-server", "apt-get install redis-server"),
-             "--port", str(port), "--bind", procs.LOOPBACK, "--save", "", "--appendonly", "no",
-             "--daemonize", "no", "--dir", str(workdir), "--protected-mode", "yes"],
+            [
+                installers.require_tool("redis-server", "apt-get install redis-server"),
+                "--port",
+                str(port),
+                "--bind",
+                procs.LOOPBACK,
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--daemonize",
+                "no",
+                "--dir",
+                str(workdir),
+                "--protected-mode",
+                "yes",
+            ],
             log_path=self.log_path,
         )
         return Launch([proc], {"REDIS_URL": f"redis://{procs.LOOPBACK}:{port}/0"})

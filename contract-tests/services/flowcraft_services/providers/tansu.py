@@ -41,9 +41,18 @@ class TansuService(LocalService):
         port = procs.free_port()
         url = f"tcp://{procs.LOOPBACK}:{port}"
         proc = procs.spawn(
-            [str(_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url,
-             "--storage-engine", "memory://tansu/"],
-            log_path=self.log_path, cwd=workdir,
+            [
+                str(_binary()),
+                "broker",
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                url,
+                "--storage-engine",
+                "memory://tansu/",
+            ],
+            log_path=self.log_path,
+            cwd=workdir,
         )
         return Launch([proc], {"KAFKA_BOOTSTRAP_SERVERS": f"{procs.LOOPBACK}:{port}"})
 

@@ -355,15 +355,19 @@ def _lint_expressions(bp: Blueprint) -> Iterable[LintIssue]:
             yield _issue("INVALID_EXPRESSION", f"{where}: {exc.message}", node_id, related_id)
 
 
-def _lint_reachability(bp: Blueprint, graph: _Graph, analysis: BlueprintAnalysis) -> list[str]:
-    if len(graph.ids) <= 1:
-        return []
+def _roots(bp: Blueprint, graph: _Graph, analysis: BlueprintAnalysis) -> list[str]:
     roots = list(analysis.start_node_ids)
     entry_points = (bp.metadata.cycle_entry_points if bp.metadata else None) or []
     roots += [node_id for node_id in entry_points if node_id in graph.index]
     if not analysis.start_node_ids:
         # With no start node the runtime enters each cycle at its first node.
         roots += [cycle[0] for cycle in analysis.cycles]
+    return roots
+
+
+def _lint_reachability(graph: _Graph, roots: list[str]) -> list[str]:
+    if len(graph.ids) <= 1:
+        return []
     reached = set(roots)
     pending = list(roots)
     while pending:
@@ -379,7 +383,7 @@ def _lint_reachability(bp: Blueprint, graph: _Graph, analysis: BlueprintAnalysis
     return [node_id for node_id in graph.ids if node_id not in reached]
 
 
-def _lint_flow(graph: _Graph) -> Iterable[LintIssue]:
+def _lint_flow(graph: _Graph, roots: list[str], orphans: set[str]) -> Iterable[LintIssue]:
     for node_id, node in graph.nodes.items():
         # Any outgoing edge without the "continue" action is taken on "break" (or by default).
         if node.uses == "loop-controller" and all(
@@ -391,25 +395,112 @@ def _lint_flow(graph: _Graph) -> Iterable[LintIssue]:
                 " condition turns false the run ends there",
                 node_id,
             )
-        edges = graph.incoming[node_id]
-        actions = [edge.action for edge in edges]
-        # One source picks one action, so distinct actions (or one default edge) exclude
-        # each other: the join waits on edges of which only one can ever fire.
-        if (
-            node.join_strategy == "all"
-            and len(edges) > 1
-            and len({edge.source for edge in edges}) == 1
-            and len(set(actions)) == len(actions)
-        ):
-            source = edges[0].source
-            shown = ", ".join("(default)" if a is None else repr(a) for a in actions)
+    yield from _lint_joins(graph, roots, orphans)
+
+
+def _is_all_join(node: NodeDefinition) -> bool:
+    # A loop controller runs on any taken edge, whatever its joinStrategy says.
+    return node.join_strategy == "all" and node.uses != "loop-controller"
+
+
+def _lint_joins(graph: _Graph, roots: list[str], orphans: set[str]) -> Iterable[LintIssue]:
+    """``UNSATISFIABLE_JOIN``: an ``all`` join that waits for a predecessor which cannot
+    resolve before the join itself has run.
+
+    The runtime resolves a node (runs or skips it) once every predecessor has resolved
+    (``all``), on its first taken edge (``any`` and loop controllers), or, for a fallback, with
+    a primary; dead-path elimination resolves untaken branches, so exclusive actions or
+    conditions never block a join. Assuming every edge may be taken, the nodes that can
+    resolve are the least fixpoint of those rules from the start nodes. A reachable ``all``
+    join outside it that lies on a cycle with one of its unresolved predecessors waits for
+    itself.
+    """
+    preds = {n: list(dict.fromkeys(e.source for e in graph.incoming[n])) for n in graph.ids}
+    waiting = {n: len(preds[n]) for n in graph.ids}
+    resolved = set(roots)
+    pending = list(resolved)
+    while pending:
+        node_id = pending.pop()
+        for child in dict.fromkeys(graph.successors[node_id]):
+            if child in resolved:
+                continue
+            if _is_all_join(graph.nodes[child]):
+                waiting[child] -= 1
+                if waiting[child] > 0:
+                    continue
+            resolved.add(child)
+            pending.append(child)
+        fallback = graph.fallbacks.get(node_id)
+        if fallback is not None and fallback not in resolved:
+            resolved.add(fallback)
+            pending.append(fallback)
+    stuck = {n for n in graph.ids if n not in resolved}
+    if not stuck:
+        return
+    component = _components(graph, stuck)
+    for node_id in graph.ids:
+        if node_id not in stuck or node_id in orphans or not _is_all_join(graph.nodes[node_id]):
+            continue
+        blocker = next(
+            (p for p in preds[node_id] if p in stuck and component[p] == component[node_id]),
+            None,
+        )
+        if blocker is not None and len(preds[node_id]) > 1:
             yield _issue(
                 "UNSATISFIABLE_JOIN",
-                f"node '{node_id}' joins (all) edges from '{source}' with mutually exclusive"
-                f" actions {shown}; only one of them can fire",
+                f"node '{node_id}' joins (all) on '{blocker}', which can only run after"
+                f" '{node_id}' itself, so the join never runs (enter the cycle through a loop"
+                " controller, or make the join 'any')",
                 node_id,
-                source,
+                blocker,
             )
+
+
+def _components(graph: _Graph, members: set[str]) -> dict[str, int]:
+    """Strongly connected components of the subgraph induced by ``members``: node id ->
+    component number (Tarjan's algorithm, iterative)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    component: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    components = 0
+    for root in graph.ids:
+        if root not in members or root in index:
+            continue
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        work = [(root, 0)]
+        while work:
+            node_id, next_child = work[-1]
+            children = graph.successors[node_id]
+            if next_child < len(children):
+                work[-1] = (node_id, next_child + 1)
+                child = children[next_child]
+                if child not in members:
+                    continue
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, 0))
+                elif child in on_stack:
+                    low[node_id] = min(low[node_id], index[child])
+                continue
+            work.pop()
+            if work:
+                parent = work[-1][0]
+                low[parent] = min(low[parent], low[node_id])
+            if low[node_id] == index[node_id]:
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component[member] = components
+                    if member == node_id:
+                        break
+                components += 1
+    return component
 
 
 def lint_blueprint(
@@ -425,8 +516,16 @@ def lint_blueprint(
     ``INVALID_SUBFLOW_BLUEPRINT_ID``, ``INVALID_EXPRESSION`` (rejected by the safe evaluator) and
     ``ORPHAN_NODE`` (with two or more nodes, one that no start node, cycle entry point or
     fallback leads to). Warnings: ``EXITLESS_LOOP`` (a loop controller with only ``continue``
-    edges) and ``UNSATISFIABLE_JOIN`` (an ``all`` join fed only by edges of one source carrying
-    distinct actions, of which only one can fire).
+    edges) and ``UNSATISFIABLE_JOIN``.
+
+    ``UNSATISFIABLE_JOIN`` follows the runtime's join semantics (dead-path elimination): an
+    ``all`` join runs once every predecessor has resolved (completed or been skipped) and one
+    of its edges was taken, so edges that exclude each other (distinct actions of one source,
+    conditions, exclusive branches) never block it. The warning is given only for a join that
+    can *never* resolve: it waits for a predecessor that can only run after the join itself
+    (a cycle not entered through a loop controller, such as a loop entered at its first body
+    node instead of its controller). Data-dependent outcomes (a join whose edges all go
+    untaken is skipped) are not reported.
 
     Args:
         blueprint: A blueprint or its raw mapping, which may hold the reference errors that
@@ -448,11 +547,13 @@ def lint_blueprint(
         *_lint_implementations(bp, registry, blueprints),
         *_lint_expressions(bp),
     ]
+    roots = _roots(bp, graph, analysis)
+    orphans = _lint_reachability(graph, roots)
     issues += [
         _issue("ORPHAN_NODE", f"node '{node_id}' is not reachable from any start node", node_id)
-        for node_id in _lint_reachability(bp, graph, analysis)
+        for node_id in orphans
     ]
-    issues += _lint_flow(graph)
+    issues += _lint_flow(graph, roots, set(orphans))
     return LintResult(is_valid=all(issue.severity != "error" for issue in issues), issues=issues)
 
 

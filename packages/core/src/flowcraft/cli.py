@@ -171,9 +171,7 @@ class _Progress:
             except ImportError:
                 rich_display = False
             else:
-                self._live = Live(
-                    self._table(), console=Console(stderr=True), refresh_per_second=8
-                )
+                self._live = Live(self._table(), console=Console(stderr=True), refresh_per_second=8)
         self.rich_display = rich_display
 
     def _table(self) -> Any:
@@ -363,9 +361,7 @@ def lint(source: str, registry: tuple[str, ...], as_json: bool) -> None:
         raise BadInput(f"{source}: {exc}") from exc
     if as_json:
         click.echo(
-            json.dumps(
-                {"isValid": result.is_valid, "issues": [i.to_dict() for i in result.issues]}
-            )
+            json.dumps({"isValid": result.is_valid, "issues": [i.to_dict() for i in result.issues]})
         )
     else:
         for issue in result.issues:

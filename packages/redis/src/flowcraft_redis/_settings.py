@@ -7,7 +7,9 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
-__all__ = ["RedisSettings"]
+__all__ = ["DEFAULT_URL", "RedisSettings"]
+
+DEFAULT_URL = "redis://127.0.0.1:6379/0"
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,7 +29,7 @@ class RedisSettings:
         state_ttl_seconds: TTL given to a finished run's keys (0 keeps them forever).
     """
 
-    url: str = "redis://127.0.0.1:6379/0"
+    url: str = DEFAULT_URL
     queue_name: str = "flowcraft-queue"
     state_prefix: str = "workflow:state:"
     status_prefix: str = "workflow:status:"
@@ -37,7 +39,7 @@ class RedisSettings:
     @classmethod
     def from_env(cls, **overrides: str | int) -> RedisSettings:
         """Settings from ``REDIS_URL`` (and keyword overrides)."""
-        url = os.environ.get("REDIS_URL", cls.url)
+        url = os.environ.get("REDIS_URL", DEFAULT_URL)
         return cls(url=url, **overrides)  # type: ignore[arg-type]
 
     def client(self) -> aioredis.Redis:

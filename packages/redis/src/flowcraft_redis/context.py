@@ -29,7 +29,7 @@ def _encode(key: str, value: Any) -> bytes:
         ) from exc
 
 
-def _decode(raw: bytes | None) -> Any:
+def _decode(raw: bytes | str | None) -> Any:
     # The TS client writes empty strings for undefined values.
     if raw is None or raw == b"":
         return None
@@ -105,7 +105,7 @@ class RedisContextStore:
     async def to_dict(self, run_id: str) -> dict[str, Any]:
         async with translated():
             raw = await self._redis.hgetall(self._key(run_id))
-        return {k.decode(): _decode(v) for k, v in raw.items()}
+        return {k.decode() if isinstance(k, bytes) else k: _decode(v) for k, v in raw.items()}
 
     async def delete_run(self, run_id: str) -> None:
         async with translated():

@@ -74,7 +74,7 @@ class RedisCoordinationStore:
     async def members(self, key: str) -> set[str]:
         async with translated():
             raw = await self._redis.smembers(self._key(key))
-        return {m.decode() for m in raw}
+        return {m.decode() if isinstance(m, bytes) else m for m in raw}
 
     async def extend_ttl(self, key: str, ttl: float) -> bool:
         async with translated():

@@ -27,7 +27,7 @@ from flowcraft.runtime._routing import input_from_edges
 if TYPE_CHECKING:
     from flowcraft.distributed.adapter import BaseDistributedAdapter
 
-__all__ = ["Outcome", "execute_node"]
+__all__ = ["Outcome", "execute_node", "failure_error"]
 
 _log = logging.getLogger("flowcraft.distributed")
 INPUTS = "_inputs."
@@ -94,6 +94,11 @@ async def _watch(adapter: BaseDistributedAdapter, run_id: str, signal: asyncio.E
         await asyncio.sleep(adapter.cancel_poll)
         if await adapter.coordination.get(final) is not None:
             signal.set()
+
+
+def failure_error(payload: JobPayload, exc: BaseException) -> FlowcraftError:
+    """``exc`` as the typed error a failed job reports (ids filled in from the job)."""
+    return _as_error(payload, exc)
 
 
 def _as_error(payload: JobPayload, exc: BaseException) -> FlowcraftError:

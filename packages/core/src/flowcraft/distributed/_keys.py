@@ -81,6 +81,10 @@ class Keys:
         """A node's full result (output, action, dynamic nodes), first writer wins."""
         return self._k("result", run, iteration, node)
 
+    def rescue(self, run: str, primary: str, iteration: int) -> str:
+        """The result of the fallback run for ``primary`` (one per rescued primary)."""
+        return self._k("rescue", run, iteration, primary)
+
     def resumed(self, run: str, node: str, iteration: int) -> str:
         """Fence: an awaiting node is resumed once."""
         return self._k("resumed", run, iteration, node)

@@ -23,17 +23,18 @@ from typing import Any
 
 import orjson
 
+from flowcraft import errors as _errors
 from flowcraft.blueprint import Blueprint, EdgeDefinition, NodeDefinition
 from flowcraft.distributed._jobrun import JobRun
 from flowcraft.distributed._keys import AWAITING, DYNAMIC, INTERNAL, Keys
 from flowcraft.distributed._protocols import ContextStore, CoordinationStore, JobPayload
-from flowcraft.errors import FlowcraftError
+from flowcraft.errors import BlueprintError, ExpressionError, FlowcraftError
 from flowcraft.evaluator import Evaluator
 from flowcraft.events import EventBus
 from flowcraft.node import NodeResult
 from flowcraft.result import WorkflowResult, WorkflowStatus
 from flowcraft.runtime._graph import Graph, graph_for
-from flowcraft.runtime._routing import condition_scope, select_edges
+from flowcraft.runtime._routing import condition_holds, routing_edges, select_edges
 from flowcraft.serializer import JsonSerializer
 
 __all__ = ["Orchestration", "job_id", "parse_job_id"]
@@ -120,18 +121,24 @@ class Orchestration:
         node_id: str,
         result: NodeResult,
         data: Mapping[str, Any],
+        rescues: str | None = None,
     ) -> None:
-        """Resolve every routing edge of ``node_id`` and fire or skip the targets."""
+        """Resolve every routing edge of ``node_id`` and fire or skip the targets.
+
+        ``rescues`` names the primary a fallback completed for: the fallback routes along its
+        own edges and that primary's (the in-memory rule, ``runtime._routing.routing_edges``).
+
+        Raises:
+            ExpressionError: A condition could not be evaluated (names the edge).
+        """
         run_id, iteration = payload.run_id, payload.iteration
         spec = graph.nodes[node_id]
-        edges = spec.routing_edges
+        edges = routing_edges(spec, rescues)
         if not edges:
             return
 
         def passes(edge: EdgeDefinition) -> bool:
-            if edge.condition is None:
-                return True
-            return bool(self.evaluator.evaluate(edge.condition, condition_scope(data, result)))
+            return condition_holds(self.evaluator, edge, data, result)
 
         chosen = select_edges(edges, result, passes)
         work: list[tuple[str, int]] = []
@@ -212,6 +219,10 @@ class Orchestration:
         if fence is not None and not await self.coordination.set_if_not_exist(
             fence, "fired", self.ttl
         ):
+            if await self.coordination.get(fence) == "skipped":
+                # The target was skipped before (so no job of it will ever count itself
+                # done): settle the count this call just raised.
+                await self.job_done(job.run_id, member)
             return False
         await self._enqueue(job.to_json(), delay)
         bus = self.event_bus
@@ -241,6 +252,36 @@ class Orchestration:
                 self.keys.resolved(run_id, edge.target, target_iter), node_id, self.ttl
             )
             work.append((edge.target, target_iter))
+        await self.skip_unused_fallback(payload, graph, node_id, iteration, work)
+
+    async def skip_unused_fallback(
+        self,
+        payload: JobPayload,
+        graph: Graph,
+        primary: str,
+        iteration: int,
+        work: list[tuple[str, int]],
+    ) -> None:
+        """Skip ``primary``'s fallback once none of its primaries can fail any more.
+
+        As in memory, a fallback without incoming edges that never ran resolves its own
+        outgoing edges as not taken when each of its primaries completed or was skipped.
+        """
+        fallback = graph.nodes[primary].fallback
+        spec = graph.nodes.get(fallback) if fallback is not None else None
+        if fallback is None or spec is None or graph.in_edges[fallback]:
+            return
+        if not spec.routing_edges and spec.fallback is None:
+            return  # skipping it would change nothing
+        run_id, store, keys = payload.run_id, self.coordination, self.keys
+        for other in graph.primaries.get(fallback, ()):
+            if await store.get(keys.fallback(run_id, other, iteration)) is not None:
+                return  # it runs (or ran) for this one
+            if await store.get(keys.result(run_id, other, iteration)) is not None:
+                continue
+            if await store.get(keys.fire(run_id, other, iteration)) != "skipped":
+                return
+        await self._skip(payload, graph, fallback, iteration, work)
 
     # ----------------------------------------------------------------- ending a run
 
@@ -350,10 +391,23 @@ def _splice(graph: Graph, emitter: str, nodes: list[dict[str, Any]], gather: Any
 
 
 def _error_from_dict(raw: Mapping[str, Any]) -> FlowcraftError:
-    return FlowcraftError(
+    # The stored record names the error's class: rebuild that type when the core defines it
+    # (ExpressionError, NodeExecutionError, ...), so results are typed as in memory.
+    name = raw.get("name")
+    cls = getattr(_errors, name, None) if name in _errors.__all__ else None
+    if not (isinstance(cls, type) and issubclass(cls, FlowcraftError)):
+        cls = FlowcraftError
+    error = cls.__new__(cls)
+    FlowcraftError.__init__(
+        error,
         str(raw.get("message")),
         node_id=raw.get("nodeId"),
         blueprint_id=raw.get("blueprintId"),
         run_id=raw.get("executionId"),
         is_fatal=bool(raw.get("isFatal")),
     )
+    if isinstance(error, ExpressionError):
+        error.expression = str(raw.get("expression") or "")
+    if isinstance(error, BlueprintError):
+        error.field = raw.get("field")
+    return error

@@ -21,7 +21,7 @@ import orjson
 
 from flowcraft.blueprint import Blueprint
 from flowcraft.context import OUTPUTS
-from flowcraft.distributed._execute import execute_node
+from flowcraft.distributed._execute import execute_node, failure_error
 from flowcraft.distributed._keys import AWAITING, DYNAMIC, PROGRESS, Keys
 from flowcraft.distributed._orchestration import (
     RESUME,
@@ -31,13 +31,14 @@ from flowcraft.distributed._orchestration import (
     parse_job_id,
 )
 from flowcraft.distributed._protocols import ContextStore, CoordinationStore, Delivery, JobPayload
-from flowcraft.errors import FlowcraftError, ResumeError, SerializationError
+from flowcraft.errors import ExpressionError, FlowcraftError, ResumeError, SerializationError
 from flowcraft.evaluator import Evaluator, SafeEvaluator
 from flowcraft.events import EventBus
 from flowcraft.middleware import Middleware
 from flowcraft.node import NodeResult
 from flowcraft.result import WorkflowResult
-from flowcraft.runtime._graph import Graph
+from flowcraft.runtime._graph import Graph, NodeSpec
+from flowcraft.runtime._routing import routing_edges
 
 __all__ = ["BaseDistributedAdapter", "JobRejected"]
 
@@ -136,6 +137,13 @@ class BaseDistributedAdapter(Orchestration, ABC):
     async def close(self) -> None:
         """Release backend connections; safe to call repeatedly."""
 
+    def abandon(self) -> None:
+        """Drop the queue without acking or releasing anything, as a killed process would.
+
+        Fault tests call this (through :meth:`Worker.kill`) so that a backend whose client
+        renews leases in the background stops renewing them.
+        """
+
     # ----------------------------------------------------------------- client operations
 
     async def start_run(
@@ -144,12 +152,19 @@ class BaseDistributedAdapter(Orchestration, ABC):
         initial_context: Mapping[str, Any] | None = None,
         run_id: str | None = None,
     ) -> str:
-        """Store the initial context and enqueue the start nodes; the run id."""
+        """Store the initial context and enqueue the start nodes; the run id.
+
+        Raises:
+            JobRejected: The blueprint is not registered.
+            ExpressionError: The evaluator rejects a condition, transform or loop condition of
+                the blueprint (checked before anything is stored, as in memory).
+        """
         import uuid
 
         blueprint = self._blueprint(blueprint_id)
         run_id = run_id or str(uuid.uuid4())
         graph = graph_of_blueprint(blueprint)
+        graph.check_expressions(self.evaluator)
         ops = [{"op": "set", "key": k, "value": v} for k, v in (initial_context or {}).items()]
         ops.append({"op": "set", "key": "blueprintId", "value": blueprint_id})
         ops.append({"op": "set", "key": "blueprintVersion", "value": blueprint.version})
@@ -380,12 +395,48 @@ class BaseDistributedAdapter(Orchestration, ABC):
             )
         role = ""
         rescues = payload.extra.get("rescues")
-        if isinstance(rescues, str):
+        if not isinstance(rescues, str):
+            rescues = None
+        if rescues is not None:
             role = f"fb:{rescues}"
         elif payload.resume is not None:
             role = "resume"
         member = job_id(payload.node_id, payload.iteration, role)
-        result_key = self.keys.result(run_id, payload.node_id, payload.iteration)
+        try:
+            # Cached per graph and evaluator: a blueprint a worker's evaluator rejects fails the
+            # run with the typed error before its node runs.
+            graph.check_expressions(self.evaluator)
+            await self._run_job(payload, blueprint, graph, spec, role, member, rescues)
+        except ExpressionError as exc:
+            # A condition or transform the evaluator rejected or failed on: the run fails
+            # with the typed error naming the edge (the job itself is handled: it is acked).
+            error = failure_error(payload, exc)
+            bus = self.event_bus
+            if bus is not None and bus.wants("node:error"):
+                bus.emit(
+                    "node:error",
+                    {"nodeId": payload.node_id, "error": error.to_dict(), "executionId": run_id},
+                )
+            _log.error("run %s failed at node %s: %s", run_id, payload.node_id, error)
+            await self.publish_final(run_id, "failed", [error])
+
+    async def _run_job(
+        self,
+        payload: JobPayload,
+        blueprint: Blueprint,
+        graph: Graph,
+        spec: NodeSpec,
+        role: str,
+        member: str,
+        rescues: str | None,
+    ) -> None:
+        run_id = payload.run_id
+        if rescues is not None:
+            # One result per rescued primary: a fallback shared by several primaries runs once
+            # for each of them, with its input, and routes along its edges.
+            result_key = self.keys.rescue(run_id, rescues, payload.iteration)
+        else:
+            result_key = self.keys.result(run_id, payload.node_id, payload.iteration)
         stored = await self.coordination.get(result_key)
         result: NodeResult | None = None
         if stored is None:
@@ -409,8 +460,14 @@ class BaseDistributedAdapter(Orchestration, ABC):
             )
             await self._store_effects(payload, result, [], rescues)
         graph = await self.graph_of(run_id, blueprint)
-        data = await self._routing_data(run_id, graph, payload.node_id, result)
-        await self.route(payload, graph, payload.node_id, result, data)
+        data = await self._routing_data(run_id, graph, payload.node_id, result, rescues)
+        await self.route(payload, graph, payload.node_id, result, data, rescues)
+        if rescues is None and spec.fallback is not None:
+            work: list[tuple[str, int]] = []
+            await self.skip_unused_fallback(
+                payload, graph, payload.node_id, payload.iteration, work
+            )
+            await self._settle(payload, graph, work)
         await self.job_done(run_id, member)
 
     async def _store_effects(
@@ -418,7 +475,7 @@ class BaseDistributedAdapter(Orchestration, ABC):
         payload: JobPayload,
         result: NodeResult,
         ops: list[Any],
-        rescues: Any,
+        rescues: str | None,
     ) -> None:
         run_id, node_id = payload.run_id, payload.node_id
         ops = [
@@ -426,7 +483,7 @@ class BaseDistributedAdapter(Orchestration, ABC):
             {"op": "set", "key": OUTPUTS + node_id, "value": result.output},
             {"op": "set", "key": PROGRESS, "value": time.time()},
         ]
-        if isinstance(rescues, str):
+        if rescues is not None:
             ops.append({"op": "set", "key": OUTPUTS + rescues, "value": result.output})
         if result.dynamic_nodes:
             gather = result.output.get("gatherNodeId") if isinstance(result.output, dict) else None
@@ -437,10 +494,10 @@ class BaseDistributedAdapter(Orchestration, ABC):
             await self.coordination.add_to_set(self.keys.dynamic(run_id), node_id, self.ttl)
 
     async def _routing_data(
-        self, run_id: str, graph: Graph, node_id: str, result: NodeResult
+        self, run_id: str, graph: Graph, node_id: str, result: NodeResult, rescues: str | None
     ) -> dict[str, Any]:
         # Conditions may read any key; without conditions routing needs no context at all.
-        if any(e.condition for _, e in graph.nodes[node_id].routing_edges):
+        if any(e.condition for _, e in routing_edges(graph.nodes[node_id], rescues)):
             data = await self.context.to_dict(run_id)
         else:
             data = {}

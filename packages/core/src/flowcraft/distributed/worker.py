@@ -141,6 +141,7 @@ class Worker:
     def kill(self) -> None:
         """Die abruptly, as under SIGKILL: nothing is acked or released (for fault tests)."""
         self._stopping = True
+        self.adapter.abandon()
         for task in list(self._jobs):
             task.cancel()
         if self._main is not None:

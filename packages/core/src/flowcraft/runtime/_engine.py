@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from flowcraft.blueprint import NodeDefinition
 from flowcraft.context import OUTPUTS, MemoryContext
 from flowcraft.errors import (
+    ExpressionError,
     FlowcraftError,
     ImplementationNotFound,
     NodeExecutionError,
@@ -28,10 +29,15 @@ from flowcraft.errors import (
 )
 from flowcraft.node import CancelSignal, NodeContext, NodeResult
 from flowcraft.result import WorkflowStatus
-from flowcraft.runtime._executor import Attempts, invoker_for, run_with_middleware
+from flowcraft.runtime._executor import Attempts, Invoker, invoker_for, run_with_middleware
 from flowcraft.runtime._graph import Graph, NodeSpec
 from flowcraft.runtime._inputs import resolve_inputs
-from flowcraft.runtime._routing import condition_scope, input_from_edges, select_edges
+from flowcraft.runtime._routing import (
+    condition_holds,
+    input_from_edges,
+    routing_edges,
+    select_edges,
+)
 
 if TYPE_CHECKING:
     from flowcraft.runtime.runtime import FlowRuntime
@@ -45,6 +51,7 @@ AWAITING_IDS = "_awaitingNodeIds"
 AWAITING_DETAILS = "_awaitingDetails"
 INPUTS = "_inputs."
 _DEAD = -1
+_MISSING: Any = object()
 
 COMPLETED = "completed"
 SKIPPED = "skipped"
@@ -86,6 +93,8 @@ class Run:
         self.registry = registry
         self.run_id = run_id
         self.signal: CancelSignal = signal if signal is not None else NO_SIGNAL
+        # The hot path skips is_set() when there is no signal to watch.
+        self._watch_signal = signal is not None
         self.concurrency = max(1, concurrency)
         self.bus = runtime.event_bus
         self.middleware = runtime.middleware
@@ -96,8 +105,8 @@ class Run:
         self.errors: list[FlowcraftError] = []
         self.failed = False
         self.cancelled = False
-        self._rescuing: dict[str, str] = {}
-        self._fallback_inputs: dict[str, Any] = {}
+        # Fallback id -> (rescued primary, the primary's input), one entry per pending rescue.
+        self._rescues: dict[str, deque[tuple[str, Any]]] = {}
         self._ready: deque[str] = deque()
         self._active = 0
         self._tasks: set[asyncio.Task[None]] = set()
@@ -141,7 +150,8 @@ class Run:
 
     @property
     def halted(self) -> bool:
-        return self.failed or self.cancelled or self.signal.is_set()
+        """Whether the run stopped scheduling (failed or cancelled)."""
+        return self.failed or self.cancelled or (self._watch_signal and self.signal.is_set())
 
     def _schedule(self, node_id: str) -> None:
         self.state[node_id] = READY
@@ -156,15 +166,17 @@ class Run:
             takers += 1
 
     async def _worker(self) -> None:
+        ready = self._ready
         try:
-            while self._ready:
-                if self.halted:
+            while ready:
+                if self.failed or self.cancelled or (self._watch_signal and self.signal.is_set()):
                     if self.signal.is_set():
                         self.cancelled = True
-                    self._ready.clear()
+                    ready.clear()
                     break
-                await self._run_node(self._ready.popleft())
-                self._spawn(1)
+                await self._run_node(ready.popleft())
+                if len(ready) > 1:
+                    self._spawn(1)
         except asyncio.CancelledError:
             self.cancelled = True
         except Exception as exc:
@@ -193,7 +205,15 @@ class Run:
     async def _run_node(self, node_id: str) -> None:
         spec = self.graph.nodes[node_id]
         self.state[node_id] = RUNNING
-        value = self._input_for(node_id, spec)
+        rescues: str | None = None
+        if self._rescues and node_id in self._rescues:
+            rescues, value = self._next_rescue(node_id)
+        else:
+            try:
+                value = self._input_for(node_id, spec)
+            except ExpressionError as exc:
+                self._fail(node_id, spec, exc, None)
+                return
         bus = self.bus
         if bus is not None and bus.wants("node:start"):
             bus.emit(
@@ -205,11 +225,20 @@ class Run:
                     "input": value,
                 },
             )
-        ctx = self._context_for(node_id, spec, value)
+        # Built inline (not via _context_for): this is the hot path.
+        ctx = NodeContext(
+            input=value,
+            context=self.context,
+            params=spec.definition.params or {},
+            dependencies=self.runtime.dependencies,
+            signal=self.signal,
+            node_id=node_id,
+            run_id=self.run_id,
+            blueprint_id=self.blueprint_id,
+            run=self,
+        )
         try:
-            implementation = self._implementation(node_id, spec.definition)
-            invoker = invoker_for(implementation)
-            attempts = Attempts(spec.max_attempts, spec.retry_delay, spec.timeout, bus)
+            invoker, attempts = self._prepare(node_id, spec)
             if self.middleware:
 
                 async def core() -> NodeResult:
@@ -227,34 +256,53 @@ class Run:
         except Exception as exc:
             self._fail(node_id, spec, exc, value)
             return
-        if node_id in self.awaiting:
+        if self.awaiting and node_id in self.awaiting:
             self.state[node_id] = AWAITING
             return
-        self.complete(node_id, spec, result)
+        self.complete(node_id, spec, result, rescues=rescues)
 
-    def _implementation(self, node_id: str, node: NodeDefinition) -> Any:
-        try:
-            return self.registry[node.uses]
-        except KeyError:
+    def _prepare(self, node_id: str, spec: NodeSpec) -> tuple[Invoker, Attempts]:
+        # The invoker and retry policy are kept on the spec while the implementation and the
+        # event bus stay the same, so a node that runs again (loops, later runs) skips this.
+        implementation = self.registry.get(spec.definition.uses, _MISSING)
+        prepared = spec.prepared
+        if prepared is not None and prepared[0] is implementation and prepared[2].bus is self.bus:
+            return prepared[1], prepared[2]
+        if implementation is _MISSING:
             raise ImplementationNotFound(
-                f"node '{node_id}' uses '{node.uses}', which is in no registry",
+                f"node '{node_id}' uses '{spec.definition.uses}', which is in no registry",
                 node_id=node_id,
                 blueprint_id=self.blueprint_id,
                 run_id=self.run_id,
-            ) from None
+            )
+        invoker = invoker_for(implementation)
+        attempts = Attempts(spec.max_attempts, spec.retry_delay, spec.timeout, self.bus)
+        spec.prepared = (implementation, invoker, attempts)
+        return invoker, attempts
+
+    def _next_rescue(self, fallback: str) -> tuple[str, Any]:
+        queue = self._rescues[fallback]
+        rescue = queue.popleft()
+        if not queue:
+            del self._rescues[fallback]
+        return rescue
 
     def _input_for(self, node_id: str, spec: NodeSpec) -> Any:
-        if node_id in self._fallback_inputs:
-            return self._fallback_inputs.pop(node_id)
         data = self.data
-        arrived = self.arrivals.get(node_id)
         definition = spec.definition
         if definition.inputs is not None and not spec.has_in_transform:
             return resolve_inputs(data, definition.inputs)
+        arrived = self.arrivals.get(node_id)
         if not arrived:
             return data.get(INPUTS + node_id)
-        taken = [(source, index) for source, index in arrived.items() if index >= 0]
-        value = input_from_edges(self.evaluator, self.graph.edges, spec, data, taken)
+        preds = spec.preds
+        if len(preds) == 1 and not spec.has_in_transform:
+            # One predecessor, no transform: its output, if one of its edges was taken.
+            source = preds[0]
+            value = data.get(OUTPUTS + source) if arrived.get(source, _DEAD) >= 0 else None
+        else:
+            taken = [(source, index) for source, index in arrived.items() if index >= 0]
+            value = input_from_edges(self.evaluator, self.graph.edges, spec, data, taken)
         data[INPUTS + node_id] = value
         return value
 
@@ -317,8 +365,11 @@ class Run:
                     },
                 )
             self.state[node_id] = RESCUED
-            self._rescuing[fallback] = node_id
-            self._fallback_inputs[fallback] = value
+            # One execution of the fallback per rescued primary, with that primary's input.
+            queue = self._rescues.get(fallback)
+            if queue is None:
+                queue = self._rescues[fallback] = deque()
+            queue.append((node_id, value))
             self._schedule(fallback)
             return
         self.state[node_id] = FAILED
@@ -340,16 +391,22 @@ class Run:
         self.failed = True
         self._ready.clear()
 
-    def complete(self, node_id: str, spec: NodeSpec, result: NodeResult) -> None:
-        """Store a node's result and route from it."""
+    def complete(
+        self, node_id: str, spec: NodeSpec, result: NodeResult, *, rescues: str | None = None
+    ) -> None:
+        """Store a node's result and route from it.
+
+        ``rescues`` names the primary a fallback completed for: the output is stored as that
+        primary's too, and the result routes along the fallback's and that primary's edges.
+        """
         data = self.data
-        data[OUTPUTS + node_id] = result.output
+        output = result.output
+        data[OUTPUTS + node_id] = output
         if self.context.on_change is not None:
-            self._on_change("set", OUTPUTS + node_id, result.output)
-        primary = self._rescuing.pop(node_id, None)
-        if primary is not None:
-            data[OUTPUTS + primary] = result.output
-            self.state[primary] = COMPLETED
+            self._on_change("set", OUTPUTS + node_id, output)
+        if rescues is not None:
+            data[OUTPUTS + rescues] = output
+            self.state[rescues] = COMPLETED
         bus = self.bus
         if bus is not None and bus.wants("node:finish"):
             bus.emit(
@@ -364,7 +421,7 @@ class Run:
         if result.dynamic_nodes:
             self._splice(node_id, result)
             spec = self.graph.nodes[node_id]
-        if spec.fallback is not None and primary is None:
+        if spec.fallback is not None and rescues is None:
             self.state[node_id] = COMPLETED
             if self._fallback_unneeded(spec.fallback):
                 self._skip(spec.fallback)
@@ -375,23 +432,56 @@ class Run:
                 self._reset_body(node_id)
         else:
             self.state[node_id] = COMPLETED
-        if self.halted:
+        if self.failed or self.cancelled or (self._watch_signal and self.signal.is_set()):
             return
-        self._route(node_id, spec, result)
+        try:
+            self._route(node_id, spec, result, rescues)
+        except ExpressionError as exc:
+            # A condition the evaluator failed on: the run fails with the typed error.
+            error = self._as_error(node_id, exc)
+            if bus is not None and bus.wants("node:error"):
+                bus.emit(
+                    "node:error",
+                    {
+                        "nodeId": node_id,
+                        "error": error.to_dict(),
+                        "executionId": self.run_id,
+                        "blueprintId": self.blueprint_id,
+                    },
+                )
+            self._record(error, exc)
 
-    def _route(self, node_id: str, spec: NodeSpec, result: NodeResult) -> None:
-        edges = spec.routing_edges
-        if not edges:
-            return
-        chosen = self._select(node_id, edges, result)
-        touched: list[str] = []
+    def _route(self, node_id: str, spec: NodeSpec, result: NodeResult, rescues: str | None) -> None:
         arrivals = self.arrivals
+        if rescues is None:
+            edges = spec.routing_edges
+            if spec.unconditional:
+                # Every edge is taken (no action, no condition): nothing to select.
+                if len(edges) == 1:
+                    index, edge = edges[0]
+                    target = edge.target
+                    arrived = arrivals.get(target)
+                    if arrived is None:
+                        arrivals[target] = {node_id: index}
+                    else:
+                        arrived[node_id] = index
+                    self._evaluate(target)
+                    return
+                chosen = None
+            elif edges:
+                chosen = select_edges(edges, result, lambda e: self._passes(node_id, e, result))
+            else:
+                return
+        else:
+            edges = routing_edges(spec, rescues)
+            chosen = select_edges(edges, result, lambda e: self._passes(node_id, e, result))
+        touched: list[str] = []
         for index, edge in edges:
             target = edge.target
             arrived = arrivals.get(target)
             if arrived is None:
                 arrived = arrivals[target] = {}
-            if index in chosen:
+            if chosen is None or index in chosen:
                 arrived[edge.source] = index
             elif spec.is_loop or edge.source in arrived:
                 # A loop controller comes back: its untaken edges are not dead paths.
@@ -402,17 +492,11 @@ class Run:
         for target in dict.fromkeys(touched):
             self._evaluate(target)
 
-    def _select(
-        self, node_id: str, edges: tuple[tuple[int, Any], ...], result: NodeResult
-    ) -> set[int]:
-        return select_edges(edges, result, lambda edge: self._passes(node_id, edge, result))
-
     def _passes(self, node_id: str, edge: Any, result: NodeResult) -> bool:
         condition = edge.condition
         if condition is None:
             return True
-        outcome = self.evaluator.evaluate(condition, condition_scope(self.data, result))
-        passed = bool(outcome)
+        passed = condition_holds(self.evaluator, edge, self.data, result)
         bus = self.bus
         if bus is not None:
             if bus.wants("edge:evaluate"):
@@ -440,25 +524,38 @@ class Run:
         return passed
 
     def _evaluate(self, target: str) -> None:
+        if self.state.get(target):
+            return
         spec = self.graph.nodes[target]
-        arrived = self.arrivals.get(target) or {}
+        arrived = self.arrivals.get(target)
+        if not arrived:
+            return
+        # Arrivals hold an edge index (taken) or _DEAD (-1): max() >= 0 means one was taken.
         if spec.is_loop:
-            if self.state.get(target):
-                return
-            if any(i >= 0 for i in arrived.values()):
+            if max(arrived.values()) >= 0:
                 self._schedule(target)
             else:
                 entries = self.graph.loop_entries[target]
                 if entries and all(arrived.get(e) == _DEAD for e in entries):
                     self._skip(target)
             return
-        if self.state.get(target):
-            return
-        taken = any(i >= 0 for i in arrived.values())
-        if spec.join_any and taken:
-            self._schedule(target)
-        elif len(arrived) >= len(spec.preds):
-            if taken:
+        preds = spec.preds
+        if len(preds) == 1:
+            # One predecessor resolves all its edges at once.
+            index = arrived.get(preds[0])
+            if index is None:
+                return
+            if index >= 0:
+                self._schedule(target)
+            else:
+                self._skip(target)
+        elif spec.join_any:
+            if max(arrived.values()) >= 0:
+                self._schedule(target)
+            elif len(arrived) >= len(preds):
+                self._skip(target)
+        elif len(arrived) >= len(preds):
+            if max(arrived.values()) >= 0:
                 self._schedule(target)
             else:
                 self._skip(target)
@@ -504,7 +601,7 @@ class Run:
             return
         if len(arrived) < len(spec.preds):
             return
-        if any(i >= 0 for i in arrived.values()):
+        if arrived and max(arrived.values()) >= 0:
             self._schedule(target)
         else:
             work.append(target)

@@ -8,11 +8,31 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flowcraft.blueprint import Blueprint, EdgeDefinition, NodeDefinition
-from flowcraft.errors import BlueprintError
+from flowcraft.errors import BlueprintError, ExpressionError, FlowcraftError
+from flowcraft.evaluator import Evaluator
 
-__all__ = ["Graph", "NodeSpec", "graph_for"]
+__all__ = ["Expression", "Graph", "NodeSpec", "graph_for"]
 
 LOOP_CONTROLLER = "loop-controller"
+
+
+@dataclass(frozen=True, slots=True)
+class Expression:
+    """One expression of a blueprint the runtime will evaluate, and where it is."""
+
+    text: str
+    where: str
+    node_id: str
+
+    def error(self, exc: BaseException, blueprint_id: str) -> ExpressionError:
+        """The typed error reporting that the evaluator rejected this expression."""
+        reason = exc.message if isinstance(exc, FlowcraftError) else f"{type(exc).__name__}: {exc}"
+        return ExpressionError(
+            f"blueprint '{blueprint_id}': {self.where}: {reason}",
+            expression=self.text,
+            node_id=self.node_id,
+            blueprint_id=blueprint_id,
+        )
 
 
 @dataclass(slots=True)
@@ -28,7 +48,11 @@ class NodeSpec:
     is_loop: bool
     preds: tuple[str, ...] = ()
     routing_edges: tuple[tuple[int, EdgeDefinition], ...] = ()
+    rescue_routes: dict[str, tuple[tuple[int, EdgeDefinition], ...]] = field(default_factory=dict)
+    unconditional: bool = True
     has_in_transform: bool = False
+    prepared: tuple[Any, Any, Any] | None = None
+    """(implementation, invoker, attempts) cached by the in-memory engine."""
 
 
 @dataclass(slots=True)
@@ -45,6 +69,8 @@ class Graph:
     loop_bodies: dict[str, frozenset[str]] = field(default_factory=dict)
     loop_entries: dict[str, frozenset[str]] = field(default_factory=dict)
     dynamic: list[tuple[dict[str, Any], list[str]]] = field(default_factory=list)
+    expressions: list[Expression] = field(default_factory=list)
+    checked_by: list[Evaluator] = field(default_factory=list)
 
     def copy(self) -> Graph:
         """A private copy that may receive dynamic nodes."""
@@ -59,7 +85,28 @@ class Graph:
             loop_bodies=dict(self.loop_bodies),
             loop_entries=dict(self.loop_entries),
             dynamic=list(self.dynamic),
+            expressions=list(self.expressions),
+            checked_by=list(self.checked_by),
         )
+
+    def check_expressions(self, evaluator: Evaluator) -> None:
+        """Have ``evaluator`` check every condition, transform and loop condition, once.
+
+        Raises:
+            ExpressionError: One is rejected; the message names the edge (``source -> target``)
+                or the loop controller, and ``node_id`` is the edge's source or the controller.
+        """
+        if any(checked is evaluator for checked in self.checked_by):
+            return
+        # A custom evaluator without check() is trusted until it evaluates.
+        check = getattr(evaluator, "check", None)
+        if check is not None:
+            for expression in self.expressions:
+                try:
+                    check(expression.text)
+                except Exception as exc:
+                    raise expression.error(exc, self.blueprint.id) from exc
+        self.checked_by.append(evaluator)
 
     def add_node(self, definition: NodeDefinition, preds: Iterable[str]) -> None:
         """Splice a dynamic node after ``preds`` (each gets an unconditional edge to it)."""
@@ -81,16 +128,22 @@ class Graph:
         self.in_edges[edge.target].append(index)
         self._refresh(edge.source)
         self._refresh_target(edge.target)
-        for primary in self.primaries.get(edge.source, ()):
-            self._refresh(primary)
+        # A fallback routes along its primary's edges when it rescues it.
+        fallback = self.nodes[edge.source].fallback
+        if fallback is not None and fallback in self.nodes:
+            self._refresh(fallback)
 
     def _refresh(self, node_id: str) -> None:
         spec = self.nodes[node_id]
-        own = [(i, self.edges[i]) for i in self.out_edges[node_id]]
-        inherited: list[tuple[int, EdgeDefinition]] = []
-        for primary in self.primaries.get(node_id, ()):
-            inherited.extend((i, self.edges[i]) for i in self.out_edges[primary])
-        spec.routing_edges = tuple(own + inherited)
+        own = tuple((i, self.edges[i]) for i in self.out_edges[node_id])
+        spec.routing_edges = own
+        spec.unconditional = all(e.action is None and e.condition is None for _, e in own)
+        # When it stands in for one primary, a fallback routes along its own edges and that
+        # primary's — never along the edges of its other primaries.
+        spec.rescue_routes = {
+            primary: own + tuple((i, self.edges[i]) for i in self.out_edges[primary])
+            for primary in self.primaries.get(node_id, ())
+        }
 
     def _refresh_target(self, node_id: str) -> None:
         spec = self.nodes[node_id]
@@ -112,7 +165,10 @@ def _copy_spec(spec: NodeSpec) -> NodeSpec:
         is_loop=spec.is_loop,
         preds=spec.preds,
         routing_edges=spec.routing_edges,
+        rescue_routes=spec.rescue_routes,
+        unconditional=spec.unconditional,
         has_in_transform=spec.has_in_transform,
+        prepared=spec.prepared,
     )
 
 
@@ -172,10 +228,23 @@ def _build(blueprint: Blueprint) -> Graph:
     graph.start_nodes = [
         n for n in nodes if not in_edges[n] and n not in primaries
     ] or _cycle_entries(graph)
-    for node_id, spec in nodes.items():
-        if spec.is_loop:
-            _index_loop(graph, node_id)
+    _index_loops(graph)
+    graph.expressions = _expressions(blueprint)
     return graph
+
+
+def _expressions(blueprint: Blueprint) -> list[Expression]:
+    found: list[Expression] = []
+    for index, edge in enumerate(blueprint.edges):
+        where = f"edges[{index}] ({edge.source} -> {edge.target})"
+        for kind, text in (("condition", edge.condition), ("transform", edge.transform)):
+            if text is not None:
+                found.append(Expression(text, f"{where} {kind}", edge.source))
+    for node in blueprint.nodes:
+        condition = (node.params or {}).get("condition")
+        if node.uses == LOOP_CONTROLLER and isinstance(condition, str):
+            found.append(Expression(condition, f"loop controller '{node.id}' condition", node.id))
+    return found
 
 
 def _cycle_entries(graph: Graph) -> list[str]:
@@ -199,33 +268,65 @@ def _cycle_entries(graph: Graph) -> list[str]:
     return entries
 
 
-def _index_loop(graph: Graph, controller: str) -> None:
-    continue_targets = [
-        graph.edges[i].target
-        for i in graph.out_edges[controller]
-        if graph.edges[i].action == "continue"
-    ]
-    if not continue_targets:
-        raise BlueprintError(
-            f"blueprint '{graph.blueprint.id}': loop controller '{controller}' has no"
-            " 'continue' edge to its first body node",
-            node_id=controller,
-            blueprint_id=graph.blueprint.id,
+def _index_loops(graph: Graph) -> None:
+    """The body and entries of every loop controller.
+
+    The body of controller ``c`` is what its ``continue`` edges lead to before coming back to
+    ``c``: every node reachable from a continue target without passing through ``c``. Another
+    controller ``d`` met on the way is *nested* in ``c`` when ``c`` cannot be reached from
+    ``d``'s own continue targets (without passing through ``d``); then ``d``, its body and what
+    follows its exit edges (up to ``c``) belong to ``c``'s body too, so that ``c``'s
+    ``continue`` re-arms the whole inner loop. A controller that is not nested (an enclosing
+    loop) ends the search.
+    """
+    controllers = [node_id for node_id, spec in graph.nodes.items() if spec.is_loop]
+    continues: dict[str, list[str]] = {}
+    for controller in controllers:
+        targets = [
+            graph.edges[i].target
+            for i in graph.out_edges[controller]
+            if graph.edges[i].action == "continue"
+        ]
+        if not targets:
+            raise BlueprintError(
+                f"blueprint '{graph.blueprint.id}': loop controller '{controller}' has no"
+                " 'continue' edge to its first body node",
+                node_id=controller,
+                blueprint_id=graph.blueprint.id,
+            )
+        continues[controller] = targets
+    reach = {c: _reachable(graph, continues[c], c, None) for c in controllers}
+    for controller in controllers:
+        nested = {
+            other
+            for other in controllers
+            if other != controller and other in reach[controller] and controller not in reach[other]
+        }
+        body = _reachable(graph, continues[controller], controller, nested)
+        graph.loop_bodies[controller] = frozenset(body)
+        graph.loop_entries[controller] = frozenset(
+            graph.edges[i].source
+            for i in graph.in_edges[controller]
+            if graph.edges[i].source not in body
         )
-    body: set[str] = set()
-    queue = deque(continue_targets)
+
+
+def _reachable(
+    graph: Graph, starts: Iterable[str], stop: str, controllers: set[str] | None
+) -> set[str]:
+    # Nodes reachable from ``starts`` without passing through ``stop``, nor through a loop
+    # controller outside ``controllers`` (``None``: through any).
+    seen: set[str] = set()
+    queue = deque(starts)
     while queue:
         current = queue.popleft()
-        if current in body or current == controller or graph.nodes[current].is_loop:
+        if current in seen or current == stop:
             continue
-        body.add(current)
+        if controllers is not None and graph.nodes[current].is_loop and current not in controllers:
+            continue
+        seen.add(current)
         queue.extend(graph.edges[i].target for i in graph.out_edges[current])
-    graph.loop_bodies[controller] = frozenset(body)
-    graph.loop_entries[controller] = frozenset(
-        graph.edges[i].source
-        for i in graph.in_edges[controller]
-        if graph.edges[i].source not in body
-    )
+    return seen
 
 
 _CACHE: OrderedDict[int, tuple[Blueprint, Graph]] = OrderedDict()

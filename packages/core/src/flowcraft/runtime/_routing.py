@@ -11,16 +11,73 @@ from typing import Any
 
 from flowcraft.blueprint import EdgeDefinition, NodeDefinition
 from flowcraft.context import OUTPUTS, ContextView
+from flowcraft.errors import ExpressionError, FlowcraftError
 from flowcraft.evaluator import Evaluator
 from flowcraft.node import NodeResult
 from flowcraft.runtime._graph import NodeSpec
 from flowcraft.runtime._inputs import resolve_inputs
 
-__all__ = ["condition_scope", "edge_value", "input_from_edges", "select_edges"]
+__all__ = [
+    "Routes",
+    "condition_holds",
+    "condition_scope",
+    "edge_error",
+    "edge_value",
+    "input_from_edges",
+    "routing_edges",
+    "select_edges",
+]
+
+Routes = tuple[tuple[int, EdgeDefinition], ...]
+
+
+def routing_edges(spec: NodeSpec, rescues: str | None = None) -> Routes:
+    """The ``(index, edge)`` pairs a node's result routes along.
+
+    A node routes along its own outgoing edges. A fallback that completes on behalf of the
+    primary ``rescues`` routes along its own edges and that primary's (never along the edges of
+    its other primaries).
+    """
+    if rescues is None:
+        return spec.routing_edges
+    return spec.rescue_routes.get(rescues, spec.routing_edges)
+
+
+def edge_error(edge: EdgeDefinition, kind: str, exc: BaseException) -> ExpressionError:
+    """The typed error for an edge ``condition`` or ``transform`` that could not be evaluated.
+
+    The message names the edge; ``node_id`` is its source (as in the linter's report).
+    """
+    expression = (edge.condition if kind == "condition" else edge.transform) or ""
+    reason = exc.message if isinstance(exc, FlowcraftError) else f"{type(exc).__name__}: {exc}"
+    error = ExpressionError(
+        f"edge ({edge.source} -> {edge.target}) {kind}: {reason}",
+        expression=expression,
+        node_id=edge.source,
+    )
+    error.__cause__ = exc
+    return error
+
+
+def condition_holds(
+    evaluator: Evaluator, edge: EdgeDefinition, data: Mapping[str, Any], result: NodeResult
+) -> bool:
+    """Whether ``edge``'s condition (if any) holds for ``result``.
+
+    Raises:
+        ExpressionError: The evaluator failed on the condition (see :func:`edge_error`).
+    """
+    condition = edge.condition
+    if condition is None:
+        return True
+    try:
+        return bool(evaluator.evaluate(condition, condition_scope(data, result)))
+    except Exception as exc:
+        raise edge_error(edge, "condition", exc) from exc
 
 
 def select_edges(
-    edges: tuple[tuple[int, EdgeDefinition], ...],
+    edges: Routes,
     result: NodeResult,
     passes: Callable[[EdgeDefinition], bool],
 ) -> set[int]:
@@ -56,7 +113,11 @@ def condition_scope(data: Mapping[str, Any], result: NodeResult) -> ContextView:
 def edge_value(
     evaluator: Evaluator, edge: EdgeDefinition, target: NodeDefinition, data: Mapping[str, Any]
 ) -> Any:
-    """The value an edge hands its target: the source's output, through the transform if any."""
+    """The value an edge hands its target: the source's output, through the transform if any.
+
+    Raises:
+        ExpressionError: The evaluator failed on the transform (see :func:`edge_error`).
+    """
     value = data.get(OUTPUTS + edge.source)
     if edge.transform is None:
         return value
@@ -65,7 +126,10 @@ def edge_value(
         if ref != OUTPUTS + edge.source and ref in data:
             value = data[ref]
     scope = {"input": value, "context": ContextView(data)}
-    return evaluator.evaluate(edge.transform, scope)
+    try:
+        return evaluator.evaluate(edge.transform, scope)
+    except Exception as exc:
+        raise edge_error(edge, "transform", exc) from exc
 
 
 def input_from_edges(

@@ -98,6 +98,9 @@ class FlowRuntime:
 
         Raises:
             BlueprintError: The blueprint is invalid.
+            ExpressionError: The evaluator rejects an edge condition or transform or a loop
+                condition; the message names the edge (``source -> target``) or the controller
+                and ``node_id`` is the edge's source. Checked before any node runs.
             SerializationError: ``initial_state`` text is not valid JSON.
         """
         bp = self.resolve_blueprint(blueprint)
@@ -129,6 +132,8 @@ class FlowRuntime:
 
         Raises:
             ResumeError: Nothing awaits, ``node_id`` is not awaiting, or ``resume_data`` is bad.
+            BlueprintError: As for :meth:`run`.
+            ExpressionError: As for :meth:`run`.
         """
         bp = self.resolve_blueprint(blueprint)
         data = self._state_dict(state)
@@ -221,9 +226,11 @@ class FlowRuntime:
         run_id: str | None,
     ) -> Run:
         registry = {**self.registry, **function_registry} if function_registry else self.registry
+        graph = graph_for(blueprint)
+        graph.check_expressions(self.evaluator)
         return Run(
             self,
-            graph_for(blueprint),
+            graph,
             data,
             registry=registry,
             run_id=run_id or str(uuid.uuid4()),
@@ -250,9 +257,11 @@ class FlowRuntime:
         resume: tuple[str, Any, str | None] | None = None,
     ) -> tuple[WorkflowStatus, Run]:
         """Run (or resume) a subflow inside ``parent``; used by the ``subflow`` node."""
+        graph = graph_for(blueprint)
+        graph.check_expressions(self.evaluator)
         run = Run(
             self,
-            graph_for(blueprint),
+            graph,
             data,
             registry=parent.registry,
             run_id=parent.run_id,

@@ -1,0 +1,125 @@
+"""Contract-suite fixture of flowcraft-redis with the BullMQ transport.
+
+Provisioning: ``REDIS_URL`` if set, else testcontainers when Docker is reachable, else a local
+redis-server started by ``flowcraft_services`` (installed from Debian if missing).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import redis as sync_redis
+
+from flowcraft.blueprint import Blueprint
+from flowcraft.distributed import BaseDistributedAdapter, ContextStore, CoordinationStore
+from flowcraft_redis import RedisAdapter, RedisContextStore, RedisCoordinationStore, RedisSettings
+
+__all__ = ["Deployment", "Fixture"]
+
+
+class Deployment:
+    """One test's share of the server: a queue and key namespace of its own."""
+
+    def __init__(self, url: str, lease: float) -> None:
+        tag = uuid.uuid4().hex[:8]
+        self.settings = RedisSettings(
+            url=url,
+            queue_name=f"flowcraft-queue-{tag}",
+            state_prefix=f"t{tag}:workflow:state:",
+            status_prefix=f"t{tag}:workflow:status:",
+            coordination_prefix=f"t{tag}:",
+        )
+        self.lease = lease
+        self.adapters: list[RedisAdapter] = []
+
+
+class Fixture:
+    """What the suite needs from a backend."""
+
+    name = "redis"
+    adapter_class: type[RedisAdapter] = RedisAdapter
+    spawn_worker = None
+
+    def __init__(self) -> None:
+        self.url = ""
+
+    def provision(self) -> None:
+        """Reach ``REDIS_URL`` or start a server."""
+        url = os.environ.get("REDIS_URL")
+        if not url:
+            from flowcraft_services import resolve
+
+            url = resolve("redis").start()["REDIS_URL"]
+        with sync_redis.Redis.from_url(url, socket_timeout=5) as client:
+            client.ping()
+        self.url = url
+
+    def deployment(self, *, lease: float) -> Deployment:
+        """A fresh namespace for one test."""
+        return Deployment(self.url, lease)
+
+    def adapter(
+        self,
+        deployment: Deployment,
+        registry: Mapping[str, Any],
+        blueprints: Mapping[str, Blueprint],
+        **options: Any,
+    ) -> BaseDistributedAdapter:
+        """An adapter (one per worker or client) over ``deployment``."""
+        options.setdefault("lease", deployment.lease)
+        adapter = self.adapter_class(
+            deployment.settings, registry=registry, blueprints=blueprints, **options
+        )
+        deployment.adapters.append(adapter)
+        return adapter
+
+    def stores(self, deployment: Deployment) -> tuple[CoordinationStore, ContextStore]:
+        """Stores on a client of their own (closed at reset)."""
+        adapter = RedisAdapter(deployment.settings)
+        deployment.adapters.append(adapter)
+        return (
+            RedisCoordinationStore(adapter.redis, deployment.settings),
+            RedisContextStore(adapter.redis, deployment.settings),
+        )
+
+    def dead_letters(self, deployment: Deployment) -> list[str]:
+        """Reasons of the jobs BullMQ holds as failed."""
+        prefix = f"bull:{deployment.settings.queue_name}"
+        with sync_redis.Redis.from_url(self.url, decode_responses=True) as client:
+            ids = client.zrange(f"{prefix}:failed", 0, -1)
+            return [str(client.hget(f"{prefix}:{i}", "failedReason") or "") for i in ids]
+
+    async def inject(self, deployment: Deployment, body: str) -> None:
+        """Put a raw (possibly malformed) job on the queue, as a foreign producer could."""
+        from bullmq import Queue
+
+        queue = Queue(deployment.settings.queue_name, {"connection": self.url})
+        try:
+            await queue.add("executeNode", _raw(body), {})
+        finally:
+            await queue.close()
+
+    async def reset(self, deployment: Deployment) -> None:
+        """Close every adapter of the test and delete its keys."""
+        for adapter in deployment.adapters:
+            await adapter.close()
+        deployment.adapters.clear()
+        with sync_redis.Redis.from_url(self.url) as client:
+            for pattern in (f"*{deployment.settings.coordination_prefix}*", "bull:*"):
+                keys = list(client.scan_iter(match=pattern, count=1000))
+                if pattern.startswith("bull:"):
+                    keys = [k for k in keys if deployment.settings.queue_name.encode() in k]
+                if keys:
+                    client.delete(*keys)
+
+
+def _raw(body: str) -> Any:
+    import orjson
+
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return body

@@ -1,0 +1,101 @@
+"""``RedisAdapter`` (BullMQ transport) over the Redis context and coordination stores.
+
+Options: ``settings`` (or ``url``), ``concurrency`` (jobs BullMQ hands over at once),
+``client`` (an existing ``redis.asyncio`` client, not closed by the adapter), plus every option
+of :class:`~flowcraft.distributed.BaseDistributedAdapter`.
+
+Features: TS wire compatibility (queue ``flowcraft-queue``, job ``executeNode``, hash
+``workflow:state:<runId>``, string ``workflow:status:<runId>``), push waits, BullMQ retries of
+stalled jobs, dashboards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from flowcraft.blueprint import Blueprint
+from flowcraft.distributed import BaseDistributedAdapter, Delivery
+from flowcraft_redis._results import ResultChannel
+from flowcraft_redis._settings import RedisSettings
+from flowcraft_redis.context import RedisContextStore
+from flowcraft_redis.coordination import RedisCoordinationStore
+from flowcraft_redis.queue import BullMQQueue
+
+__all__ = ["RedisAdapter"]
+
+
+class RedisAdapter(BaseDistributedAdapter):
+    """Distributed runs on Redis with BullMQ as the queue.
+
+    Args:
+        settings: Connection and key layout (default: ``REDIS_URL`` or localhost).
+        registry: ``uses`` key → implementation.
+        blueprints: Blueprint id → blueprint.
+        concurrency: Jobs handed over at once by BullMQ.
+        client: An existing ``redis.asyncio`` client to share (closed by its owner).
+        **options: Options of :class:`~flowcraft.distributed.BaseDistributedAdapter`.
+    """
+
+    def __init__(
+        self,
+        settings: RedisSettings | None = None,
+        *,
+        registry: Mapping[str, Any] | None = None,
+        blueprints: Mapping[str, Blueprint] | None = None,
+        concurrency: int = 16,
+        client: aioredis.Redis | None = None,
+        **options: Any,
+    ) -> None:
+        self.settings = settings or RedisSettings.from_env()
+        self._owns_client = client is None
+        self.redis = client if client is not None else self.settings.client()
+        options.setdefault("lease", 30.0)
+        super().__init__(
+            coordination=RedisCoordinationStore(self.redis, self.settings),
+            context=RedisContextStore(self.redis, self.settings),
+            registry=registry,
+            blueprints=blueprints,
+            **options,
+        )
+        self.results = ResultChannel(self.redis, self.settings)
+        self.queue = self._make_queue(concurrency)
+
+    def _make_queue(self, concurrency: int) -> Any:
+        return BullMQQueue(self.settings, concurrency=concurrency, lock_duration=self.lease)
+
+    async def _receive(self, max_jobs: int, wait: float) -> list[Delivery]:
+        deliveries: list[Delivery] = await self.queue.receive(max_jobs, wait)
+        return deliveries
+
+    async def _enqueue(self, body: str, delay: float = 0.0) -> None:
+        await self.queue.enqueue(body, delay)
+
+    async def _ack(self, delivery: Delivery) -> None:
+        await self.queue.ack(delivery)
+
+    async def _dead_letter(self, delivery: Delivery, reason: str) -> None:
+        await self.queue.dead_letter(delivery, reason)
+
+    async def _release(self, delivery: Delivery) -> None:
+        await self.queue.release(delivery)
+
+    async def _extend_lease(self, delivery: Delivery, seconds: float) -> None:
+        await self.queue.extend_lease(delivery, seconds)
+
+    async def _publish_result(self, run_id: str, status: str) -> None:
+        result = await self.final_result(run_id) if status != "awaiting" else None
+        await self.results.publish(run_id, result)
+
+    async def _wait_for_publish(self, run_id: str, timeout: float) -> None:
+        await self.results.wait(run_id, timeout)
+
+    def abandon(self) -> None:
+        self.queue.abandon()
+
+    async def close(self) -> None:
+        await self.queue.close()
+        if self._owns_client:
+            await self.redis.aclose()

@@ -1,0 +1,165 @@
+"""``BullMQQueue``: the job queue on BullMQ (the ``bullmq`` library), TS-compatible.
+
+Jobs are named ``executeNode`` on ``flowcraft-queue`` with data ``{runId, blueprintId, nodeId,
+...}``, as the TypeScript adapter writes them, so TS clients and BullMQ dashboards work.
+
+BullMQ's worker pushes jobs to a processor; this class turns that into the pull interface of
+:class:`~flowcraft.distributed.BaseDistributedAdapter`: the processor hands each job over and
+waits for the adapter's verdict (ack → completed, dead-letter → failed, release → delayed
+back to now). BullMQ renews the job lock while the processor waits, so a long node keeps its
+lease, and its stalled-job check re-queues the jobs of a worker that died.
+
+Features: delayed jobs, leases with automatic renewal, stalled-job recovery, failed set as the
+dead-letter queue, configurable concurrency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Any
+
+import orjson
+from bullmq import Queue as BullQueue
+from bullmq import Worker as BullWorker
+from bullmq.custom_errors import DelayedError, UnrecoverableError
+
+from flowcraft.distributed import Delivery
+from flowcraft_redis._settings import RedisSettings
+
+__all__ = ["BullMQQueue"]
+
+JOB_NAME = "executeNode"
+_RELEASE = object()
+
+
+class _Handle:
+    __slots__ = ("job", "token", "verdict")
+
+    def __init__(self, job: Any, token: str) -> None:
+        self.job = job
+        self.token = token
+        self.verdict: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+
+class BullMQQueue:
+    """BullMQ producer and (lazily) consumer for one queue.
+
+    Args:
+        settings: Connection and queue name.
+        concurrency: Jobs BullMQ hands over at once (the worker's concurrency).
+        lock_duration: Seconds a job's lock lasts between renewals (the lease).
+        keep_completed: Seconds completed jobs stay visible to dashboards.
+        keep_failed: Seconds failed (dead-lettered) jobs are kept.
+    """
+
+    def __init__(
+        self,
+        settings: RedisSettings,
+        *,
+        concurrency: int = 16,
+        lock_duration: float = 30.0,
+        keep_completed: int = 3600,
+        keep_failed: int = 7 * 86400,
+    ) -> None:
+        self._settings = settings
+        self._concurrency = concurrency
+        self._lock_ms = int(lock_duration * 1000)
+        self._job_opts: dict[str, Any] = {
+            "removeOnComplete": {"age": keep_completed},
+            "removeOnFail": {"age": keep_failed},
+        }
+        self._producer: BullQueue | None = None
+        self._consumer: BullWorker | None = None
+        self._inbox: asyncio.Queue[Delivery] = asyncio.Queue()
+        self._abandoned: asyncio.Future[None] | None = None
+
+    def _queue(self) -> BullQueue:
+        if self._producer is None:
+            self._producer = BullQueue(
+                self._settings.queue_name, {"connection": self._settings.url}
+            )
+        return self._producer
+
+    async def enqueue(self, body: str, delay: float = 0.0) -> None:
+        """Add one ``executeNode`` job."""
+        opts = dict(self._job_opts)
+        if delay > 0:
+            opts["delay"] = int(delay * 1000)
+        await self._queue().add(JOB_NAME, orjson.loads(body), opts)
+
+    async def receive(self, max_jobs: int, wait: float) -> list[Delivery]:
+        """Deliveries handed over by the BullMQ worker."""
+        if self._consumer is None:
+            self._consumer = BullWorker(
+                self._settings.queue_name,
+                self._process,
+                {
+                    "connection": self._settings.url,
+                    "concurrency": self._concurrency,
+                    "lockDuration": self._lock_ms,
+                    # Jobs of a dead worker come back once their lock expires.
+                    "stalledInterval": self._lock_ms,
+                    "maxStalledCount": 10,
+                },
+            )
+        out: list[Delivery] = []
+        with contextlib.suppress(TimeoutError):
+            out.append(await asyncio.wait_for(self._inbox.get(), wait))
+        while out and len(out) < max_jobs and not self._inbox.empty():
+            out.append(self._inbox.get_nowait())
+        return out
+
+    async def _process(self, job: Any, token: str) -> Any:
+        handle = _Handle(job, token)
+        body = orjson.dumps(job.data).decode()
+        attempts = int(getattr(job, "attemptsMade", 0) or 0)
+        stalled = int(getattr(job, "stalledCounter", 0) or 0)
+        await self._inbox.put(
+            Delivery(body=body, handle=handle, delivery_count=1 + attempts + stalled)
+        )
+        verdict = await handle.verdict
+        if verdict is _RELEASE:
+            await job.moveToDelayed(int(time.time() * 1000), token)
+            raise DelayedError()
+        if isinstance(verdict, str):
+            raise UnrecoverableError(verdict)
+        return None
+
+    @staticmethod
+    def _settle(delivery: Delivery, verdict: Any) -> None:
+        handle = delivery.handle
+        # A delivery handed in by hand (tests, tools) has no BullMQ job to settle.
+        if isinstance(handle, _Handle) and not handle.verdict.done():
+            handle.verdict.set_result(verdict)
+
+    async def ack(self, delivery: Delivery) -> None:
+        """Let BullMQ mark the job completed."""
+        self._settle(delivery, None)
+
+    async def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        """Let BullMQ move the job to the failed set with ``reason``."""
+        self._settle(delivery, reason)
+
+    async def release(self, delivery: Delivery) -> None:
+        """Hand the job back to the queue now."""
+        self._settle(delivery, _RELEASE)
+
+    async def extend_lease(self, delivery: Delivery, seconds: float) -> None:
+        """Nothing to do: BullMQ renews the lock of every job its processor holds."""
+
+    def abandon(self) -> None:
+        """Stop consuming and renewing locks at once, without settling any job."""
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            self._abandoned = asyncio.ensure_future(consumer.close(force=True))
+
+    async def close(self) -> None:
+        """Stop consuming (jobs not yet handed over stay queued) and close connections."""
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            await consumer.close()
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            await producer.close()
