@@ -128,7 +128,11 @@ async def test_malformed_jobs_are_rejected_and_the_worker_keeps_serving(
             break
         await asyncio.sleep(0.02)
     reasons = " | ".join(harness.dead_letters())
-    assert "not JSON" in reasons
+    # A queue that only carries JSON (BullMQ) delivers foreign text as a JSON string.
+    if getattr(harness.backend, "carries_raw_text", True):
+        assert "not JSON" in reasons
+    else:
+        assert "must be a JSON object" in reasons
     assert "runId" in reasons
     assert "'nope' is not registered" in reasons
     assert "node 'zz' does not exist" in reasons
@@ -168,6 +172,7 @@ async def test_reconcile_recovers_a_lost_job(harness: Harness) -> None:
     deliveries = await adapter2._receive(10, 0.1)
     for delivery in deliveries:
         await adapter2._ack(delivery)
+    await adapter2.stop_receiving()
     stats = await Reconciler(adapter, stalled_after=0).run(now=10**10)
     assert stats == {"scanned": 1, "stalled": 1, "reconciled": 1, "failed": 0}
     harness.worker()

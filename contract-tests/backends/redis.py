@@ -42,6 +42,8 @@ class Fixture:
     name = "redis"
     adapter_class: type[RedisAdapter] = RedisAdapter
     spawn_worker = None
+    carries_raw_text = False
+    """BullMQ stores job data as JSON, so injected text arrives as a JSON string."""
 
     def __init__(self) -> None:
         self.url = ""

@@ -61,6 +61,7 @@ class ResultChannel:
         """Block until the run publishes, or ``timeout`` seconds."""
         wake = self._wake_key(run_id)
         async with translated():
-            popped = await self._redis.blpop([wake], timeout=max(timeout, 0.01))
+            # Short blocks: the caller loops until its deadline, and no wake token is lost.
+            popped = await self._redis.blpop([wake], timeout=min(max(timeout, 0.01), 2.0))
             if popped is not None:
                 await self._redis.rpush(wake, b"1")

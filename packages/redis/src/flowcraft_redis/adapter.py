@@ -92,6 +92,9 @@ class RedisAdapter(BaseDistributedAdapter):
     async def _wait_for_publish(self, run_id: str, timeout: float) -> None:
         await self.results.wait(run_id, timeout)
 
+    async def stop_receiving(self) -> None:
+        self.queue.stop_receiving()
+
     def abandon(self) -> None:
         self.queue.abandon()
 

@@ -31,16 +31,20 @@ from flowcraft_redis._settings import RedisSettings
 __all__ = ["BullMQQueue"]
 
 JOB_NAME = "executeNode"
+CLOSE_GRACE = 10.0
+"""Seconds closing waits for jobs still being handled before it stops renewing their locks."""
 _RELEASE = object()
 
 
 class _Handle:
-    __slots__ = ("job", "token", "verdict")
+    __slots__ = ("failed", "job", "token", "verdict")
 
     def __init__(self, job: Any, token: str) -> None:
+        loop = asyncio.get_running_loop()
         self.job = job
         self.token = token
-        self.verdict: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.verdict: asyncio.Future[Any] = loop.create_future()
+        self.failed: asyncio.Future[None] = loop.create_future()
 
 
 class BullMQQueue:
@@ -74,6 +78,10 @@ class BullMQQueue:
         self._consumer: BullWorker | None = None
         self._inbox: asyncio.Queue[Delivery] = asyncio.Queue()
         self._abandoned: asyncio.Future[None] | None = None
+        self._open: set[_Handle] = set()
+        self._closing: asyncio.Future[None] | None = None
+        self._stopped = False
+        self._failing: set[_Handle] = set()
 
     def _queue(self) -> BullQueue:
         if self._producer is None:
@@ -91,7 +99,7 @@ class BullMQQueue:
 
     async def receive(self, max_jobs: int, wait: float) -> list[Delivery]:
         """Deliveries handed over by the BullMQ worker."""
-        if self._consumer is None:
+        if self._consumer is None and not self._stopped:
             self._consumer = BullWorker(
                 self._settings.queue_name,
                 self._process,
@@ -104,6 +112,9 @@ class BullMQQueue:
                     "maxStalledCount": 10,
                 },
             )
+            self._consumer.on("failed", self._on_failed)
+        if self._stopped:
+            return []
         out: list[Delivery] = []
         with contextlib.suppress(TimeoutError):
             out.append(await asyncio.wait_for(self._inbox.get(), wait))
@@ -113,6 +124,11 @@ class BullMQQueue:
 
     async def _process(self, job: Any, token: str) -> Any:
         handle = _Handle(job, token)
+        if self._stopped:
+            # Fetched while the consumer was closing: nobody will handle it here.
+            handle.verdict.set_result(_RELEASE)
+        self._open.add(handle)
+        handle.verdict.add_done_callback(lambda _: self._open.discard(handle))
         body = orjson.dumps(job.data).decode()
         attempts = int(getattr(job, "attemptsMade", 0) or 0)
         stalled = int(getattr(job, "stalledCounter", 0) or 0)
@@ -127,6 +143,11 @@ class BullMQQueue:
             raise UnrecoverableError(verdict)
         return None
 
+    def _on_failed(self, job: Any, error: Any = None) -> None:
+        for handle in self._open | self._failing:
+            if handle.job.id == job.id and not handle.failed.done():
+                handle.failed.set_result(None)
+
     @staticmethod
     def _settle(delivery: Delivery, verdict: Any) -> None:
         handle = delivery.handle
@@ -139,8 +160,16 @@ class BullMQQueue:
         self._settle(delivery, None)
 
     async def dead_letter(self, delivery: Delivery, reason: str) -> None:
-        """Let BullMQ move the job to the failed set with ``reason``."""
+        """Move the job to BullMQ's failed set with ``reason``, and wait until it is there."""
+        handle = delivery.handle
         self._settle(delivery, reason)
+        if isinstance(handle, _Handle):
+            self._failing.add(handle)
+            try:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(handle.failed), 5.0)
+            finally:
+                self._failing.discard(handle)
 
     async def release(self, delivery: Delivery) -> None:
         """Hand the job back to the queue now."""
@@ -151,15 +180,40 @@ class BullMQQueue:
 
     def abandon(self) -> None:
         """Stop consuming and renewing locks at once, without settling any job."""
+        self._stopped = True
         consumer, self._consumer = self._consumer, None
         if consumer is not None:
             self._abandoned = asyncio.ensure_future(consumer.close(force=True))
 
-    async def close(self) -> None:
-        """Stop consuming (jobs not yet handed over stay queued) and close connections."""
+    def stop_receiving(self) -> None:
+        """Stop fetching; jobs fetched but not yet handed to the adapter go back at once."""
+        self._stopped = True
         consumer, self._consumer = self._consumer, None
-        if consumer is not None:
-            await consumer.close()
+        if consumer is None:
+            return
+        # BullMQ's close waits for the jobs still being handled, which get their verdicts later.
+        self._closing = asyncio.ensure_future(self._close_consumer(consumer))
+        while not self._inbox.empty():
+            self._settle(self._inbox.get_nowait(), _RELEASE)
+
+    @staticmethod
+    async def _close_consumer(consumer: BullWorker) -> None:
+        try:
+            await asyncio.wait_for(asyncio.shield(consumer.close()), CLOSE_GRACE)
+        except TimeoutError:
+            # A job still held after the grace period comes back when its lock expires.
+            await consumer.close(force=True)
+
+    async def close(self) -> None:
+        """Stop consuming and close connections; jobs not yet handled go back to the queue."""
+        self.stop_receiving()
+        for handle in list(self._open):
+            if not handle.verdict.done():
+                handle.verdict.set_result(_RELEASE)
+        for pending in (self._closing, self._abandoned):
+            if pending is not None:
+                await pending
+        self._closing = self._abandoned = None
         producer, self._producer = self._producer, None
         if producer is not None:
             await producer.close()

@@ -137,6 +137,13 @@ class BaseDistributedAdapter(Orchestration, ABC):
     async def close(self) -> None:
         """Release backend connections; safe to call repeatedly."""
 
+    async def stop_receiving(self) -> None:
+        """Stop fetching jobs: a stopping worker calls this before its running jobs finish.
+
+        Backends whose client prefetches jobs hand the ones not yet delivered back to the
+        queue here; the default does nothing.
+        """
+
     def abandon(self) -> None:
         """Drop the queue without acking or releasing anything, as a killed process would.
 
@@ -378,21 +385,22 @@ class BaseDistributedAdapter(Orchestration, ABC):
 
     async def _handle(self, delivery: Delivery, payload: JobPayload) -> None:
         run_id = payload.run_id
-        if await self.coordination.get(self.keys.final(run_id)) is not None:
-            return  # finished or cancelled: queued jobs of the run are dropped on arrival
+        # A malformed job is dead-lettered with its reason even when its run has finished.
         blueprint = self.blueprints.get(payload.blueprint_id)
         if blueprint is None:
             raise JobRejected(
                 f"job for node '{payload.node_id}': blueprint '{payload.blueprint_id}' is not"
                 " registered with this worker"
             )
-        await self._check_version(payload, blueprint)
         graph = await self.graph_of(run_id, blueprint)
         spec = graph.nodes.get(payload.node_id)
         if spec is None:
             raise JobRejected(
                 f"job for blueprint '{blueprint.id}': node '{payload.node_id}' does not exist"
             )
+        if await self.coordination.get(self.keys.final(run_id)) is not None:
+            return  # finished or cancelled: queued jobs of the run are dropped on arrival
+        await self._check_version(payload, blueprint)
         role = ""
         rescues = payload.extra.get("rescues")
         if not isinstance(rescues, str):

@@ -127,6 +127,7 @@ class Worker:
         if self._main is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._main
+        await self.adapter.stop_receiving()
         running = dict(self._jobs)
         if running:
             _, pending = await asyncio.wait(running, timeout=timeout)
