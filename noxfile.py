@@ -117,6 +117,26 @@ def services_smoke(session: nox.Session) -> None:
     session.run("pytest", "contract-tests/smoke", "-p", "no:cacheprovider", "--timeout=900")
 
 
+def _ensure_chromium(session: nox.Session) -> None:
+    # The inspector's browser test drives Debian's chromium; install it where we can.
+    import shutil
+
+    if shutil.which("chromium") or not shutil.which("apt-get"):
+        return
+    env = {"DEBIAN_FRONTEND": "noninteractive"}
+    session.run("apt-get", "update", "-qq", external=True, env=env)
+    session.run(
+        "apt-get",
+        "install",
+        "-y",
+        "-qq",
+        "--no-install-recommends",
+        "chromium",
+        external=True,
+        env=env,
+    )
+
+
 @nox.session
 def ci(session: nox.Session) -> None:
     """Everything CI runs, in one environment so it installs once."""
@@ -124,6 +144,7 @@ def ci(session: nox.Session) -> None:
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
     session.run("mypy")
+    _ensure_chromium(session)
     session.run("pytest", "tests", "-q")
     for backend in BACKENDS:
         session.run("pytest", "contract-tests", "--backend", backend, "-q")

@@ -212,7 +212,8 @@ class BullMQQueue:
                 handle.verdict.set_result(_RELEASE)
         for pending in (self._closing, self._abandoned):
             if pending is not None:
-                await pending
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(pending, 2 * CLOSE_GRACE)
         self._closing = self._abandoned = None
         producer, self._producer = self._producer, None
         if producer is not None:

@@ -1,0 +1,262 @@
+"""The distributed commands of the ``flowcraft`` CLI: ``worker`` and the client commands.
+
+``--app module:attr`` names an object (or dict) with ``registry`` and ``blueprints``. Backends
+are found in the ``flowcraft.adapters`` entry-point group (a factory taking ``registry=`` and
+``blueprints=`` and returning an adapter, configured from its own environment variables);
+``memory`` is built in, useful only within one process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from importlib.metadata import entry_points
+from typing import Any, TypeVar
+
+import click
+
+from flowcraft._cli_commands import EXIT_FAILED, BadInput, _load_state, cli
+from flowcraft.distributed import BaseDistributedAdapter, Client, Reconciler, Worker
+from flowcraft.errors import FlowcraftError
+
+__all__ = ["load_app", "resolve_backend"]
+
+_T = TypeVar("_T")
+
+
+def load_app(spec: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The ``(registry, blueprints)`` named by ``module:attr``.
+
+    Raises:
+        ValueError: ``spec`` is not ``module:attr``, cannot be imported, or the object lacks
+            the two fields.
+    """
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ValueError(f"--app must be module:attr, got {spec!r}")
+    try:
+        app: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"--app {spec!r}: cannot import {module_name}: {exc}") from exc
+    for part in attr.split("."):
+        try:
+            app = getattr(app, part)
+        except AttributeError:
+            raise ValueError(f"--app {spec!r}: {module_name} has no attribute {attr!r}") from None
+    if isinstance(app, dict):
+        registry, blueprints = app.get("registry"), app.get("blueprints")
+    else:
+        registry, blueprints = getattr(app, "registry", None), getattr(app, "blueprints", None)
+    if registry is None or blueprints is None:
+        raise ValueError(f"--app {spec!r} must provide 'registry' and 'blueprints'")
+    return dict(registry), dict(blueprints)
+
+
+def resolve_backend(name: str) -> Callable[..., Any]:
+    """The adapter factory registered as ``name``.
+
+    Raises:
+        ValueError: No backend of that name is installed.
+    """
+    if name == "memory":
+        from flowcraft.memory import MemoryAdapter
+
+        return MemoryAdapter
+    for entry in entry_points(group="flowcraft.adapters"):
+        if entry.name == name:
+            factory: Callable[..., Any] = entry.load()
+            return factory
+    raise ValueError(
+        f"unknown backend {name!r}: install its package (entry point group flowcraft.adapters)"
+    )
+
+
+def _adapter(backend: str, app: str) -> BaseDistributedAdapter:
+    try:
+        factory = resolve_backend(backend)
+        registry, blueprints = load_app(app)
+    except ValueError as exc:
+        raise BadInput(str(exc)) from exc
+    adapter: BaseDistributedAdapter = factory(registry=registry, blueprints=blueprints)
+    return adapter
+
+
+def _with_client(backend: str, app: str, action: Callable[[Client], Awaitable[_T]]) -> _T:
+    """Run ``action`` against a client of ``backend``; flowcraft errors are bad input."""
+    adapter = _adapter(backend, app)
+
+    async def go() -> _T:
+        try:
+            return await action(Client(adapter))
+        finally:
+            await adapter.close()
+
+    try:
+        return asyncio.run(go())
+    except FlowcraftError as exc:
+        raise BadInput(str(exc)) from exc
+
+
+def _json_option(value: str | None, name: str) -> Any:
+    try:
+        return json.loads(value) if value is not None else None
+    except ValueError as exc:
+        raise BadInput(f"{name} is not valid JSON: {exc}") from exc
+
+
+_backend_option = click.option(
+    "--backend",
+    default="memory",
+    show_default=True,
+    envvar="FLOWCRAFT_BACKEND",
+    help="Backend name (entry point in flowcraft.adapters; env: FLOWCRAFT_BACKEND).",
+)
+_app_option = click.option(
+    "--app",
+    required=True,
+    envvar="FLOWCRAFT_APP",
+    metavar="MODULE:ATTR",
+    help="Object or dict with 'registry' and 'blueprints' (env: FLOWCRAFT_APP).",
+)
+
+
+def _backend_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    return _backend_option(_app_option(f))
+
+
+@cli.command()
+@_backend_options
+@click.option(
+    "--concurrency",
+    type=click.IntRange(min=1),
+    default=8,
+    show_default=True,
+    envvar="FLOWCRAFT_CONCURRENCY",
+    help="Jobs handled at once (env: FLOWCRAFT_CONCURRENCY).",
+)
+@click.option(
+    "--grace",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    show_default=True,
+    help="Seconds running jobs get to finish on SIGTERM/SIGINT.",
+)
+def worker(backend: str, app: str, concurrency: int, grace: float) -> None:
+    """Serve jobs of a distributed backend until SIGTERM or SIGINT (then stop gracefully)."""
+    adapter = _adapter(backend, app)
+    logging.basicConfig(level=logging.INFO)
+
+    async def serve() -> None:
+        running = Worker(adapter, concurrency=concurrency)
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        running.start()
+        logging.getLogger("flowcraft").info("worker started (backend %s)", backend)
+        try:
+            await stop.wait()
+            await running.stop(timeout=grace)
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+            await adapter.close()
+
+    asyncio.run(serve())
+
+
+@cli.command()
+@click.argument("blueprint_id")
+@_backend_options
+@click.option("--state", help="Initial context as JSON, or @file.json.")
+def start(blueprint_id: str, backend: str, app: str, state: str | None) -> None:
+    """Start a run of BLUEPRINT_ID; print its run id."""
+    initial = _load_state(state)
+    click.echo(_with_client(backend, app, lambda c: c.start(blueprint_id, initial)))
+
+
+@cli.command()
+@click.argument("run_id")
+@_backend_options
+def status(run_id: str, backend: str, app: str) -> None:
+    """Print RUN_ID's status (running, awaiting, a final status, or unknown)."""
+    click.echo(_with_client(backend, app, lambda c: c.status(run_id)))
+
+
+@cli.command()
+@click.argument("run_id")
+@_backend_options
+@click.option("--timeout", type=click.FloatRange(min=0), help="Seconds to wait (default: forever).")
+def wait(run_id: str, backend: str, app: str, timeout: float | None) -> None:
+    """Wait for RUN_ID and print its result JSON; exit 1 unless it completed."""
+    try:
+        result = _with_client(backend, app, lambda c: c.wait(run_id, timeout))
+    except TimeoutError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        raise SystemExit(EXIT_FAILED) from None
+    click.echo(json.dumps(result.to_dict() | {"runId": result.run_id}, default=str))
+    if result.status != "completed":
+        raise SystemExit(EXIT_FAILED)
+
+
+@cli.command()
+@click.argument("run_id")
+@_backend_options
+def cancel(run_id: str, backend: str, app: str) -> None:
+    """Cancel RUN_ID; exit 1 if it had already finished (or never started)."""
+
+    async def go(client: Client) -> bool:
+        return await client.status(run_id) != "unknown" and await client.cancel(run_id)
+
+    if not _with_client(backend, app, go):
+        click.echo(f"run {run_id} was not cancelled: it is unknown or already finished", err=True)
+        raise SystemExit(EXIT_FAILED)
+    click.echo("cancelled")
+
+
+@cli.command()
+@click.argument("run_id")
+@_backend_options
+@click.option("--action", required=True, help="The action to route by.")
+@click.option("--output", "output_json", help="The awaiting node's output, as JSON.")
+@click.option("--node", "node_id", help="The awaiting node (needed when several await).")
+def resume(
+    run_id: str, backend: str, app: str, action: str, output_json: str | None, node_id: str | None
+) -> None:
+    """Resume awaiting RUN_ID with ACTION; print the resumed node's id."""
+    if output_json is None:
+        resumed = _with_client(
+            backend, app, lambda c: c.resume_with_action(run_id, action, node_id=node_id)
+        )
+    else:
+        output = _json_option(output_json, "--output")
+        resumed = _with_client(
+            backend, app, lambda c: c.resume_with_action(run_id, action, output, node_id)
+        )
+    click.echo(resumed)
+
+
+@cli.command()
+@_backend_options
+@click.option(
+    "--stalled-after",
+    type=click.FloatRange(min=0),
+    default=300.0,
+    show_default=True,
+    help="Seconds without progress after which a run counts as stalled.",
+)
+def reconcile(backend: str, app: str, stalled_after: float) -> None:
+    """Re-enqueue the frontier of stalled runs once; print the stats JSON."""
+    adapter = _adapter(backend, app)
+
+    async def go() -> Any:
+        try:
+            return await Reconciler(adapter, stalled_after=stalled_after).run()
+        finally:
+            await adapter.close()
+
+    click.echo(json.dumps(asyncio.run(go())))
