@@ -6,7 +6,9 @@ that cannot be provisioned fails the run with the reason (it is never skipped).
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
+import sys
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -86,8 +88,19 @@ class Harness:
 
     async def close(self) -> None:
         for worker in self.workers:
-            await worker.stop(timeout=5)
-        await self.backend.reset(self.deployment)
+            await _guarded(worker.stop(timeout=5), "stopping a worker")
+        await _guarded(self.backend.reset(self.deployment), "resetting the backend")
+
+
+async def _guarded(step: Any, what: str) -> None:
+    # A teardown that hangs is a backend bug: report where every task stands, then fail.
+    try:
+        await asyncio.wait_for(step, 30)
+    except TimeoutError:
+        print(f"teardown hung while {what}; tasks:", file=sys.stderr)
+        for task in asyncio.all_tasks():
+            task.print_stack(limit=8, file=sys.stderr)
+        raise
 
 
 @pytest.fixture
