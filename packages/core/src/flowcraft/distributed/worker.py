@@ -125,6 +125,9 @@ class Worker:
         """
         self._stopping = True
         if self._main is not None:
+            # The serving loop may be parked on a slot held by a job that never ends; a job it
+            # was receiving when cancelled comes back after its lease.
+            self._main.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._main
         await self.adapter.stop_receiving()
