@@ -373,6 +373,10 @@ class Run:
             self._schedule(fallback)
             return
         self.state[node_id] = FAILED
+        self._node_error(node_id, error, exc)
+
+    def _node_error(self, node_id: str, error: FlowcraftError, exc: BaseException) -> None:
+        bus = self.bus
         if bus is not None and bus.wants("node:error"):
             bus.emit(
                 "node:error",
@@ -438,18 +442,7 @@ class Run:
             self._route(node_id, spec, result, rescues)
         except ExpressionError as exc:
             # A condition the evaluator failed on: the run fails with the typed error.
-            error = self._as_error(node_id, exc)
-            if bus is not None and bus.wants("node:error"):
-                bus.emit(
-                    "node:error",
-                    {
-                        "nodeId": node_id,
-                        "error": error.to_dict(),
-                        "executionId": self.run_id,
-                        "blueprintId": self.blueprint_id,
-                    },
-                )
-            self._record(error, exc)
+            self._node_error(node_id, self._as_error(node_id, exc), exc)
 
     def _route(self, node_id: str, spec: NodeSpec, result: NodeResult, rescues: str | None) -> None:
         arrivals = self.arrivals
