@@ -16,6 +16,8 @@ from .paths import state_dir
 from .procs import ProcessRef
 from .state import RunState
 
+_BIND_ATTEMPTS = 3
+
 
 class Service(ABC):
     """A server the backends are tested against.
@@ -149,9 +151,20 @@ class LocalService(Service):
             # A previous run died or stopped answering: clear what is left of it first.
             self.stop()
         self.install()
+        began = time.monotonic()
+        for attempt in range(1, _BIND_ATTEMPTS + 1):
+            try:
+                return self._start_once(began)
+            except ServiceError as exc:
+                # Free ports are picked before the server binds them; a server starting in
+                # parallel can take one first. Retry with fresh ports.
+                if attempt == _BIND_ATTEMPTS or "Address already in use" not in str(exc):
+                    raise
+        raise AssertionError("unreachable")
+
+    def _start_once(self, began: float) -> dict[str, str]:
         shutil.rmtree(self.workdir, ignore_errors=True)
         self.workdir.mkdir(parents=True)
-        began = time.monotonic()
         launch = self.launch(self.workdir)
         self.state = RunState(
             name=self.name,
