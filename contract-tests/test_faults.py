@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from conftest import Harness, outputs
 
 from flowcraft import NodeContext, create_flow
@@ -65,6 +70,39 @@ async def test_worker_killed_mid_node_run_completes(harness: Harness) -> None:
     result = await harness.client.wait(run_id, timeout=T)
     assert result.status == "completed"
     assert result.context["_outputs.b"] == "done"
+
+
+async def test_worker_process_killed_with_sigkill_mid_node(
+    harness: Harness, tmp_path: Path
+) -> None:
+    spawn = getattr(harness.backend, "spawn_worker", None)
+    if spawn is None:
+        pytest.skip("this backend lives in one process: it has no worker processes to kill")
+    sys.path.insert(0, str(Path(__file__).parent))
+    import sigkill_app
+
+    marker = tmp_path / "a-started"
+    os.environ["FLOWCRAFT_TEST_MARKER"] = str(marker)
+    harness.deployment = harness.backend.deployment(lease=1.0)
+    harness.add(sigkill_app.flow)
+    env = {"FLOWCRAFT_TEST_MARKER": str(marker), "PYTHONPATH": str(Path(__file__).parent)}
+    victim = spawn(harness.deployment, "sigkill_app:app", env)
+    try:
+        run_id = await harness.client.start("sigkill")
+        for _ in range(int(T / 0.05)):
+            if marker.exists():
+                break
+            await asyncio.sleep(0.05)
+        assert marker.read_text() == str(victim.pid)  # node a is running in the victim
+        victim.send_signal(signal.SIGKILL)
+        assert victim.wait(timeout=T) == -signal.SIGKILL
+        harness.worker()
+        result = await harness.client.wait(run_id, timeout=T)
+    finally:
+        if victim.poll() is None:
+            victim.kill()
+    assert result.status == "completed"
+    assert result.context["_outputs.b"] == "b after a done"
 
 
 async def test_heartbeat_keeps_a_long_node_from_redelivery(harness: Harness) -> None:

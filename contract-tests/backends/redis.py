@@ -7,6 +7,8 @@ redis-server started by ``flowcraft_services`` (installed from Debian if missing
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -41,7 +43,6 @@ class Fixture:
 
     name = "redis"
     adapter_class: type[RedisAdapter] = RedisAdapter
-    spawn_worker = None
     carries_raw_text = False
     """BullMQ stores job data as JSON, so injected text arrives as a JSON string."""
 
@@ -58,6 +59,24 @@ class Fixture:
         with sync_redis.Redis.from_url(url, socket_timeout=5) as client:
             client.ping()
         self.url = url
+
+    def spawn_worker(
+        self, deployment: Deployment, app: str, env: Mapping[str, str]
+    ) -> subprocess.Popen[bytes]:
+        """A ``flowcraft worker`` process serving ``deployment`` (for SIGKILL tests)."""
+        settings = deployment.settings
+        child_env = {
+            **os.environ,
+            **env,
+            "REDIS_URL": settings.url,
+            "FLOWCRAFT_REDIS_QUEUE_NAME": settings.queue_name,
+            "FLOWCRAFT_REDIS_STATE_PREFIX": settings.state_prefix,
+            "FLOWCRAFT_REDIS_STATUS_PREFIX": settings.status_prefix,
+            "FLOWCRAFT_REDIS_COORDINATION_PREFIX": settings.coordination_prefix,
+            "FLOWCRAFT_REDIS_LEASE_SECONDS": str(deployment.lease),
+        }
+        command = [sys.executable, "-m", "flowcraft", "worker", "--backend", self.name]
+        return subprocess.Popen([*command, "--app", app], env=child_env)
 
     def deployment(self, *, lease: float) -> Deployment:
         """A fresh namespace for one test."""

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any
 
 import redis.asyncio as aioredis
 
@@ -27,6 +28,8 @@ class RedisSettings:
         status_prefix: Prefix of each run's final status key.
         coordination_prefix: Prefix of join marks, fences, counters and timers.
         state_ttl_seconds: TTL given to a finished run's keys (0 keeps them forever).
+        lease_seconds: How long a job's lock lasts without renewal; a dead worker's jobs come
+            back after it.
     """
 
     url: str = DEFAULT_URL
@@ -35,12 +38,19 @@ class RedisSettings:
     status_prefix: str = "workflow:status:"
     coordination_prefix: str = ""
     state_ttl_seconds: int = 86_400
+    lease_seconds: float = 30.0
 
     @classmethod
-    def from_env(cls, **overrides: str | int) -> RedisSettings:
-        """Settings from ``REDIS_URL`` (and keyword overrides)."""
-        url = os.environ.get("REDIS_URL", DEFAULT_URL)
-        return cls(url=url, **overrides)  # type: ignore[arg-type]
+    def from_env(cls, **overrides: Any) -> RedisSettings:
+        """Settings from ``REDIS_URL`` and ``FLOWCRAFT_REDIS_<FIELD>`` variables (e.g.
+        ``FLOWCRAFT_REDIS_QUEUE_NAME``), then keyword overrides."""
+        values: dict[str, Any] = {"url": os.environ.get("REDIS_URL", DEFAULT_URL)}
+        for item in fields(cls):
+            raw = os.environ.get(f"FLOWCRAFT_REDIS_{item.name.upper()}")
+            if raw is not None:
+                values[item.name] = type(getattr(cls(), item.name))(raw)
+        values.update(overrides)
+        return cls(**values)
 
     def client(self) -> aioredis.Redis:
         """A new client (connection pool) for these settings."""

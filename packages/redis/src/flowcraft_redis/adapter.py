@@ -52,7 +52,7 @@ class RedisAdapter(BaseDistributedAdapter):
         self.settings = settings or RedisSettings.from_env()
         self._owns_client = client is None
         self.redis = client if client is not None else self.settings.client()
-        options.setdefault("lease", 30.0)
+        options.setdefault("lease", self.settings.lease_seconds)
         super().__init__(
             coordination=RedisCoordinationStore(self.redis, self.settings),
             context=RedisContextStore(self.redis, self.settings),
