@@ -77,7 +77,7 @@ async def test_worker_process_killed_with_sigkill_mid_node(
 ) -> None:
     spawn = getattr(harness.backend, "spawn_worker", None)
     if spawn is None:
-        pytest.skip("this backend lives in one process: it has no worker processes to kill")
+        pytest.skip(reason="this backend lives in one process: it has no worker processes to kill")
     sys.path.insert(0, str(Path(__file__).parent))
     import sigkill_app
 

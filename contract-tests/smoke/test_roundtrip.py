@@ -28,7 +28,7 @@ def test_listens_on_loopback_only(started: Started, service_name: str) -> None:
     """Nothing a local provider started listens beyond 127.0.0.1 / ::1."""
     service = started.get(service_name)
     if service.mode != "local" or service.state is None:
-        pytest.skip(f"{service_name} runs in {service.mode} mode; ports are Docker's")
+        pytest.skip(reason=f"{service_name} runs in {service.mode} mode; ports are Docker's")
     addresses = procs.listening_addresses(service.state.processes)
     assert addresses, "the server should be listening somewhere"
     wide = [a for a in addresses if not procs.is_loopback(a[0])]
