@@ -225,18 +225,7 @@ class Run:
                     "input": value,
                 },
             )
-        # Built inline (not via _context_for): this is the hot path.
-        ctx = NodeContext(
-            input=value,
-            context=self.context,
-            params=spec.definition.params or {},
-            dependencies=self.runtime.dependencies,
-            signal=self.signal,
-            node_id=node_id,
-            run_id=self.run_id,
-            blueprint_id=self.blueprint_id,
-            run=self,
-        )
+        ctx = self._context_for(node_id, spec, value)
         try:
             invoker, attempts = self._prepare(node_id, spec)
             if self.middleware:
