@@ -76,7 +76,7 @@ def test_backend_and_app_come_from_the_environment(runner: CliRunner) -> None:
 @pytest.mark.parametrize(
     ("app", "message"),
     [
-        ("no_colon", "must be module:attr"),
+        ("no_colon", "must be 'module:attribute'"),
         ("no_such_module_xyz:app", "cannot import no_such_module_xyz"),
         ("cli_distributed_app:missing", "has no attribute 'missing'"),
         ("cli_distributed_app:no_blueprints", "must provide 'registry' and 'blueprints'"),

@@ -9,7 +9,6 @@ are found in the ``flowcraft.adapters`` entry-point group (a factory taking ``re
 from __future__ import annotations
 
 import asyncio
-import importlib
 import json
 import logging
 import signal
@@ -19,7 +18,7 @@ from typing import Any, TypeVar
 
 import click
 
-from flowcraft._cli_commands import EXIT_FAILED, BadInput, _load_state, cli
+from flowcraft._cli_commands import EXIT_FAILED, BadInput, _import_attr, _load_state, cli
 from flowcraft.distributed import BaseDistributedAdapter, Client, Reconciler, Worker
 from flowcraft.errors import FlowcraftError
 
@@ -32,27 +31,16 @@ def load_app(spec: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """The ``(registry, blueprints)`` named by ``module:attr``.
 
     Raises:
-        ValueError: ``spec`` is not ``module:attr``, cannot be imported, or the object lacks
-            the two fields.
+        BadInput: ``spec`` is not ``module:attr``, cannot be imported, or the object lacks
+            the two fields (exit code 2).
     """
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise ValueError(f"--app must be module:attr, got {spec!r}")
-    try:
-        app: Any = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ValueError(f"--app {spec!r}: cannot import {module_name}: {exc}") from exc
-    for part in attr.split("."):
-        try:
-            app = getattr(app, part)
-        except AttributeError:
-            raise ValueError(f"--app {spec!r}: {module_name} has no attribute {attr!r}") from None
+    app = _import_attr(spec, "--app")
     if isinstance(app, dict):
         registry, blueprints = app.get("registry"), app.get("blueprints")
     else:
         registry, blueprints = getattr(app, "registry", None), getattr(app, "blueprints", None)
     if registry is None or blueprints is None:
-        raise ValueError(f"--app {spec!r} must provide 'registry' and 'blueprints'")
+        raise BadInput(f"--app {spec!r} must provide 'registry' and 'blueprints'")
     return dict(registry), dict(blueprints)
 
 
