@@ -200,14 +200,18 @@ class Orchestration:
         blueprint = self.blueprints[payload.blueprint_id]
         return await self.graph_of(payload.run_id, blueprint)
 
-    async def _fire(self, payload: JobPayload, target: str, iteration: int) -> None:
-        job = JobPayload(
+    def successor_payload(self, payload: JobPayload, target: str, iteration: int) -> JobPayload:
+        """The job that runs ``target`` after the job ``payload`` routed to it."""
+        return JobPayload(
             run_id=payload.run_id,
             blueprint_id=payload.blueprint_id,
             node_id=target,
             iteration=iteration,
             trace_context=payload.trace_context,
         )
+
+    async def _fire(self, payload: JobPayload, target: str, iteration: int) -> None:
+        job = self.successor_payload(payload, target, iteration)
         fence = self.keys.fire(payload.run_id, target, iteration)
         await self.enqueue_job(job, job_id(target, iteration), fence=fence)
 
