@@ -23,6 +23,8 @@ OPERABILITY = [
     "click>=8.1",
     "rich>=13",
     "playwright>=1.40",
+    # PNG graphs: CairoSVG in process (its cairo library comes with Debian's chromium).
+    "cairosvg>=2.7",
 ]
 DEV += OPERABILITY
 
@@ -70,8 +72,16 @@ def example(session: nox.Session) -> None:
 @nox.session
 def bench(session: nox.Session) -> None:
     """Benchmarks; results go to benchmarks/results/. ``nox -s bench -- redis`` for Redis."""
+    args = list(session.posargs)
+    # `./run bench -- redis` hands nox a second "--", which reaches the posargs.
+    if args[:1] == ["--"]:
+        args = args[1:]
+    if args[:1] == ["redis"]:
+        _install_packages(session, "-e", SERVICES)
+        session.run("python", "benchmarks/bench_redis.py", *args[1:])
+        return
     _install_packages(session)
-    session.run("python", "benchmarks/bench_inmem.py", "--ts", *session.posargs)
+    session.run("python", "benchmarks/bench_inmem.py", "--ts", *args)
 
 
 SERVICES = "contract-tests/services"

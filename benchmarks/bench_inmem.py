@@ -84,7 +84,8 @@ async def measure(flow: Flow, nodes: int, reps: int, loop: int) -> dict[str, Any
     }
 
 
-def run_ts(reps: int, loop: int) -> dict[str, Any] | None:
+def prepare_anchor() -> str | None:
+    """The path of ``node`` once the anchor is installed in ANCHOR_WORK; None without Node.js."""
     node = shutil.which("node")
     npm = shutil.which("npm")
     if node is None or npm is None:
@@ -97,6 +98,13 @@ def run_ts(reps: int, loop: int) -> dict[str, Any] | None:
         subprocess.run(
             [npm, "install", "--no-audit", "--no-fund", "--silent"], cwd=ANCHOR_WORK, check=True
         )
+    return node
+
+
+def run_ts(reps: int, loop: int) -> dict[str, Any] | None:
+    node = prepare_anchor()
+    if node is None:
+        return None
     proc = subprocess.run(
         [node, "bench/inmem.mjs", "--reps", str(reps), "--loop", str(loop)],
         cwd=ANCHOR_WORK,

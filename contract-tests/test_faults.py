@@ -216,3 +216,61 @@ async def test_reconcile_recovers_a_lost_job(harness: Harness) -> None:
     harness.worker()
     result = await harness.client.wait(run_id, timeout=T)
     assert result.status == "completed"
+
+
+async def test_redelivered_subflow_job_starts_one_child(harness: Harness) -> None:
+    runs: list[str] = []
+
+    async def count(ctx: NodeContext) -> int:
+        runs.append(ctx.run_id)
+        return 1
+
+    harness.add(create_flow("once-child").node("c", count))
+    harness.add(create_flow("once").subflow("sub", "once-child"))
+    adapter = harness.adapter()
+    run_id = await harness.client.start("once")
+    body = JobPayload(run_id=run_id, blueprint_id="once", node_id="sub").to_json()
+    for _ in range(2):
+        await adapter.handle(Delivery(body, handle=None))
+    harness.worker()
+    result = await harness.client.wait(run_id, timeout=T)
+    assert result.status == "completed", result.errors
+    assert result.context["_outputs.sub"] == 1
+    assert len(runs) == 1
+
+
+async def test_crash_between_child_result_and_parent_resume_is_reconciled(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flowcraft.distributed import Reconciler
+
+    child_runs: list[str] = []
+
+    async def note(ctx: NodeContext) -> str:
+        child_runs.append(ctx.run_id)
+        return "child done"
+
+    async def echo(ctx: NodeContext) -> Any:
+        return ctx.input
+
+    async def crashed(run_id: str) -> None:
+        """The worker dies right after writing a final result."""
+
+    harness.add(create_flow("quick-child").node("c", note))
+    harness.add(create_flow("waits").subflow("sub", "quick-child").node("b", echo).edge("sub", "b"))
+    victim = harness.worker()
+    monkeypatch.setattr(victim.adapter, "end_links", crashed)
+    client = harness.client
+    run_id = await client.start("waits")
+    for _ in range(int(T / 0.02)):
+        if child_runs and await client.status(child_runs[0]) == "completed":
+            break
+        await asyncio.sleep(0.02)
+    await victim.stop()
+    assert await client.status(run_id) == "running"  # the parent was never told
+    harness.worker()
+    stats = await Reconciler(harness.adapter(), stalled_after=0).run(now=10**10)
+    assert stats["stalled"] == 2  # the parent (nothing to do yet) and the finished child
+    result = await client.wait(run_id, timeout=T)
+    assert result.status == "completed", result.errors
+    assert result.context["_outputs.b"] == "child done"

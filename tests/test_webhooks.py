@@ -104,7 +104,7 @@ async def test_rejections() -> None:
             await client.post(path, content=body, headers=_headers(body, delivery=None))
         ).status_code == 400
     assert CALLS == []  # nothing resumed the run
-    assert app.state.registry.endpoint(path) is not None
+    assert await app.state.registry.endpoint(path) is not None
 
 
 async def test_replayed_delivery_is_ignored() -> None:
@@ -175,13 +175,13 @@ async def test_default_path_and_registry_secret() -> None:
     flow = create_flow("d").node("hook", "webhook").node("after", after).edge("hook", "after")
     paused = await flow.run(runtime)
     path = f"/webhooks/{paused.run_id}/hook"
-    assert [e.path for e in registry.endpoints] == [path]
+    assert [e.path for e in await registry.endpoints(paused.run_id)] == [path]
     body = b"[1, 2]"
     async with _client(app) as client:
         response = await client.post(path, content=body, headers=_headers(body, secret="default"))
     assert response.json()["status"] == "completed"
     assert CALLS == [[1, 2]]
-    assert registry.endpoints == []
+    assert await registry.endpoints(paused.run_id) == []
 
 
 async def test_inspector_pages() -> None:

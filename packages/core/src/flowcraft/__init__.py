@@ -38,6 +38,7 @@ from flowcraft.errors import (
 from flowcraft.evaluator import Evaluator, SafeEvaluator
 from flowcraft.events import EventBus, FlowEvent
 from flowcraft.flow import Flow, create_flow
+from flowcraft.hooks import RunHooks, RunInfo
 from flowcraft.middleware import Middleware
 from flowcraft.node import AsyncContext, Node, NodeContext, NodeResult
 from flowcraft.result import WorkflowResult, WorkflowStatus
@@ -71,6 +72,8 @@ __all__ = [
     "FlowEvent",
     "JsonSerializer",
     "Middleware",
+    "RunHooks",
+    "RunInfo",
     "SafeEvaluator",
     "Serializer",
     # Analysis

@@ -13,7 +13,7 @@ import time
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import click
 
@@ -21,7 +21,14 @@ from flowcraft.analysis import lint_blueprint, to_mermaid
 from flowcraft.blueprint import Blueprint, load_blueprint
 from flowcraft.errors import FlowcraftError
 from flowcraft.events import EventBus, FlowEvent
-from flowcraft.inspector import RunRecord, render_run_svg
+from flowcraft.inspector import (
+    PngRenderer,
+    PngRenderError,
+    PngRendererUnavailable,
+    RunRecord,
+    render_run_svg,
+    svg_to_png,
+)
 from flowcraft.result import WorkflowResult
 from flowcraft.runtime.runtime import FlowRuntime
 
@@ -298,24 +305,51 @@ def run(
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["mermaid", "svg"]),
+    type=click.Choice(["mermaid", "svg", "png"]),
     default="mermaid",
     envvar="FLOWCRAFT_GRAPH_FORMAT",
-    help="Mermaid text (default) or an SVG drawing.",
+    help="Mermaid text (default), an SVG drawing, or that drawing as PNG.",
 )
 @click.option("-o", "--out", type=click.Path(dir_okay=False), help="Write to a file, not stdout.")
-def graph(source: str, fmt: str, out: str | None) -> None:
-    """Draw SOURCE's graph as Mermaid text or SVG."""
+@click.option(
+    "--renderer",
+    type=click.Choice(["cairosvg", "chromium"]),
+    help="PNG renderer (default: CairoSVG if installed, else Chromium).",
+)
+def graph(source: str, fmt: str, out: str | None, renderer: str | None) -> None:
+    """Draw SOURCE's graph as Mermaid text, SVG or PNG."""
     blueprint, _ = load_source(source)
-    if fmt == "svg":
+    if fmt == "mermaid":
+        text = to_mermaid(blueprint)
+    else:
         record = RunRecord(id="", blueprint_id=blueprint.id, status="", blueprint=blueprint)
         text = render_run_svg(record)
-    else:
-        text = to_mermaid(blueprint)
+    if fmt == "png":
+        _write_png(text, out, renderer)
+        return
     if out:
         Path(out).write_text(text + "\n")
     else:
         click.echo(text)
+
+
+def _write_png(svg: str, out: str | None, renderer: str | None) -> None:
+    stdout = click.get_binary_stream("stdout")
+    if not out and stdout.isatty():
+        raise BadInput("PNG is binary: write it to a file with -o FILE")
+    try:
+        # click.Choice admits only the renderer names.
+        data = svg_to_png(svg, renderer=cast("PngRenderer | None", renderer))
+    except PngRendererUnavailable as exc:
+        raise BadInput(str(exc)) from exc
+    except PngRenderError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(EXIT_FAILED)
+    if out:
+        Path(out).write_bytes(data)
+    else:
+        stdout.write(data)
+        stdout.flush()
 
 
 @cli.command()

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from flowcraft.context import OUTPUTS, ContextView
-from flowcraft.errors import BlueprintError, NodeExecutionError
+from flowcraft.errors import BlueprintError, FlowcraftError, NodeExecutionError
 from flowcraft.node import NodeContext, NodeResult
 from flowcraft.runtime._inputs import resolve_reference
 
@@ -173,39 +173,94 @@ async def batch_gather(ctx: NodeContext) -> list[Any]:
 async def subflow_node(ctx: NodeContext) -> NodeResult:
     """Run another registered blueprint as one node (``params.blueprintId``)."""
     run = _run(ctx)
-    child = _child_blueprint(ctx, run)
-    params = ctx.params
-    data = run.data
+    child = child_blueprint(ctx, run.runtime.blueprints, "the runtime")
+    from flowcraft.runtime._graph import graph_for
+
+    child_data = child_initial_context(ctx, run.data, graph_for(child).start_nodes)
+    status, child_run = await run.runtime.run_child(child, child_data, run)
+    return _subflow_outcome(ctx, run, status, child_run)
+
+
+def child_blueprint(ctx: NodeContext, blueprints: Mapping[str, Any], owner: str) -> Any:
+    """The blueprint a subflow node runs (``owner`` names who should have it registered).
+
+    Raises:
+        BlueprintError: ``params.blueprintId`` is missing or not registered.
+    """
+    blueprint_id = ctx.params.get("blueprintId")
+    if not isinstance(blueprint_id, str):
+        raise BlueprintError(
+            f"subflow node '{ctx.node_id}' needs params.blueprintId", node_id=ctx.node_id
+        )
+    child = blueprints.get(blueprint_id)
+    if child is None:
+        raise BlueprintError(
+            f"subflow node '{ctx.node_id}': blueprint '{blueprint_id}' is not registered"
+            f" with {owner}",
+            node_id=ctx.node_id,
+        )
+    return child
+
+
+def child_initial_context(
+    ctx: NodeContext, data: Mapping[str, Any], start_nodes: list[str]
+) -> dict[str, Any]:
+    """A subflow child's initial context: ``params.inputs`` (child key → parent key or
+    reference) copied from ``data``, else the node's input as every start node's input."""
     child_data: dict[str, Any] = {}
-    mapping = params.get("inputs")
+    mapping = ctx.params.get("inputs")
     if isinstance(mapping, Mapping):
         for child_key, parent_key in mapping.items():
             child_data[child_key] = (
                 data[parent_key] if parent_key in data else resolve_reference(data, parent_key)
             )
     elif ctx.input is not None:
-        from flowcraft.runtime._graph import graph_for
-
-        for start in graph_for(child).start_nodes:
+        for start in start_nodes:
             child_data[f"_inputs.{start}"] = ctx.input
-    status, child_run = await run.runtime.run_child(child, child_data, run)
-    return _subflow_outcome(ctx, run, status, child_run)
+    return child_data
 
 
-def _child_blueprint(ctx: NodeContext, run: Run) -> Any:
-    blueprint_id = ctx.params.get("blueprintId")
-    if not isinstance(blueprint_id, str):
-        raise BlueprintError(
-            f"subflow node '{ctx.node_id}' needs params.blueprintId", node_id=ctx.node_id
-        )
-    child = run.runtime.blueprints.get(blueprint_id)
-    if child is None:
-        raise BlueprintError(
-            f"subflow node '{ctx.node_id}': blueprint '{blueprint_id}' is not registered"
-            " with the runtime",
-            node_id=ctx.node_id,
-        )
-    return child
+def subflow_output_keys(params: Mapping[str, Any], terminals: list[str]) -> list[str]:
+    """The child context keys :func:`subflow_output` reads."""
+    outputs = params.get("outputs")
+    if isinstance(outputs, Mapping):
+        return [k for child_key in outputs.values() for k in (OUTPUTS + child_key, child_key)]
+    return [OUTPUTS + t for t in terminals]
+
+
+def subflow_output(
+    params: Mapping[str, Any], terminals: list[str], child: Mapping[str, Any]
+) -> tuple[Any, dict[str, Any]]:
+    """A completed child's output as the subflow node's output, and the parent keys to set.
+
+    ``params.outputs`` maps parent key → child key (a node's output, else a context key);
+    without it the output is that of the child's one terminal node (``terminals``: nodes
+    without outgoing edges), or ``{terminal: output}`` for those that produced one.
+    """
+    outputs = params.get("outputs")
+    if isinstance(outputs, Mapping):
+        mapped = {
+            parent_key: child.get(OUTPUTS + child_key, child.get(child_key))
+            for parent_key, child_key in outputs.items()
+        }
+        return mapped, mapped
+    produced = [t for t in terminals if OUTPUTS + t in child]
+    if len(produced) == 1:
+        return child[OUTPUTS + produced[0]], {}
+    return {t: child[OUTPUTS + t] for t in produced}, {}
+
+
+def subflow_failure(
+    node_id: str, blueprint_id: str, status: str, first: FlowcraftError | None
+) -> NodeExecutionError:
+    """The error a subflow node fails with when its child ended ``status`` (not completed)."""
+    error = NodeExecutionError(
+        f"subflow '{blueprint_id}' of node '{node_id}' ended {status}"
+        + (f": {first.message}" if first is not None else ""),
+        node_id=node_id,
+    )
+    error.__cause__ = first
+    return error
 
 
 def _subflow_outcome(ctx: NodeContext, run: Run, status: str, child_run: Run) -> NodeResult:
@@ -221,29 +276,12 @@ def _subflow_outcome(ctx: NodeContext, run: Run, status: str, child_run: Run) ->
     run.data.pop(key, None)
     if status != "completed":
         first = child_run.errors[0] if child_run.errors else None
-        error = NodeExecutionError(
-            f"subflow '{child_run.blueprint_id}' of node '{ctx.node_id}' ended {status}"
-            + (f": {first.message}" if first else ""),
-            node_id=ctx.node_id,
-        )
-        error.__cause__ = first
-        raise error
-    child = child_run.data
-    outputs = ctx.params.get("outputs")
-    if isinstance(outputs, Mapping):
-        mapped = {}
-        for parent_key, child_key in outputs.items():
-            mapped[parent_key] = child.get(OUTPUTS + child_key, child.get(child_key))
-            run.data[parent_key] = mapped[parent_key]
-        return NodeResult(output=mapped)
-    terminals = [
-        node_id
-        for node_id in child_run.graph.nodes
-        if not child_run.graph.out_edges[node_id] and OUTPUTS + node_id in child
-    ]
-    if len(terminals) == 1:
-        return NodeResult(output=child[OUTPUTS + terminals[0]])
-    return NodeResult(output={t: child[OUTPUTS + t] for t in terminals})
+        raise subflow_failure(ctx.node_id, child_run.blueprint_id, status, first)
+    graph = child_run.graph
+    terminals = [n for n in graph.nodes if not graph.out_edges[n]]
+    output, parent_writes = subflow_output(ctx.params, terminals, child_run.data)
+    run.data.update(parent_writes)
+    return NodeResult(output=output)
 
 
 async def resume_awaiting_node(
@@ -260,7 +298,7 @@ async def resume_awaiting_node(
         child_awaiting = list(child_data.get("_awaitingNodeIds") or [])
         if not child_awaiting:
             raise NodeExecutionError(f"subflow of node '{node_id}' has nothing to resume")
-        child_bp = _child_blueprint(ctx, run)
+        child_bp = child_blueprint(ctx, run.runtime.blueprints, "the runtime")
         status, child_run = await run.runtime.run_child(
             child_bp,
             child_data,

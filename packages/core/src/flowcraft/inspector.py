@@ -1,10 +1,11 @@
 """Run inspector: record runs from the event bus and draw a run's DAG as server-side SVG.
 
-:class:`RunRecorder` is an event-bus subscriber (and a tiny middleware, to learn each run's
-blueprint) that keeps the most recent runs with each node's state, attempts and timing.
+:class:`RunRecorder` is an event-bus subscriber (and a run hook, to learn each run's blueprint)
+that keeps the most recent runs with each node's state, attempts and timing.
 :func:`render_run_svg` draws one run as inline SVG with a layered top-down layout;
 :func:`render_index_html` and :func:`render_run_html` make the read-only pages that
 :func:`flowcraft.webhooks.create_app` serves (no scripts, no external assets).
+:func:`svg_to_png` turns a drawing into PNG with CairoSVG or a headless Chromium.
 
 Everything here is plain Python; only the web app needs the ``web`` extra.
 """
@@ -12,16 +13,23 @@ Everything here is plain Python; only the web app needs the ``web`` extra.
 from __future__ import annotations
 
 import html
+import importlib
+import os
+import re
+import shutil
+import subprocess
+import tempfile
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
 from flowcraft.blueprint import Blueprint
+from flowcraft.errors import FlowcraftError
 from flowcraft.events import EventBus, EventType, FlowEvent
-from flowcraft.middleware import Middleware
-from flowcraft.node import NodeContext
+from flowcraft.hooks import RunHooks, RunInfo
 
 if TYPE_CHECKING:
     from flowcraft.runtime.runtime import FlowRuntime
@@ -29,12 +37,16 @@ if TYPE_CHECKING:
 __all__ = [
     "STATE_COLOURS",
     "NodeRecord",
+    "PngRenderError",
+    "PngRenderer",
+    "PngRendererUnavailable",
     "RunRecord",
     "RunRecorder",
     "layered_layout",
     "render_index_html",
     "render_run_html",
     "render_run_svg",
+    "svg_to_png",
 ]
 
 STATE_COLOURS: dict[str, str] = {
@@ -146,12 +158,12 @@ def _iso(moment: datetime | None) -> str | None:
     return None if moment is None else moment.isoformat()
 
 
-class RunRecorder(Middleware):
+class RunRecorder(RunHooks):
     """Keeps the ``max_runs`` most recent runs, fed by the event bus.
 
     Call :meth:`install` on a runtime: it subscribes to the runtime's event bus (creating one if
-    needed) and adds itself as a middleware so it learns each run's blueprint. Blueprints
-    registered with the runtime are found without the middleware, too.
+    needed) and adds itself to the runtime's hooks so it learns each run's blueprint. Blueprints
+    registered with the runtime are found without the hook, too.
     """
 
     def __init__(
@@ -163,8 +175,8 @@ class RunRecorder(Middleware):
 
     def install(self, runtime: FlowRuntime) -> FlowRuntime:
         """Record the runs of ``runtime``; returns ``runtime``."""
-        if self not in runtime.middleware:
-            runtime.middleware.append(self)
+        if self not in runtime.hooks:
+            runtime.hooks.append(self)
         if runtime.event_bus is None:
             runtime.event_bus = EventBus()
         self.blueprints.update(runtime.blueprints)
@@ -175,15 +187,10 @@ class RunRecorder(Middleware):
         """Subscribe to the run and node events of ``bus`` (inline: the handler is quick)."""
         bus.subscribe(self, _RECORDED_EVENTS, inline=True)
 
-    def before_node(self, ctx: NodeContext, node_id: str) -> None:
-        """Learn the run's blueprint from the first node that runs."""
-        record = self._runs.get(ctx.run_id)
-        if record is None or record.blueprint is not None:
-            return
-        graph = getattr(getattr(ctx, "_run", None), "graph", None)
-        blueprint = getattr(graph, "blueprint", None)
-        if isinstance(blueprint, Blueprint) and blueprint.id == record.blueprint_id:
-            record.blueprint = blueprint
+    def before_run(self, run: RunInfo) -> None:
+        """Learn the run's blueprint before its first node runs."""
+        if run.blueprint is not None:
+            self._record(run.run_id, run.blueprint_id).blueprint = run.blueprint
 
     # ----------------------------------------------------------------- reading
 
@@ -415,6 +422,113 @@ def render_run_svg(record: RunRecord) -> str:
         )
     parts.append("</svg>")
     return "".join(parts)
+
+
+# --------------------------------------------------------------------------- PNG
+
+PngRenderer = Literal["cairosvg", "chromium"]
+"""The renderers :func:`svg_to_png` can use."""
+_CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+"""Executables searched on ``PATH`` for Chromium (after ``$FLOWCRAFT_CHROMIUM``)."""
+_INSTALL_HINT = (
+    "pip install 'flowcraft-core[png]' (CairoSVG, which needs the cairo library:"
+    " apt-get install libcairo2), or install Chromium (apt-get install chromium) or point"
+    " FLOWCRAFT_CHROMIUM at a Chrome or Chromium executable"
+)
+
+
+class PngRendererUnavailable(FlowcraftError):
+    """No PNG renderer is installed; the message says what to install."""
+
+
+class PngRenderError(FlowcraftError):
+    """A renderer was found but failed to draw the PNG."""
+
+
+def _cairosvg() -> Any:
+    try:
+        return importlib.import_module("cairosvg")
+    except (ImportError, OSError):
+        # OSError: the package is installed but the cairo library it loads is not.
+        return None
+
+
+def _chromium() -> str | None:
+    configured = os.environ.get("FLOWCRAFT_CHROMIUM")
+    if configured:
+        return configured
+    return next((found for name in _CHROMIUM_NAMES if (found := shutil.which(name))), None)
+
+
+def svg_to_png(svg: str, *, renderer: PngRenderer | None = None, scale: float = 1.0) -> bytes:
+    """Render an SVG drawing (such as :func:`render_run_svg`'s) as PNG bytes on white.
+
+    Args:
+        svg: The ``<svg>`` document; its ``width`` and ``height`` give the picture's size.
+        renderer: ``"cairosvg"`` (in-process, extra ``png``) or ``"chromium"`` (a headless
+            browser process); by default CairoSVG when it can be imported, else Chromium.
+        scale: Pixels per SVG unit.
+
+    Raises:
+        PngRendererUnavailable: The chosen renderer, or any renderer, is not installed.
+        PngRenderError: The renderer failed.
+    """
+    if renderer in (None, "cairosvg"):
+        cairosvg = _cairosvg()
+        if cairosvg is not None:
+            try:
+                return bytes(
+                    cairosvg.svg2png(bytestring=svg.encode(), scale=scale, background_color="white")
+                )
+            except Exception as exc:
+                raise PngRenderError(f"CairoSVG could not render the graph: {exc}") from exc
+        if renderer == "cairosvg":
+            raise PngRendererUnavailable(f"CairoSVG is not usable: {_INSTALL_HINT}")
+    browser = _chromium()
+    if browser is None:
+        raise PngRendererUnavailable(f"no PNG renderer is installed: {_INSTALL_HINT}")
+    return _chromium_png(browser, svg, scale)
+
+
+def _chromium_png(browser: str, svg: str, scale: float) -> bytes:
+    size = re.search(r'<svg\b[^>]*?\swidth="(\d+)"[^>]*?\sheight="(\d+)"', svg)
+    width, height = (int(size[1]), int(size[2])) if size else (800, 600)
+    with tempfile.TemporaryDirectory(prefix="flowcraft-png-") as tmp:
+        page, out = Path(tmp, "graph.html"), Path(tmp, "graph.png")
+        page.write_text(
+            '<!doctype html><html><head><meta charset="utf-8"></head>'
+            f'<body style="margin:0;background:#fff;font-family:system-ui,sans-serif">{svg}'
+            "</body></html>",
+            encoding="utf-8",
+        )
+        command = [
+            browser,
+            "--headless",
+            # The page is our own drawing from a local file; the sandbox would also refuse to
+            # start as root, which is how CI and containers run.
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={Path(tmp, 'profile')}",
+            f"--force-device-scale-factor={scale}",
+            f"--window-size={width},{height}",
+            f"--screenshot={out}",
+            page.as_uri(),
+        ]
+        try:
+            done = subprocess.run(command, capture_output=True, timeout=120, check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise PngRenderError(f"{browser} could not render the graph: {exc}") from exc
+        if not out.is_file():
+            tail = done.stderr.decode(errors="replace").strip().splitlines()[-3:]
+            raise PngRenderError(
+                f"{browser} exited with {done.returncode} and wrote no PNG: {' '.join(tail)}"
+            )
+        return out.read_bytes()
 
 
 _STYLE = """

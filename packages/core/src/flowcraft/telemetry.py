@@ -22,6 +22,12 @@ Usage::
 Across processes the W3C trace context travels as a plain ``dict`` (:func:`inject_trace_context`
 on the producer, :func:`attached_trace_context` around the consumer's work). A node attempt
 whose run span is not in this process becomes a child of the current (attached) context.
+
+Distributed runs are one trace too: install the middleware on the client's adapter and on every
+worker's (``OpenTelemetryMiddleware().install(adapter)``). ``start_run`` then opens the run span
+(a child of the caller's current span) and every job carries its context, so each node attempt
+on any worker is a child of it; each node stores its span context in the run's context store
+(``_flowcraft.trace.<nodeId>``), so a join links every predecessor's span wherever it ran.
 """
 
 from __future__ import annotations
@@ -32,8 +38,8 @@ import logging
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from contextvars import Token
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 try:
     from opentelemetry import context as otel_context
@@ -45,13 +51,18 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
         "flowcraft.telemetry needs opentelemetry-api: pip install 'flowcraft-core[otel]'"
     ) from exc
 
+from flowcraft.distributed import BaseDistributedAdapter, current_job
 from flowcraft.errors import WorkflowCancelled
 from flowcraft.events import EventBus, FlowEvent
+from flowcraft.hooks import RunHooks, RunInfo
 from flowcraft.middleware import Middleware, NextFn
 from flowcraft.node import NodeContext, NodeResult
+from flowcraft.result import WorkflowResult
 
 if TYPE_CHECKING:
     from flowcraft.runtime.runtime import FlowRuntime
+
+_Target = TypeVar("_Target", "FlowRuntime", BaseDistributedAdapter)
 
 __all__ = [
     "ATTR_ATTEMPT",
@@ -191,19 +202,21 @@ class _Attempt:
     token: Token[otel_context.Context]
     attempt: int
     links: list[Link]
-    carriers: list[dict[str, str]] = field(default_factory=list)
+    parent: otel_context.Context | None
 
 
-class OpenTelemetryMiddleware(Middleware):
+class OpenTelemetryMiddleware(Middleware, RunHooks):
     """Traces runs and node attempts with the OpenTelemetry API.
 
     Args:
         tracer_provider: The provider to take the tracer from; the global one by default.
-        span_store: Where node spans are kept for successors' links (default: in memory).
+        span_store: Where node spans of in-memory runs are kept for successors' links (default:
+            in memory). Distributed jobs keep theirs in the run's context store instead.
         max_open_runs: Bound on runs whose span is kept open or suspended in this process.
 
-    Call :meth:`install` on a runtime (or add the middleware and :meth:`attach` it to the
-    runtime's event bus yourself): the bus tells it when runs start, retry and finish.
+    Call :meth:`install` on a runtime or a distributed adapter (or add the middleware and
+    :meth:`attach` it to the event bus yourself): the bus tells it when runs start, retry and
+    finish; on an adapter, its run hooks open the run span when a run is started.
     """
 
     def __init__(
@@ -222,15 +235,22 @@ class OpenTelemetryMiddleware(Middleware):
 
     # ----------------------------------------------------------------- wiring
 
-    def install(self, runtime: FlowRuntime) -> FlowRuntime:
-        """Add this middleware to ``runtime`` (first, so it wraps all others) and attach it to
-        the runtime's event bus, creating a bus if the runtime has none. Returns ``runtime``."""
-        if self not in runtime.middleware:
-            runtime.middleware.insert(0, self)
-        if runtime.event_bus is None:
-            runtime.event_bus = EventBus()
-        self.attach(runtime.event_bus)
-        return runtime
+    def install(self, target: _Target) -> _Target:
+        """Add this middleware to a runtime or distributed adapter and return it.
+
+        It goes first in ``target.middleware`` (so it wraps all others) and is attached to the
+        target's event bus, which is created if there is none. On a distributed adapter it is
+        also added to ``target.hooks``: the client's ``start_run`` then opens the run span and
+        the run's jobs carry its context to the workers.
+        """
+        if self not in target.middleware:
+            target.middleware.insert(0, self)
+        if target.event_bus is None:
+            target.event_bus = EventBus()
+        self.attach(target.event_bus)
+        if isinstance(target, BaseDistributedAdapter) and self not in target.hooks:
+            target.hooks.append(self)
+        return target
 
     def attach(self, bus: EventBus) -> None:
         """Listen to run start/resume/finish and retries on ``bus`` (inline, never queued)."""
@@ -266,6 +286,47 @@ class OpenTelemetryMiddleware(Middleware):
             return inject_trace_context(span=trace.NonRecordingSpan(suspended))
         return {}
 
+    # ----------------------------------------------------------------- distributed runs
+
+    def before_run(self, run: RunInfo) -> None:
+        """Open the span of a distributed run being started and give its context to the jobs.
+
+        The span is a child of ``run.trace_context`` if another hook set one, else of the
+        current span. It ends at once: no process outlives a distributed run to end it later,
+        so the run's outcome is recorded by :meth:`after_run`. In-memory runs are traced
+        through the event bus instead.
+        """
+        if not run.distributed:
+            return
+        parent = extract_trace_context(run.trace_context) if run.trace_context else None
+        span = self.tracer.start_span(
+            f"flowcraft.run {run.blueprint_id}",
+            context=parent,
+            kind=SpanKind.INTERNAL,
+            attributes={
+                ATTR_RUN_ID: run.run_id,
+                ATTR_BLUEPRINT_ID: run.blueprint_id,
+                "flowcraft.distributed": True,
+            },
+        )
+        run.trace_context = inject_trace_context(span=span)
+        span.end()
+
+    def after_run(self, run: RunInfo, result: WorkflowResult) -> None:
+        """Record how a distributed run ended or paused: a ``flowcraft.finish <blueprintId>``
+        span, child of the run span, with ``flowcraft.status``."""
+        if not run.distributed or not run.trace_context:
+            return
+        span = self.tracer.start_span(
+            f"flowcraft.finish {run.blueprint_id}",
+            context=extract_trace_context(run.trace_context),
+            kind=SpanKind.INTERNAL,
+            attributes={ATTR_RUN_ID: run.run_id, ATTR_BLUEPRINT_ID: run.blueprint_id},
+        )
+        messages = [error.message for error in result.errors]
+        _set_run_status(span, result.status, messages[0] if messages else None)
+        span.end()
+
     # ----------------------------------------------------------------- run spans
 
     def _run_span(self, run_id: str, blueprint_id: str, *, resumed: bool = False) -> Span:
@@ -296,14 +357,10 @@ class OpenTelemetryMiddleware(Middleware):
         span = self._runs.pop(run_id, None)
         if span is None:
             return
-        span.set_attribute(ATTR_STATUS, status)
-        if status in ("failed", "stalled"):
-            description = status
-            if isinstance(errors, list) and errors and isinstance(errors[0], Mapping):
-                description = str(errors[0].get("message", status))
-            span.set_status(Status(StatusCode.ERROR, description))
-        else:
-            span.set_status(Status(StatusCode.OK))
+        message = None
+        if isinstance(errors, list) and errors and isinstance(errors[0], Mapping):
+            message = str(errors[0].get("message", status))
+        _set_run_status(span, status, message)
         if status == "awaiting":
             self._suspended[run_id] = span.get_span_context()
             while len(self._suspended) > self._max_open_runs:
@@ -315,7 +372,8 @@ class OpenTelemetryMiddleware(Middleware):
     def predecessors(self, ctx: NodeContext) -> list[str]:
         """The predecessors whose edges fed this node (those its span links).
 
-        Reads the in-memory run's join bookkeeping; override it for runs executed elsewhere.
+        Reads the in-memory run's join bookkeeping; override it to link others. Distributed
+        jobs are not asked: they link what ``CurrentJob.predecessors()`` names.
         """
         run = getattr(ctx, "_run", None)
         arrivals = getattr(run, "arrivals", None)
@@ -325,10 +383,12 @@ class OpenTelemetryMiddleware(Middleware):
         return [source for source, index in arrived.items() if index >= 0]
 
     def _start_attempt(
-        self, ctx: NodeContext, attempt: int, links: list[Link]
+        self,
+        ctx: NodeContext,
+        attempt: int,
+        links: list[Link],
+        parent: otel_context.Context | None,
     ) -> tuple[Span, otel_context.Context]:
-        run_span = self._runs.get(ctx.run_id)
-        parent = trace.set_span_in_context(run_span) if run_span is not None else None
         span = self.tracer.start_span(
             f"flowcraft.node {ctx.node_id}",
             context=parent,
@@ -343,25 +403,47 @@ class OpenTelemetryMiddleware(Middleware):
         )
         return span, trace.set_span_in_context(span, parent)
 
+    async def _parent_and_links(
+        self, ctx: NodeContext
+    ) -> tuple[otel_context.Context | None, list[Link]]:
+        """The parent context of the node's spans and the links to its predecessors' spans.
+
+        In memory the parent is the run span of this process; a distributed job's is the run
+        span context the job carries. ``None`` means the current context.
+        """
+        job = current_job()
+        parent: otel_context.Context | None = None
+        carriers: list[dict[str, str]] = []
+        try:
+            if job is None:
+                run_span = self._runs.get(ctx.run_id)
+                if run_span is not None:
+                    parent = trace.set_span_in_context(run_span)
+                preds = self.predecessors(ctx)
+                if preds:
+                    carriers = await self.span_store.load(ctx.run_id, preds)
+            else:
+                run_carrier, carriers = await job.trace_contexts(await job.predecessors())
+                if run_carrier:
+                    parent = extract_trace_context(run_carrier)
+        except Exception:
+            # Tracing never fails a node: it loses its links (or parent) instead.
+            _log.warning("could not load the spans linked by node %s", ctx.node_id, exc_info=True)
+        links = [Link(sc) for sc in map(_span_context_of, carriers) if sc is not None]
+        return parent, links
+
     async def around_node(self, ctx: NodeContext, node_id: str, next: NextFn) -> Any:
         """Open the node's first attempt span, run the node, close the last attempt span."""
-        links: list[Link] = []
-        preds = self.predecessors(ctx)
-        if preds:
-            for carrier in await self.span_store.load(ctx.run_id, preds):
-                span_context = _span_context_of(carrier)
-                if span_context is not None:
-                    links.append(Link(span_context))
-        span, span_ctx = self._start_attempt(ctx, 1, links)
+        parent, links = await self._parent_and_links(ctx)
+        span, span_ctx = self._start_attempt(ctx, 1, links, parent)
         key = (ctx.run_id, ctx.blueprint_id, node_id)
-        state = _Attempt(span, otel_context.attach(span_ctx), 1, links)
+        state = _Attempt(span, otel_context.attach(span_ctx), 1, links, parent)
         self._attempts[key] = state
         status = "completed"
         error: BaseException | None = None
         try:
             result: NodeResult = await next()
-            run = getattr(ctx, "_run", None)
-            if node_id in (getattr(run, "awaiting", None) or {}):
+            if _paused(ctx, node_id):
                 status = "awaiting"
             return result
         except (WorkflowCancelled, asyncio.CancelledError) as exc:
@@ -378,10 +460,19 @@ class OpenTelemetryMiddleware(Middleware):
             _finish_span(final, status, error)
             with contextlib.suppress(Exception):
                 otel_context.detach(state.token)
-            try:
-                await self.span_store.save(ctx.run_id, node_id, inject_trace_context(span=final))
-            except Exception:
-                _log.warning("could not store the span of node %s", node_id, exc_info=True)
+            await self._remember(ctx, node_id, inject_trace_context(span=final))
+
+    async def _remember(self, ctx: NodeContext, node_id: str, carrier: dict[str, str]) -> None:
+        if not carrier:
+            return  # no SDK: nothing a successor could link
+        job = current_job()
+        try:
+            if job is None:
+                await self.span_store.save(ctx.run_id, node_id, carrier)
+            else:
+                await job.save_trace_context(carrier)
+        except Exception:
+            _log.warning("could not store the span of node %s", node_id, exc_info=True)
 
     def _next_attempt(self, key: tuple[str, str, str], attempt: int, error: str) -> None:
         state = self._attempts.get(key)
@@ -391,8 +482,7 @@ class OpenTelemetryMiddleware(Middleware):
         old.set_attribute(ATTR_STATUS, "failed")
         old.set_status(Status(StatusCode.ERROR, error))
         old.end()
-        run_span = self._runs.get(key[0])
-        parent = trace.set_span_in_context(run_span) if run_span is not None else None
+        parent = state.parent
         new = self.tracer.start_span(
             f"flowcraft.node {key[2]}",
             context=parent,
@@ -413,6 +503,22 @@ class OpenTelemetryMiddleware(Middleware):
             with contextlib.suppress(Exception):
                 otel_context.detach(state.token)
             state.token = otel_context.attach(trace.set_span_in_context(new, parent))
+
+
+def _paused(ctx: NodeContext, node_id: str) -> bool:
+    run = getattr(ctx, "_run", None)
+    if current_job() is not None:
+        # A distributed job's run shim records the pause of its one node.
+        return getattr(run, "paused", None) is not None
+    return node_id in (getattr(run, "awaiting", None) or {})
+
+
+def _set_run_status(span: Span, status: str, message: str | None) -> None:
+    span.set_attribute(ATTR_STATUS, status)
+    if status in ("failed", "stalled"):
+        span.set_status(Status(StatusCode.ERROR, message or status))
+    else:
+        span.set_status(Status(StatusCode.OK))
 
 
 def _finish_span(span: Span, status: str, error: BaseException | None) -> None:

@@ -21,6 +21,12 @@ Usage::
     runtime = FlowRuntime()
     app = create_app(runtime, secret_resolver=lambda name: os.environ[name])
     # serve `app` with any ASGI server, or mount it in your own Starlette/FastAPI app
+
+Distributed runs: install a registry into every worker's adapter and serve the app on any
+adapter of the same backend; endpoints then live in the backend's coordination store::
+
+    WebhookRegistry(secret_resolver=os.environ.get).install(worker_adapter)  # each worker
+    app = create_app(adapter=client_adapter, secret_resolver=os.environ.get)  # the web process
 """
 
 from __future__ import annotations
@@ -30,10 +36,11 @@ import hashlib
 import hmac
 import json
 import logging
+import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 try:
     from starlette.applications import Starlette
@@ -46,23 +53,29 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     ) from exc
 
 from flowcraft.blueprint import Blueprint
+from flowcraft.distributed import BaseDistributedAdapter, CoordinationStore
 from flowcraft.errors import BlueprintError, FlowcraftError
-from flowcraft.events import EventBus, FlowEvent
+from flowcraft.hooks import RunHooks, RunInfo
 from flowcraft.inspector import RunRecorder, render_index_html, render_run_html
-from flowcraft.middleware import Middleware
-from flowcraft.node import NodeContext
 from flowcraft.result import WorkflowResult
 
 if TYPE_CHECKING:
     from flowcraft.runtime.runtime import FlowRuntime
 
+_Target = TypeVar("_Target", "FlowRuntime", BaseDistributedAdapter)
+
 __all__ = [
     "DEFAULT_MAX_BODY",
     "DELIVERY_HEADER",
     "SIGNATURE_HEADER",
+    "CoordinationWebhookStore",
+    "InMemoryWebhookStore",
     "Resumer",
+    "SpendVerdict",
     "WebhookEndpoint",
     "WebhookRegistry",
+    "WebhookStore",
+    "adapter_resumer",
     "create_app",
     "create_webhook_app",
     "sign",
@@ -92,7 +105,20 @@ def verify_signature(secret: str | bytes, body: bytes, header: str | None) -> bo
 
 @dataclass(frozen=True, slots=True)
 class WebhookEndpoint:
-    """One registered endpoint: where a delivery goes and which awaiting node it resumes."""
+    """One registered endpoint: where a delivery goes and which awaiting node it resumes.
+
+    Attributes:
+        path: The endpoint's path.
+        run_id: The awaiting run.
+        node_id: The awaiting webhook node.
+        blueprint_id: ``params.blueprintId`` of the node, if any.
+        secret: The HMAC secret deliveries are signed with.
+        event: ``params.event`` of the node, if any.
+        secret_name: The ``params.secretName`` the secret was resolved from.
+        default_secret: Whether the secret is the registry's default.
+        id: This registration's id: a node registering the same path again after a delivery
+            (a loop) gets a new one, so the earlier delivery cannot spend it.
+    """
 
     path: str
     run_id: str
@@ -100,6 +126,241 @@ class WebhookEndpoint:
     blueprint_id: str
     secret: str
     event: str | None = None
+    secret_name: str | None = None
+    default_secret: bool = False
+    id: str = ""
+
+
+SpendVerdict = Literal["accepted", "duplicate", "gone"]
+
+
+class WebhookStore(Protocol):
+    """Where a :class:`WebhookRegistry` keeps endpoints and delivery ids.
+
+    The registry of the process where a webhook node runs and the registry of the process that
+    receives the delivery must share one store: :class:`InMemoryWebhookStore` suits one process,
+    :class:`CoordinationWebhookStore` any number (on a distributed backend's store).
+    """
+
+    async def add(self, endpoint: WebhookEndpoint) -> WebhookEndpoint:
+        """Record ``endpoint`` unless its path is live; the endpoint now holding the path."""
+
+    async def get(self, path: str) -> WebhookEndpoint | None:
+        """The live endpoint at ``path``, else the one last spent there (to answer replays)."""
+
+    async def spend(
+        self, endpoint: WebhookEndpoint, delivery_id: str, outcome: dict[str, Any]
+    ) -> tuple[SpendVerdict, dict[str, Any]]:
+        """Let one delivery through ``endpoint``, once.
+
+        Returns ``("duplicate", <what the earlier delivery recorded>)`` for a delivery id seen
+        before, ``("gone", {})`` when the endpoint is no longer live (another delivery spent
+        it, or its run ended), else records ``outcome`` under the delivery id, retires the
+        endpoint and returns ``("accepted", outcome)``. Concurrent calls let one through.
+        """
+
+    async def endpoints(self, run_id: str) -> list[WebhookEndpoint]:
+        """The live endpoints of ``run_id``."""
+
+    async def drop_run(self, run_id: str) -> None:
+        """Forget the live endpoints of ``run_id`` (its run ended)."""
+
+
+class InMemoryWebhookStore:
+    """A :class:`WebhookStore` in this process; remembers ``max_deliveries`` delivery ids."""
+
+    def __init__(self, max_deliveries: int = 100_000) -> None:
+        self.max_deliveries = max_deliveries
+        self._endpoints: dict[str, WebhookEndpoint] = {}
+        self._by_run: dict[str, set[str]] = {}
+        self._deliveries: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._spent: OrderedDict[str, WebhookEndpoint] = OrderedDict()
+
+    # No method awaits anything: in one event loop each call is atomic.
+
+    async def add(self, endpoint: WebhookEndpoint) -> WebhookEndpoint:
+        """See :meth:`WebhookStore.add`."""
+        held = self._endpoints.get(endpoint.path)
+        if held is not None:
+            return held
+        self._endpoints[endpoint.path] = endpoint
+        self._by_run.setdefault(endpoint.run_id, set()).add(endpoint.path)
+        return endpoint
+
+    async def get(self, path: str) -> WebhookEndpoint | None:
+        """See :meth:`WebhookStore.get`."""
+        return self._endpoints.get(path) or self._spent.get(path)
+
+    async def spend(
+        self, endpoint: WebhookEndpoint, delivery_id: str, outcome: dict[str, Any]
+    ) -> tuple[SpendVerdict, dict[str, Any]]:
+        """See :meth:`WebhookStore.spend`."""
+        earlier = self._deliveries.get(delivery_id)
+        if earlier is not None:
+            return "duplicate", earlier
+        held = self._endpoints.get(endpoint.path)
+        if held is None or held.id != endpoint.id:
+            return "gone", {}
+        self._deliveries[delivery_id] = outcome
+        _bound(self._deliveries, self.max_deliveries)
+        del self._endpoints[endpoint.path]
+        self._spent[endpoint.path] = endpoint
+        _bound(self._spent, self.max_deliveries)
+        self._by_run.get(endpoint.run_id, set()).discard(endpoint.path)
+        return "accepted", outcome
+
+    async def endpoints(self, run_id: str) -> list[WebhookEndpoint]:
+        """See :meth:`WebhookStore.endpoints`."""
+        paths = sorted(self._by_run.get(run_id, ()))
+        return [self._endpoints[p] for p in paths if p in self._endpoints]
+
+    async def drop_run(self, run_id: str) -> None:
+        """See :meth:`WebhookStore.drop_run`."""
+        for path in self._by_run.pop(run_id, set()):
+            self._endpoints.pop(path, None)
+
+
+def _bound(entries: OrderedDict[str, Any], limit: int) -> None:
+    while len(entries) > limit:
+        entries.popitem(last=False)
+
+
+def _record(endpoint: WebhookEndpoint) -> str:
+    # A secret resolved from a name or the registry's default stays out of the shared store:
+    # the receiving process resolves it again. Only params.secret, which the blueprint holds
+    # anyway, is stored.
+    record: dict[str, Any] = {
+        "path": endpoint.path,
+        "runId": endpoint.run_id,
+        "nodeId": endpoint.node_id,
+        "blueprintId": endpoint.blueprint_id,
+        "event": endpoint.event,
+        "secretName": endpoint.secret_name,
+        "defaultSecret": endpoint.default_secret,
+        "id": endpoint.id,
+    }
+    if endpoint.secret_name is None and not endpoint.default_secret:
+        record["secret"] = endpoint.secret
+    return json.dumps(record)
+
+
+def _from_record(raw: str | None) -> WebhookEndpoint | None:
+    if raw is None:
+        return None
+    try:
+        record = json.loads(raw)
+        return WebhookEndpoint(
+            path=str(record["path"]),
+            run_id=str(record["runId"]),
+            node_id=str(record["nodeId"]),
+            blueprint_id=str(record.get("blueprintId") or ""),
+            secret=str(record.get("secret") or ""),
+            event=record.get("event"),
+            secret_name=record.get("secretName"),
+            default_secret=bool(record.get("defaultSecret")),
+            id=str(record.get("id") or ""),
+        )
+    except (ValueError, KeyError, TypeError):
+        _log.error("ignoring a malformed webhook endpoint record: %r", raw)
+        return None
+
+
+class CoordinationWebhookStore:
+    """A :class:`WebhookStore` on a distributed backend's
+    :class:`~flowcraft.distributed.CoordinationStore`, shared by every process using it.
+
+    Endpoints and delivery ids are keys with ``ttl`` seconds to live (by default the adapter's
+    TTL, a week). Secrets resolved from ``params.secretName`` or the registry's default are not
+    stored: the receiving process resolves them again with its own registry.
+
+    Args:
+        coordination: The backend's coordination store.
+        namespace: Prefix of the keys (the adapter's namespace).
+        ttl: Seconds an endpoint, a spent endpoint and a delivery id are remembered.
+    """
+
+    def __init__(
+        self,
+        coordination: CoordinationStore,
+        *,
+        namespace: str = "flowcraft",
+        ttl: float = 7 * 86400,
+    ) -> None:
+        self.coordination = coordination
+        self.namespace = namespace
+        self.ttl = ttl
+
+    @classmethod
+    def for_adapter(cls, adapter: BaseDistributedAdapter) -> CoordinationWebhookStore:
+        """The store on ``adapter``'s coordination store, namespace and TTL."""
+        return cls(adapter.coordination, namespace=adapter.keys.namespace, ttl=adapter.ttl)
+
+    def _key(self, kind: str, name: str) -> str:
+        return f"{self.namespace}:webhook:{kind}:{name}"
+
+    async def add(self, endpoint: WebhookEndpoint) -> WebhookEndpoint:
+        """See :meth:`WebhookStore.add`."""
+        store, key = self.coordination, self._key("live", endpoint.path)
+        # Twice at most: the holder read back may have expired in between.
+        for _ in range(2):
+            if await store.set_if_not_exist(key, _record(endpoint), self.ttl):
+                await store.add_to_set(self._key("run", endpoint.run_id), endpoint.path, self.ttl)
+                return endpoint
+            held = _from_record(await store.get(key))
+            if held is not None:
+                return held
+        return endpoint
+
+    async def get(self, path: str) -> WebhookEndpoint | None:
+        """See :meth:`WebhookStore.get`."""
+        live = _from_record(await self.coordination.get(self._key("live", path)))
+        if live is not None:
+            return live
+        return _from_record(await self.coordination.get(self._key("spent", path)))
+
+    async def spend(
+        self, endpoint: WebhookEndpoint, delivery_id: str, outcome: dict[str, Any]
+    ) -> tuple[SpendVerdict, dict[str, Any]]:
+        """See :meth:`WebhookStore.spend`."""
+        store = self.coordination
+        delivery = self._key("delivery", delivery_id)
+        if not await store.set_if_not_exist(delivery, json.dumps(outcome), self.ttl):
+            earlier = await store.get(delivery)
+            return "duplicate", json.loads(earlier) if earlier else {}
+        live_key = self._key("live", endpoint.path)
+        live = _from_record(await store.get(live_key))
+        # The fence on the registration id lets one delivery through even when several read
+        # the endpoint as live at once.
+        used = self._key("used", endpoint.id)
+        if (
+            live is None
+            or live.id != endpoint.id
+            or not await store.set_if_not_exist(used, delivery_id, self.ttl)
+        ):
+            # Not remembered: like in memory, a refused delivery id is refused again later.
+            await store.delete(delivery)
+            return "gone", {}
+        spent = self._key("spent", endpoint.path)
+        await store.delete(spent)
+        await store.set_if_not_exist(spent, _record(live), self.ttl)
+        await store.delete(live_key)
+        await store.remove_from_set(self._key("run", endpoint.run_id), endpoint.path)
+        return "accepted", outcome
+
+    async def endpoints(self, run_id: str) -> list[WebhookEndpoint]:
+        """See :meth:`WebhookStore.endpoints`."""
+        found = []
+        for path in sorted(await self.coordination.members(self._key("run", run_id))):
+            live = _from_record(await self.coordination.get(self._key("live", path)))
+            if live is not None and live.run_id == run_id:
+                found.append(live)
+        return found
+
+    async def drop_run(self, run_id: str) -> None:
+        """See :meth:`WebhookStore.drop_run`."""
+        for live in await self.endpoints(run_id):
+            await self.coordination.delete(self._key("live", live.path))
+        await self.coordination.delete(self._key("run", run_id))
 
 
 @dataclass(slots=True)
@@ -115,20 +376,38 @@ distributed client's ``resume``). Its return value is reported as the run's stat
 :class:`WorkflowResult` or a string."""
 
 
-class WebhookRegistry(Middleware):
-    """Endpoints of awaiting webhook nodes, and the paused runs they resume.
+def adapter_resumer(adapter: BaseDistributedAdapter) -> Resumer:
+    """A :data:`Resumer` that resumes distributed runs through ``adapter``.
 
-    Pass it as ``dependencies={"webhooks": registry}`` (:meth:`install` does that, adds it as a
-    middleware so it can see each webhook node's run, and subscribes it to the event bus so it
-    keeps the paused run's state when the run ends ``awaiting``).
+    It completes the endpoint's awaiting node with the delivery's output (routing with no
+    action) and reports the run's status right after, usually ``running``.
+    """
+
+    async def resume(endpoint: WebhookEndpoint, output: Any) -> str:
+        await adapter.resume_with_action(endpoint.run_id, None, output, node_id=endpoint.node_id)
+        return await adapter.status(endpoint.run_id)
+
+    return resume
+
+
+class WebhookRegistry(RunHooks):
+    """Endpoints of awaiting webhook nodes, and how deliveries resume their runs.
+
+    :meth:`install` it into a :class:`FlowRuntime` (in-memory runs) or a distributed adapter
+    (workers, and the process serving the app): it becomes ``dependencies["webhooks"]``, which
+    the ``webhook`` node registers with, and a run hook, which keeps a paused in-memory run's
+    state and forgets the endpoints of runs that ended.
 
     Args:
         runtime: The in-memory runtime that resumes runs (set by :meth:`install`).
         secret: The secret of webhook nodes that name none.
         secret_resolver: Turns ``params.secretName`` into the secret (e.g. from a vault or the
             environment); returns ``None`` for an unknown name.
-        resumer: Resumes runs itself instead of the in-memory runtime (distributed mode).
-        max_deliveries: How many delivery ids are remembered to ignore replays.
+        resumer: Resumes runs itself instead of the in-memory runtime (set by :meth:`install`
+            on an adapter).
+        store: Where endpoints and delivery ids are kept. By default in this process, or, once
+            installed into a distributed adapter, in that adapter's coordination store.
+        max_deliveries: How many delivery ids the default in-process store remembers.
     """
 
     def __init__(
@@ -138,59 +417,56 @@ class WebhookRegistry(Middleware):
         secret: str | None = None,
         secret_resolver: Callable[[str], str | None] | None = None,
         resumer: Resumer | None = None,
+        store: WebhookStore | None = None,
         max_deliveries: int = 100_000,
     ) -> None:
         self.runtime = runtime
         self.secret = secret
         self.secret_resolver = secret_resolver
         self.resumer = resumer
-        self.max_deliveries = max_deliveries
-        self._endpoints: dict[str, WebhookEndpoint] = {}
-        self._by_run: dict[str, set[str]] = {}
+        self.store: WebhookStore = store or InMemoryWebhookStore(max_deliveries)
+        self._chosen_store = store is not None
         self._paused: dict[str, _Paused] = {}
-        self._live: dict[str, Any] = {}
-        self._deliveries: OrderedDict[str, dict[str, Any]] = OrderedDict()
-        self._spent: OrderedDict[str, WebhookEndpoint] = OrderedDict()
         self._locks: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # ----------------------------------------------------------------- wiring
 
-    def install(self, runtime: FlowRuntime) -> FlowRuntime:
-        """Wire this registry into ``runtime`` (dependency, middleware, bus); returns it."""
-        self.runtime = runtime
-        deps = dict(runtime.dependencies)
-        deps["webhooks"] = self
-        runtime.dependencies = deps
-        if self not in runtime.middleware:
-            runtime.middleware.append(self)
-        if runtime.event_bus is None:
-            runtime.event_bus = EventBus()
-        runtime.event_bus.subscribe(self._on_finish, ["workflow:finish"], inline=True)
-        return runtime
+    def install(self, target: _Target) -> _Target:
+        """Wire this registry into a runtime or a distributed adapter; returns ``target``.
 
-    def before_node(self, ctx: NodeContext, node_id: str) -> None:
-        """Remember the in-memory run of each webhook node, to save its state at pause."""
-        run = getattr(ctx, "_run", None)
-        spec = getattr(getattr(run, "graph", None), "nodes", {}).get(node_id)
-        if spec is not None and spec.definition.uses == "webhook":
-            self._live[ctx.run_id] = run
+        Into either it becomes ``dependencies["webhooks"]`` and a run hook. Into an adapter it
+        also keeps its endpoints in the adapter's coordination store (unless a store was given)
+        and resumes runs through the adapter (unless a resumer was given), so the app in one
+        process resumes runs whose webhook node ran in another.
+        """
+        if isinstance(target, BaseDistributedAdapter):
+            if not self._chosen_store:
+                self.store = CoordinationWebhookStore.for_adapter(target)
+                self._chosen_store = True
+            if self.resumer is None:
+                self.resumer = adapter_resumer(target)
+        else:
+            self.runtime = target
+        target.dependencies = {**target.dependencies, "webhooks": self}
+        if self not in target.hooks:
+            target.hooks.append(self)
+        return target
 
-    def _on_finish(self, event: FlowEvent) -> None:
-        run_id = str(event.payload.get("executionId", ""))
-        run = self._live.pop(run_id, None)
-        status = event.payload.get("status")
-        if status != "awaiting":
-            self._drop_run(run_id)
+    async def after_run(self, run: RunInfo, result: WorkflowResult) -> None:
+        """Keep the state of an in-memory run paused at webhooks; forget ended runs."""
+        run_id = run.run_id
+        if result.status != "awaiting":
+            self._paused.pop(run_id, None)
+            self._locks.pop(run_id, None)
+            await self.store.drop_run(run_id)
             return
-        if run is None or self.runtime is None:
-            return
-        try:
-            state = self.runtime.serializer.dumps(run.data)
-        except FlowcraftError:
-            _log.exception("cannot keep the paused state of run %s", run_id)
-            return
-        self._paused[run_id] = _Paused(run.graph.blueprint, state, run.registry)
+        if run.distributed or run.blueprint is None:
+            return  # a distributed run is held by its backend
+        if await self.store.endpoints(run_id):
+            self._paused[run_id] = _Paused(run.blueprint, result.serialized_context, run.registry)
+        else:
+            self._paused.pop(run_id, None)
 
     # ----------------------------------------------------------------- the node's side
 
@@ -208,32 +484,39 @@ class WebhookRegistry(Middleware):
         raw_path = params.get("path") or f"/webhooks/{run_id}/{node_id}"
         path = "/" + str(raw_path).replace("{runId}", run_id).replace("{nodeId}", node_id)
         path = "/" + path.strip("/")
-        secret = self._secret_for(node_id, params)
-        taken = self._endpoints.get(path)
-        if taken is not None and (taken.run_id, taken.node_id) != (run_id, node_id):
-            raise BlueprintError(
-                f"webhook node '{node_id}': path {path} is already registered by node"
-                f" '{taken.node_id}' of run {taken.run_id}; put {{runId}} in params.path",
-                node_id=node_id,
-            )
+        secret, secret_name, default_secret = self._secret_for(node_id, params)
         event = params.get("event")
-        self._endpoints[path] = WebhookEndpoint(
+        endpoint = WebhookEndpoint(
             path=path,
             run_id=run_id,
             node_id=node_id,
             blueprint_id=str(params.get("blueprintId", "")),
             secret=secret,
             event=None if event is None else str(event),
+            secret_name=secret_name,
+            default_secret=default_secret,
+            id=uuid.uuid4().hex,
         )
-        self._by_run.setdefault(run_id, set()).add(path)
+        holder = await self.store.add(endpoint)
+        if (holder.run_id, holder.node_id) != (run_id, node_id):
+            raise BlueprintError(
+                f"webhook node '{node_id}': path {path} is already registered by node"
+                f" '{holder.node_id}' of run {holder.run_id}; put {{runId}} in params.path",
+                node_id=node_id,
+            )
         return {"path": path}
 
-    def _secret_for(self, node_id: str, params: Mapping[str, Any]) -> str:
+    def _secret_for(self, node_id: str, params: Mapping[str, Any]) -> tuple[str, str | None, bool]:
+        """The node's secret, the secret name it was resolved from, and whether it is the
+        registry's default."""
         secret = params.get("secret")
         name = params.get("secretName")
+        resolved_from: str | None = None
         if secret is None and isinstance(name, str) and self.secret_resolver is not None:
             secret = self.secret_resolver(name)
-        if secret is None:
+            resolved_from = name if secret is not None else None
+        default = secret is None
+        if default:
             secret = self.secret
         if not isinstance(secret, str) or not secret:
             raise BlueprintError(
@@ -241,33 +524,37 @@ class WebhookRegistry(Middleware):
                 " (with a secret_resolver) or the registry's default secret",
                 node_id=node_id,
             )
-        return secret
+        return secret, resolved_from, default
 
     # ----------------------------------------------------------------- the app's side
 
-    def endpoint(self, path: str) -> WebhookEndpoint | None:
-        """The endpoint registered at ``path``, or recently spent there (to answer replays)."""
-        key = "/" + path.strip("/")
-        return self._endpoints.get(key) or self._spent.get(key)
+    async def endpoint(self, path: str) -> WebhookEndpoint | None:
+        """The endpoint registered at ``path``, or recently spent there (to answer replays).
 
-    @property
-    def endpoints(self) -> list[WebhookEndpoint]:
-        """Every registered endpoint."""
-        return list(self._endpoints.values())
+        An endpoint from a shared store gets its secret resolved here; one whose secret this
+        registry cannot resolve is treated as unknown (and logged).
+        """
+        found = await self.store.get("/" + path.strip("/"))
+        if found is None or found.secret:
+            return found
+        secret = None
+        if found.secret_name is not None and self.secret_resolver is not None:
+            secret = self.secret_resolver(found.secret_name)
+        elif found.default_secret:
+            secret = self.secret
+        if not secret:
+            _log.error(
+                "webhook %s of run %s: this process cannot resolve its secret (%s)",
+                found.path,
+                found.run_id,
+                f"secret name {found.secret_name!r}" if found.secret_name else "default secret",
+            )
+            return None
+        return replace(found, secret=secret)
 
-    def _drop_run(self, run_id: str) -> None:
-        for path in self._by_run.pop(run_id, set()):
-            self._endpoints.pop(path, None)
-        self._paused.pop(run_id, None)
-
-    def seen_delivery(self, delivery_id: str) -> dict[str, Any] | None:
-        """What a delivery already did, if its id was seen."""
-        return self._deliveries.get(delivery_id)
-
-    def _remember(self, delivery_id: str, outcome: dict[str, Any]) -> None:
-        self._deliveries[delivery_id] = outcome
-        while len(self._deliveries) > self.max_deliveries:
-            self._deliveries.popitem(last=False)
+    async def endpoints(self, run_id: str) -> list[WebhookEndpoint]:
+        """The live endpoints of ``run_id``."""
+        return await self.store.endpoints(run_id)
 
     async def deliver(
         self, endpoint: WebhookEndpoint, delivery_id: str, output: Any, *, background: bool
@@ -277,26 +564,16 @@ class WebhookRegistry(Middleware):
         Returns:
             The HTTP status and JSON body to answer with.
         """
-        # No await until the delivery is remembered and the endpoint spent: in one event loop
-        # this is atomic, so concurrent replays cannot both get through.
-        earlier = self.seen_delivery(delivery_id)
-        if earlier is not None:
-            return 200, {**earlier, "duplicate": True}
-        if self._endpoints.get(endpoint.path) is not endpoint:
-            return 409, {"error": f"run {endpoint.run_id} no longer awaits {endpoint.path}"}
         outcome: dict[str, Any] = {
             "runId": endpoint.run_id,
             "nodeId": endpoint.node_id,
             "deliveryId": delivery_id,
         }
-        self._remember(delivery_id, outcome)
-        self._endpoints.pop(endpoint.path, None)  # spent: another delivery id gets 409
-        self._spent[endpoint.path] = endpoint
-        while len(self._spent) > self.max_deliveries:
-            self._spent.popitem(last=False)
-        paths = self._by_run.get(endpoint.run_id)
-        if paths is not None:
-            paths.discard(endpoint.path)
+        verdict, recorded = await self.store.spend(endpoint, delivery_id, outcome)
+        if verdict == "duplicate":
+            return 200, {**recorded, "duplicate": True}
+        if verdict == "gone":
+            return 409, {"error": f"run {endpoint.run_id} no longer awaits {endpoint.path}"}
         work = self._guarded(endpoint, output)
         if background:
             task = asyncio.ensure_future(work)
@@ -316,7 +593,8 @@ class WebhookRegistry(Middleware):
         if self.resumer is not None:
             value = await self.resumer(endpoint, output)
             return value.status if isinstance(value, WorkflowResult) else str(value)
-        # One resumption of a run at a time: each continues from the state the last one left.
+        # One resumption of a run at a time: each continues from the state the last one left
+        # (after_run stores it before the resumption returns).
         async with self._locks.setdefault(endpoint.run_id, asyncio.Lock()):
             paused = self._paused.get(endpoint.run_id)
             if paused is None or self.runtime is None:
@@ -328,13 +606,6 @@ class WebhookRegistry(Middleware):
                 endpoint.node_id,
                 function_registry=paused.registry,
             )
-            if result.status == "awaiting" and endpoint.run_id in self._by_run:
-                self._paused[endpoint.run_id] = _Paused(
-                    paused.blueprint, result.serialized_context, paused.registry
-                )
-            else:
-                self._paused.pop(endpoint.run_id, None)
-                self._locks.pop(endpoint.run_id, None)
         return result.status
 
     async def drain(self) -> None:
@@ -374,6 +645,7 @@ async def _read_limited(request: Request, limit: int) -> bytes | None:
 def create_app(
     runtime: FlowRuntime | None = None,
     *,
+    adapter: BaseDistributedAdapter | None = None,
     registry: WebhookRegistry | None = None,
     recorder: RunRecorder | None = None,
     secret: str | None = None,
@@ -386,6 +658,10 @@ def create_app(
 
     Args:
         runtime: The in-memory runtime; the registry and recorder are installed into it.
+        adapter: Instead of ``runtime``, an adapter of a distributed backend: the registry is
+            installed into it, so it finds endpoints registered by any worker and resumes
+            their runs through the adapter. The inspector then records nothing (runs execute
+            on the workers).
         registry: The webhook registry (one is made from ``secret``/``secret_resolver``).
         recorder: The run recorder behind the inspector pages (one is made if needed).
         secret: Default secret of webhook nodes that name none.
@@ -396,11 +672,18 @@ def create_app(
         inspector: Serve the inspector pages and JSON.
 
     The objects are reachable as ``app.state.registry`` and ``app.state.recorder``.
+
+    Raises:
+        ValueError: Both ``runtime`` and ``adapter`` were given.
     """
+    if runtime is not None and adapter is not None:
+        raise ValueError("create_app takes a runtime or an adapter, not both")
     if registry is None:
         registry = WebhookRegistry(secret=secret, secret_resolver=secret_resolver)
     if recorder is None and inspector:
         recorder = RunRecorder()
+    if adapter is not None:
+        registry.install(adapter)
     if runtime is not None:
         registry.install(runtime)
         if recorder is not None:
@@ -408,7 +691,8 @@ def create_app(
     hooks = registry
 
     async def receive(request: Request) -> Response:
-        endpoint = hooks.endpoint(request.url.path[len(request.scope.get("root_path", "")) :])
+        path = request.url.path[len(request.scope.get("root_path", "")) :]
+        endpoint = await hooks.endpoint(path)
         if endpoint is None:
             return JSONResponse({"error": "no webhook is registered at this path"}, 404)
         body = await _read_limited(request, max_body)

@@ -1,14 +1,16 @@
-"""Flowcraft's Redis backend: context and coordination stores on Redis."""
+"""Flowcraft's Redis backend: BullMQ and Streams transports over Redis context and
+coordination stores."""
 
 from flowcraft_redis._errors import retryable_errors
 from flowcraft_redis._settings import RedisSettings
-from flowcraft_redis.adapter import RedisAdapter
+from flowcraft_redis.adapter import RedisAdapter, RedisStreamsAdapter
 from flowcraft_redis.context import RedisContextStore
 from flowcraft_redis.coordination import RedisCoordinationStore
 
 __all__ = [
     # Adapters
     "RedisAdapter",
+    "RedisStreamsAdapter",
     # Settings
     "RedisSettings",
     # Stores

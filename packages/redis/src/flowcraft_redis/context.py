@@ -17,7 +17,7 @@ from flowcraft.node import PatchOperation
 from flowcraft_redis._errors import translated
 from flowcraft_redis._settings import RedisSettings
 
-__all__ = ["RedisContextStore"]
+__all__ = ["RedisContextStore", "hash_writes"]
 
 
 def _encode(key: str, value: Any) -> bytes:
@@ -34,6 +34,31 @@ def _decode(raw: bytes | str | None) -> Any:
     if raw is None or raw == b"":
         return None
     return orjson.loads(raw)
+
+
+def hash_writes(operations: Iterable[PatchOperation]) -> tuple[dict[str, bytes], list[str]]:
+    """The net field writes and deletions of patch ``operations`` on a run's hash.
+
+    Raises:
+        ValueError: An operation is not a set (with a value) or delete of a string key.
+        SerializationError: A value is not JSON.
+    """
+    sets: dict[str, bytes] = {}
+    deletes: list[str] = []
+    for op in operations:
+        kind, key = op.get("op"), op.get("key")
+        if not isinstance(key, str) or kind not in ("set", "delete"):
+            raise ValueError(f"invalid patch operation {op!r}: need op set/delete and a key")
+        if kind == "set":
+            if "value" not in op:
+                raise ValueError(f"patch operation {op!r} sets no value")
+            sets[key] = _encode(key, op["value"])
+            if key in deletes:
+                deletes.remove(key)
+        else:
+            sets.pop(key, None)
+            deletes.append(key)
+    return sets, deletes
 
 
 class RedisContextStore:
@@ -77,21 +102,7 @@ class RedisContextStore:
         return {k: _decode(v) for k, v in zip(wanted, values, strict=True) if v is not None}
 
     async def patch(self, run_id: str, operations: Iterable[PatchOperation]) -> None:
-        sets: dict[str, bytes] = {}
-        deletes: list[str] = []
-        for op in operations:
-            kind, key = op.get("op"), op.get("key")
-            if not isinstance(key, str) or kind not in ("set", "delete"):
-                raise ValueError(f"invalid patch operation {op!r}: need op set/delete and a key")
-            if kind == "set":
-                if "value" not in op:
-                    raise ValueError(f"patch operation {op!r} sets no value")
-                sets[key] = _encode(key, op["value"])
-                if key in deletes:
-                    deletes.remove(key)
-            else:
-                sets.pop(key, None)
-                deletes.append(key)
+        sets, deletes = hash_writes(operations)
         if not sets and not deletes:
             return
         name = self._key(run_id)

@@ -6,6 +6,8 @@ number of workers can race on the same key.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import redis.asyncio as aioredis
 
 from flowcraft_redis._errors import translated
@@ -20,6 +22,10 @@ if kind == 'string' then return redis.call('GET', KEYS[1]) end
 if kind == 'set' then return tostring(redis.call('SCARD', KEYS[1])) end
 return false
 """
+
+
+def _text(raw: bytes | str) -> str:
+    return raw.decode() if isinstance(raw, bytes) else raw
 
 
 def _ms(ttl: float) -> int:
@@ -74,7 +80,20 @@ class RedisCoordinationStore:
     async def members(self, key: str) -> set[str]:
         async with translated():
             raw = await self._redis.smembers(self._key(key))
-        return {m.decode() if isinstance(m, bytes) else m for m in raw}
+        return {_text(m) for m in raw}
+
+    async def read(
+        self, keys: Sequence[str], set_keys: Sequence[str]
+    ) -> tuple[list[str | None], list[set[str]]]:
+        # One round trip; the keys read as strings are only ever strings, so plain GET does.
+        async with translated(), self._redis.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.get(self._key(key))
+            for key in set_keys:
+                pipe.smembers(self._key(key))
+            replies = await pipe.execute()
+        strings = [None if r is None else _text(r) for r in replies[: len(keys)]]
+        return strings, [{_text(m) for m in r} for r in replies[len(keys) :]]
 
     async def extend_ttl(self, key: str, ttl: float) -> bool:
         async with translated():

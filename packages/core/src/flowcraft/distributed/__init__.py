@@ -5,6 +5,7 @@ A backend provides a queue (the abstract hooks of :class:`BaseDistributedAdapter
 adapter. :mod:`flowcraft.memory` is the in-process reference backend.
 """
 
+from flowcraft.distributed._current import CurrentJob, current_job
 from flowcraft.distributed._protocols import ContextStore, CoordinationStore, Delivery, JobPayload
 from flowcraft.distributed.adapter import BaseDistributedAdapter, JobRejected
 from flowcraft.distributed.client import Client
@@ -20,9 +21,11 @@ __all__ = [
     "JobPayload",
     # Running
     "Client",
+    "CurrentJob",
     "Reconciler",
     "ReconcileStats",
     "Worker",
+    "current_job",
     # Errors
     "JobRejected",
 ]

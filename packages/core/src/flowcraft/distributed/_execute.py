@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from flowcraft.context import OUTPUTS
+from flowcraft.distributed._current import CurrentJob, running_job
 from flowcraft.distributed._jobrun import StoreContext
 from flowcraft.distributed._orchestration import job_id
 from flowcraft.distributed._protocols import JobPayload
+from flowcraft.distributed._subflow import child_outcome, is_subflow, start_child
 from flowcraft.errors import (
     FlowcraftError,
     ImplementationNotFound,
@@ -52,40 +55,64 @@ def _reference_keys(ref: str) -> list[str]:
 
 def _input_keys(spec: NodeSpec) -> list[str]:
     inputs = spec.definition.inputs
-    if inputs is None:
-        return []
-    refs = [inputs] if isinstance(inputs, str) else list(inputs.values())
-    return [k for ref in refs for k in _reference_keys(ref)]
+    refs = [] if inputs is None else [inputs] if isinstance(inputs, str) else list(inputs.values())
+    keys = [k for ref in refs for k in _reference_keys(ref)]
+    mapping = (spec.definition.params or {}).get("inputs")
+    if spec.definition.uses == "subflow" and isinstance(mapping, Mapping):
+        # A subflow copies these parent keys (or references) into its child's context.
+        keys += [k for ref in map(str, mapping.values()) for k in (ref, *_reference_keys(ref))]
+    return keys
+
+
+async def _taken(
+    adapter: BaseDistributedAdapter,
+    payload: JobPayload,
+    graph: Graph,
+    node_id: str,
+    marks: set[str] | None = None,
+) -> list[tuple[str, int]]:
+    """The edges taken into ``node_id`` in the job's iteration, as (source, edge index).
+
+    ``marks`` are the node's taken-edge marks when the caller already read them.
+    """
+    if marks is None:
+        marks = await adapter.coordination.members(
+            adapter.keys.taken(payload.run_id, node_id, payload.iteration)
+        )
+    taken: list[tuple[str, int]] = []
+    for mark in sorted(marks):
+        source, _, position = mark.rpartition("|")
+        if source in graph.out_edges and int(position) < len(graph.out_edges[source]):
+            taken.append((source, graph.out_edges[source][int(position)]))
+    return taken
 
 
 async def _input(
-    adapter: BaseDistributedAdapter, payload: JobPayload, graph: Graph, node_id: str
-) -> tuple[Any, dict[str, Any], list[PatchOperation]]:
-    """The node's input, the context data loaded for it, and ``_inputs`` writes."""
+    adapter: BaseDistributedAdapter,
+    payload: JobPayload,
+    graph: Graph,
+    node_id: str,
+    marks: set[str] | None = None,
+) -> tuple[Any, dict[str, Any], list[PatchOperation], list[tuple[str, int]] | None]:
+    """The node's input, the context data loaded for it, ``_inputs`` writes, and the taken
+    edges when they were read (an ``inputs`` mapping does not need them)."""
     run_id = payload.run_id
     spec = graph.nodes[node_id]
     uses = spec.definition.uses
     if spec.definition.inputs is not None and not spec.has_in_transform:
         keys = None if uses in _NEEDS_ALL else _input_keys(spec)
         data = await adapter.job_run_data(run_id, keys)
-        return resolve_inputs(data, spec.definition.inputs), data, []
-    marks = await adapter.coordination.members(
-        adapter.keys.taken(run_id, node_id, payload.iteration)
-    )
-    taken: list[tuple[str, int]] = []
-    for mark in sorted(marks):
-        source, _, position = mark.rpartition("|")
-        if source in graph.out_edges and int(position) < len(graph.out_edges[source]):
-            taken.append((source, graph.out_edges[source][int(position)]))
+        return resolve_inputs(data, spec.definition.inputs), data, [], None
+    taken = await _taken(adapter, payload, graph, node_id, marks)
     needs_all = uses in _NEEDS_ALL or any(graph.edges[i].transform for _, i in taken)
     keys = None if needs_all else [INPUTS + node_id, *(OUTPUTS + s for s, _ in taken)]
     if keys is not None:
         keys += _input_keys(spec)
     data = await adapter.job_run_data(run_id, keys)
     if not taken:
-        return data.get(INPUTS + node_id), data, []
+        return data.get(INPUTS + node_id), data, [], taken
     value = input_from_edges(adapter.evaluator, graph.edges, spec, data, taken)
-    return value, data, [{"op": "set", "key": INPUTS + node_id, "value": value}]
+    return value, data, [{"op": "set", "key": INPUTS + node_id, "value": value}], taken
 
 
 async def _watch(adapter: BaseDistributedAdapter, run_id: str, signal: asyncio.Event) -> None:
@@ -123,9 +150,20 @@ async def execute_node(
     graph: Graph,
     spec: NodeSpec,
     role: str,
+    marks: set[str] | None = None,
 ) -> Outcome | None:
-    """Run the job's node; None when it paused or failed (both already recorded)."""
+    """Run the job's node; None when it paused or failed (both already recorded).
+
+    ``marks`` are the node's taken-edge marks, read when the job arrived.
+    """
     node_id = payload.node_id
+    if role == "resume" and is_subflow(adapter, spec):
+        try:
+            result, writes = await child_outcome(adapter, payload, spec)
+        except NodeExecutionError as exc:
+            await _failed(adapter, payload, spec, _as_error(payload, exc), role)
+            return None
+        return Outcome(result, writes)
     if role == "resume":
         resume = payload.resume or {}
         if "output" in resume:
@@ -139,9 +177,12 @@ async def execute_node(
         return Outcome(NodeResult(output=output, action=None if action is None else str(action)))
     # A fallback receives what its failed primary received.
     input_node = role[3:] if role.startswith("fb:") else node_id
-    value, data, ops = await _input(adapter, payload, graph, input_node)
+    ops: list[PatchOperation] = []
+    taken: list[tuple[str, int]] | None = None
     if input_node != node_id:
-        ops = []
+        value, data, _, _ = await _input(adapter, payload, graph, input_node)
+    else:
+        value, data, ops, taken = await _input(adapter, payload, graph, node_id, marks)
     run = adapter.job_run(payload.run_id, data)
     signal = asyncio.Event()
     ctx = NodeContext(
@@ -156,9 +197,20 @@ async def execute_node(
         attempt=payload.attempt,
         run=run,
     )
+
+    async def predecessors() -> list[str]:
+        return [source for source, _ in await _taken(adapter, payload, graph, node_id, marks)]
+
+    job = CurrentJob(
+        payload,
+        adapter.context,
+        predecessors,
+        None if taken is None else [source for source, _ in taken],
+    )
     watcher = asyncio.ensure_future(_watch(adapter, payload.run_id, signal))
     try:
-        result = await _invoke(adapter, ctx, spec, payload)
+        with running_job(job):
+            result = await _invoke(adapter, ctx, spec, payload)
     except WorkflowCancelled:
         return None
     except Exception as exc:
@@ -168,6 +220,9 @@ async def execute_node(
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watcher
+    if run.child is not None and run.paused is not None:
+        await start_child(adapter, payload, run.paused, *run.child)
+        return None
     if run.paused is not None:
         await adapter.park(payload, run.paused)
         return None

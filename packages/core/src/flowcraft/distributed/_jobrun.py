@@ -3,17 +3,17 @@
 ``StoreContext`` is the node's ``ctx.context``: every call goes straight to the run's
 :class:`ContextStore`, so a node reads only the keys it asks for and writes deltas. ``JobRun`` is
 the small part of the in-memory ``Run`` that built-in nodes use (``data``, ``pause``,
-``evaluator``, ``bus``); its ``data`` holds only the keys the job loaded, and what a built-in
-changes in it is written back as one patch.
+``evaluator``, ``bus``, and for subflows ``blueprints`` and ``child``); its ``data`` holds only
+the keys the job loaded, and what a built-in changes in it is written back as one patch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
+from flowcraft.blueprint import Blueprint
 from flowcraft.distributed._protocols import ContextStore
-from flowcraft.errors import NodeExecutionError
 from flowcraft.evaluator import Evaluator
 from flowcraft.events import EventBus
 from flowcraft.node import PatchOperation
@@ -55,19 +55,14 @@ class StoreContext:
         return await self._store.to_dict(self._run_id)
 
 
-class _NoRuntime:
-    def __getattr__(self, name: str) -> Any:
-        raise NodeExecutionError(
-            "subflow nodes are not supported in distributed mode yet (docs/distributed.md)"
-        )
-
-
 class JobRun:
     """The ``ctx._run`` of a distributed job, for built-in nodes.
 
     Attributes:
         data: The context keys this job loaded; built-ins may change it.
+        blueprints: The blueprints the worker can run (subflows start them).
         paused: The details passed to :meth:`pause`, when the node paused.
+        child: ``(blueprint id, initial context)`` of the child run a subflow node asked for.
     """
 
     def __init__(
@@ -76,17 +71,19 @@ class JobRun:
         data: dict[str, Any],
         evaluator: Evaluator,
         bus: EventBus | None,
+        blueprints: Mapping[str, Blueprint],
     ) -> None:
         self.run_id = run_id
         self.data = data
         self.evaluator = evaluator
         self.bus = bus
+        self.blueprints = blueprints
         self.paused: dict[str, Any] | None = None
-        self.runtime: Any = _NoRuntime()
+        self.child: tuple[str, dict[str, Any]] | None = None
         self._original = dict(data)
 
     def pause(self, node_id: str, details: dict[str, Any]) -> None:
-        """Record that the node paused (wait, sleep, webhook)."""
+        """Record that the node paused (wait, sleep, webhook, subflow)."""
         self.paused = details
 
     def changes(self) -> list[PatchOperation]:

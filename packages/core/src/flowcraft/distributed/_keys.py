@@ -11,6 +11,10 @@ INTERNAL = "_flowcraft."
 PROGRESS = INTERNAL + "progress"
 DYNAMIC = INTERNAL + "dynamic."
 AWAITING = INTERNAL + "awaiting."
+TRACE = INTERNAL + "trace"
+"""The W3C trace context of the run's span, so jobs made after the start can carry it."""
+NODE_TRACE = TRACE + "."
+"""Prefix of the trace context of a node's last attempt span (joins link it)."""
 
 
 def member(node_id: str, iteration: int, suffix: str = "") -> str:
@@ -44,6 +48,10 @@ class Keys:
     def meta(self, run: str) -> str:
         """``<blueprintId>\\n<version>`` recorded when the run started."""
         return self._k("meta", run)
+
+    def parent(self, run: str) -> str:
+        """``[run, node, iteration]`` of the subflow node that started the child run ``run``."""
+        return self._k("parent", run)
 
     def enqueued(self, run: str) -> str:
         """Set of job ids enqueued for the run."""

@@ -26,11 +26,12 @@ import orjson
 from flowcraft import errors as _errors
 from flowcraft.blueprint import Blueprint, EdgeDefinition, NodeDefinition
 from flowcraft.distributed._jobrun import JobRun
-from flowcraft.distributed._keys import AWAITING, DYNAMIC, INTERNAL, Keys
+from flowcraft.distributed._keys import AWAITING, DYNAMIC, INTERNAL, TRACE, Keys
 from flowcraft.distributed._protocols import ContextStore, CoordinationStore, JobPayload
 from flowcraft.errors import BlueprintError, ExpressionError, FlowcraftError
 from flowcraft.evaluator import Evaluator
 from flowcraft.events import EventBus
+from flowcraft.hooks import RunHooks, RunInfo, call_after_run
 from flowcraft.node import NodeResult
 from flowcraft.result import WorkflowResult, WorkflowStatus
 from flowcraft.runtime._graph import Graph, graph_for
@@ -65,6 +66,8 @@ class Orchestration:
     evaluator: Evaluator
     event_bus: EventBus | None
     blueprints: dict[str, Blueprint]
+    registry: dict[str, Any]
+    hooks: list[RunHooks]
     _graphs: dict[tuple[str, frozenset[str]], Graph]
 
     async def _enqueue(self, body: str, delay: float = 0.0) -> None:
@@ -73,11 +76,25 @@ class Orchestration:
     async def _publish_result(self, run_id: str, status: str) -> None:
         raise NotImplementedError
 
+    async def _meta(self, run_id: str) -> tuple[str, str | None] | None:
+        raise NotImplementedError
+
+    async def resume_node(
+        self, run_id: str, node_id: str, iteration: int, data: Mapping[str, Any]
+    ) -> bool:
+        raise NotImplementedError
+
     # ----------------------------------------------------------------- graph of a run
 
-    async def graph_of(self, run_id: str, blueprint: Blueprint) -> Graph:
-        """The run's graph: the blueprint plus the dynamic nodes its results spliced in."""
-        emitters = await self.coordination.members(self.keys.dynamic(run_id))
+    async def graph_of(
+        self, run_id: str, blueprint: Blueprint, emitters: set[str] | None = None
+    ) -> Graph:
+        """The run's graph: the blueprint plus the dynamic nodes its results spliced in.
+
+        ``emitters`` is the run's set of splicing nodes when the caller just read it.
+        """
+        if emitters is None:
+            emitters = await self.coordination.members(self.keys.dynamic(run_id))
         base = graph_for(blueprint)
         if not emitters:
             return base
@@ -299,12 +316,20 @@ class Orchestration:
     async def _quiescent(self, run_id: str) -> None:
         parked = await self.coordination.members(self.keys.parked(run_id))
         if parked:
-            names = [parse_job_id(m)[0] for m in parked]
-            details = await self.context.get_many(run_id, [AWAITING + n for n in names])
-            human = [n for n in names if (details.get(AWAITING + n) or {}).get("reason") != "timer"]
+            from flowcraft.distributed._subflow import waits_for_human, wake_parent
+
+            names = {m: parse_job_id(m)[0] for m in parked}
+            details = await self.context.get_many(run_id, [AWAITING + n for n in names.values()])
+            human = [
+                m
+                for m, n in names.items()
+                if await waits_for_human(self, run_id, m, details.get(AWAITING + n) or {})
+            ]
             if human:
                 await self.context.set(run_id, STATUS, "awaiting")
                 await self._publish_result(run_id, "awaiting")
+                await self._after_run(run_id, "awaiting", [])
+                await wake_parent(self, run_id)
             return
         for member in await self.coordination.members(self.keys.pending(run_id)):
             target, iteration, _ = parse_job_id(member)
@@ -323,12 +348,45 @@ class Orchestration:
         )
         if not won:
             return False
-        await self.coordination.remove_from_set(self.keys.runs, run_id)
         await self._publish_result(run_id, status)
         bus = self.event_bus
         if bus is not None and bus.wants("workflow:finish"):
             bus.emit("workflow:finish", {"executionId": run_id, "status": status})
+        await self._after_run(run_id, status, list(errors or []))
+        await self.end_links(run_id)
         return True
+
+    async def end_links(self, run_id: str) -> None:
+        """Finish what a final result starts: cancel the run's subflow children, resume the
+        node of its parent run, then drop the run from the unfinished-runs set.
+
+        The run stays in that set until this is done, so a crash in between is repaired by
+        :meth:`~flowcraft.distributed.BaseDistributedAdapter.reconcile`, which calls this again.
+        """
+        from flowcraft.distributed._subflow import end_links
+
+        await end_links(self, run_id)
+        await self.coordination.remove_from_set(self.keys.runs, run_id)
+
+    async def _after_run(
+        self, run_id: str, status: WorkflowStatus, errors: list[FlowcraftError]
+    ) -> None:
+        # Only with hooks: building the result reads the whole context.
+        if not self.hooks:
+            return
+        meta = await self._meta(run_id)
+        blueprint_id = meta[0] if meta else ""
+        trace = await self.context.get(run_id, TRACE)
+        info = RunInfo(
+            run_id=run_id,
+            blueprint_id=blueprint_id,
+            blueprint=self.blueprints.get(blueprint_id),
+            registry=self.registry,
+            distributed=True,
+            trace_context=dict(trace) if isinstance(trace, Mapping) else {},
+        )
+        result = await self._result(run_id, status, errors)
+        await call_after_run(self.hooks, info, result)
 
     async def final_result(self, run_id: str) -> WorkflowResult | None:
         """The run's result if it is finished or awaiting, else None."""
@@ -368,7 +426,7 @@ class Orchestration:
 
     def job_run(self, run_id: str, data: dict[str, Any]) -> JobRun:
         """The ``ctx._run`` shim for built-in nodes."""
-        return JobRun(run_id, data, self.evaluator, self.event_bus)
+        return JobRun(run_id, data, self.evaluator, self.event_bus, self.blueprints)
 
     @staticmethod
     def wake_time(details: Mapping[str, Any]) -> float:

@@ -7,7 +7,7 @@ A backend provides a :class:`CoordinationStore` (atomic keys with TTLs, shared b
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -37,6 +37,15 @@ class CoordinationStore(Protocol):
 
     async def members(self, key: str) -> set[str]:
         """The members of the set under ``key`` (empty when absent)."""
+
+    async def read(
+        self, keys: Sequence[str], set_keys: Sequence[str]
+    ) -> tuple[list[str | None], list[set[str]]]:
+        """``get`` of each of ``keys`` and ``members`` of each of ``set_keys``, at once.
+
+        A job reads its run's state through this before it runs, so stores that can answer
+        several reads in one round trip (a pipeline, a batch get) should.
+        """
 
     async def extend_ttl(self, key: str, ttl: float) -> bool:
         """Reset the TTL of ``key``; whether it existed."""
@@ -164,8 +173,10 @@ class Delivery:
         body: The job's JSON text (possibly malformed).
         handle: The backend's receipt (message id, delivery tag, lock token).
         delivery_count: How many times it was delivered, from 1.
+        settled: Whether the backend already acked it inside an atomic hop step.
     """
 
     body: str
     handle: Any
     delivery_count: int = 1
+    settled: bool = False

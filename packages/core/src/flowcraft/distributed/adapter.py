@@ -15,14 +15,16 @@ import logging
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from flowcraft.blueprint import Blueprint
+from flowcraft.blueprint import Blueprint, EdgeDefinition
 from flowcraft.context import OUTPUTS
-from flowcraft.distributed._execute import execute_node, failure_error
-from flowcraft.distributed._keys import AWAITING, DYNAMIC, PROGRESS, Keys
+from flowcraft.distributed._execute import Outcome, execute_node, failure_error
+from flowcraft.distributed._hop import Hop, HopCommit, HopTarget
+from flowcraft.distributed._keys import AWAITING, DYNAMIC, PROGRESS, TRACE, Keys
 from flowcraft.distributed._orchestration import (
     RESUME,
     STATUS,
@@ -31,14 +33,16 @@ from flowcraft.distributed._orchestration import (
     parse_job_id,
 )
 from flowcraft.distributed._protocols import ContextStore, CoordinationStore, Delivery, JobPayload
+from flowcraft.distributed._subflow import child_awaits, child_run_id, subflow_job
 from flowcraft.errors import ExpressionError, FlowcraftError, ResumeError, SerializationError
 from flowcraft.evaluator import Evaluator, SafeEvaluator
 from flowcraft.events import EventBus
+from flowcraft.hooks import RunHooks, RunInfo, call_before_run
 from flowcraft.middleware import Middleware
-from flowcraft.node import NodeResult
+from flowcraft.node import NodeResult, PatchOperation
 from flowcraft.result import WorkflowResult
 from flowcraft.runtime._graph import Graph, NodeSpec
-from flowcraft.runtime._routing import routing_edges
+from flowcraft.runtime._routing import condition_holds, routing_edges, select_edges
 
 __all__ = ["BaseDistributedAdapter", "JobRejected"]
 
@@ -66,6 +70,8 @@ class BaseDistributedAdapter(Orchestration, ABC):
         ttl: Seconds coordination keys live (refreshed as they are written).
         lease: Seconds a delivered job stays invisible; the heartbeat extends it.
         cancel_poll: Seconds between checks, while a node runs, for a cancelled run.
+        hooks: Run hooks: ``before_run`` in :meth:`start_run`, ``after_run`` where a result is
+            published (see :mod:`flowcraft.hooks`).
     """
 
     def __init__(
@@ -83,12 +89,14 @@ class BaseDistributedAdapter(Orchestration, ABC):
         ttl: float = 7 * 86400,
         lease: float = 30.0,
         cancel_poll: float = 0.5,
+        hooks: list[RunHooks] | None = None,
     ) -> None:
         from flowcraft.builtins import BUILTINS
 
         self.coordination = coordination
         self.context = context
-        self.registry: dict[str, Any] = {**BUILTINS, **(registry or {})}
+        # Subflows run as child runs here, not inside the node as in memory.
+        self.registry: dict[str, Any] = {**BUILTINS, "subflow": subflow_job, **(registry or {})}
         self.blueprints = dict(blueprints or {})
         self.dependencies: Mapping[str, Any] = dict(dependencies or {})
         self.middleware: list[Middleware] = list(middleware or [])
@@ -98,6 +106,7 @@ class BaseDistributedAdapter(Orchestration, ABC):
         self.ttl = ttl
         self.lease = lease
         self.cancel_poll = cancel_poll
+        self.hooks: list[RunHooks] = list(hooks or [])
         self._graphs: dict[tuple[str, frozenset[str]], Graph] = {}
 
     # ----------------------------------------------------------------- backend hooks
@@ -134,6 +143,13 @@ class BaseDistributedAdapter(Orchestration, ABC):
     async def _wait_for_publish(self, run_id: str, timeout: float) -> None:
         """Return when ``run_id`` may have published, or after ``timeout`` seconds."""
 
+    async def _commit_hop(self, delivery: Delivery, hop: Hop) -> HopCommit | None:
+        """Apply ``hop`` in one atomic step (see :class:`~flowcraft.distributed._hop.Hop`).
+
+        None (the default) means the backend has no such step and the generic path runs.
+        """
+        return None
+
     async def close(self) -> None:
         """Release backend connections; safe to call repeatedly."""
 
@@ -158,13 +174,19 @@ class BaseDistributedAdapter(Orchestration, ABC):
         blueprint_id: str,
         initial_context: Mapping[str, Any] | None = None,
         run_id: str | None = None,
+        *,
+        trace_context: Mapping[str, str] | None = None,
     ) -> str:
         """Store the initial context and enqueue the start nodes; the run id.
+
+        ``trace_context`` is a W3C carrier the run continues (e.g. its parent run's): run hooks
+        see it as ``RunInfo.trace_context`` and may replace it; the run's jobs carry the result.
 
         Raises:
             JobRejected: The blueprint is not registered.
             ExpressionError: The evaluator rejects a condition, transform or loop condition of
                 the blueprint (checked before anything is stored, as in memory).
+            Exception: Whatever a ``before_run`` hook raised (nothing is stored then).
         """
         import uuid
 
@@ -172,11 +194,26 @@ class BaseDistributedAdapter(Orchestration, ABC):
         run_id = run_id or str(uuid.uuid4())
         graph = graph_of_blueprint(blueprint)
         graph.check_expressions(self.evaluator)
+        info = RunInfo(
+            run_id,
+            blueprint_id,
+            blueprint,
+            self.registry,
+            distributed=True,
+            trace_context=dict(trace_context or {}),
+        )
+        await call_before_run(self.hooks, info)
         ops = [{"op": "set", "key": k, "value": v} for k, v in (initial_context or {}).items()]
+        if info.trace_context:
+            # Stored too, so that jobs made later without it (resumes, reconciles) can find it.
+            ops.append({"op": "set", "key": TRACE, "value": info.trace_context})
         ops.append({"op": "set", "key": "blueprintId", "value": blueprint_id})
         ops.append({"op": "set", "key": "blueprintVersion", "value": blueprint.version})
         ops.append({"op": "set", "key": PROGRESS, "value": time.time()})
-        await self.context.patch(run_id, ops)
+        # A run id started again (a redelivered subflow job starts its child again) keeps the
+        # context its jobs may have changed since; every step below is idempotent.
+        if await self.coordination.get(self.keys.meta(run_id)) is None:
+            await self.context.patch(run_id, ops)
         meta = orjson.dumps([blueprint_id, blueprint.version]).decode()
         await self.coordination.set_if_not_exist(self.keys.meta(run_id), meta, self.ttl)
         await self.coordination.add_to_set(self.keys.runs, run_id, self.ttl)
@@ -186,7 +223,12 @@ class BaseDistributedAdapter(Orchestration, ABC):
         for member in starts:
             await self.coordination.add_to_set(self.keys.enqueued(run_id), member, self.ttl)
         for node in graph.start_nodes:
-            job = JobPayload(run_id=run_id, blueprint_id=blueprint_id, node_id=node)
+            job = JobPayload(
+                run_id=run_id,
+                blueprint_id=blueprint_id,
+                node_id=node,
+                trace_context=info.trace_context or None,
+            )
             await self.enqueue_job(job, job_id(node, 0), fence=self.keys.fire(run_id, node, 0))
         return run_id
 
@@ -214,7 +256,10 @@ class BaseDistributedAdapter(Orchestration, ABC):
             return str(orjson.loads(raw)["status"])
         if await self.coordination.get(self.keys.meta(run_id)) is None:
             return "unknown"
-        if await self.coordination.members(self.keys.parked(run_id)):
+        # Parked alone is not awaiting: a sleeping node or a running subflow is parked too.
+        if await self.context.get(run_id, STATUS) == "awaiting" and await self.coordination.members(
+            self.keys.parked(run_id)
+        ):
             return "awaiting"
         return "running"
 
@@ -239,11 +284,26 @@ class BaseDistributedAdapter(Orchestration, ABC):
         parked = [
             parse_job_id(m) for m in await self.coordination.members(self.keys.parked(run_id))
         ]
-        candidates = [(n, i) for n, i, _ in parked if node_id is None or n == node_id]
+        details = await self.context.get_many(run_id, [AWAITING + n for n, _, _ in parked])
+        candidates: list[tuple[str, int]] = []
+        children: dict[str, str] = {}
+        for n, i, _ in parked:
+            if node_id is not None and n != node_id:
+                continue
+            if (details.get(AWAITING + n) or {}).get("reason") == "subflow":
+                # A subflow node awaits while its child does; the resume goes to the child.
+                if not await child_awaits(self, run_id, n, i):
+                    continue
+                children[n] = child_run_id(run_id, n, i)
+            candidates.append((n, i))
         if not candidates:
             what = f"node '{node_id}' is not" if node_id else "no node is"
             raise ResumeError(f"run '{run_id}': {what} awaiting", run_id=run_id, node_id=node_id)
         node, iteration = sorted(candidates)[0]
+        if node in children:
+            await self.resume_with_action(children[node], action, output)
+            await self.context.delete(run_id, STATUS)
+            return node
         data: dict[str, Any] = {"action": action}
         if output is not _UNSET:
             data["output"] = output
@@ -284,9 +344,12 @@ class BaseDistributedAdapter(Orchestration, ABC):
         """Re-enqueue the jobs of an unfinished run that were counted but never finished.
 
         Safe at any time: a re-enqueued job whose result is stored only re-routes, and join
-        marks and fences make that idempotent. Returns the re-enqueued node ids.
+        marks and fences make that idempotent. Returns the re-enqueued node ids. A run with
+        nothing in flight is ended as its last job would have ended it, and a run with a final
+        result gets what follows it (:meth:`end_links`): both repair a crash in between.
         """
         if await self.coordination.get(self.keys.final(run_id)) is not None:
+            await self.end_links(run_id)
             return set()
         meta = await self._meta(run_id)
         if meta is None:
@@ -312,6 +375,10 @@ class BaseDistributedAdapter(Orchestration, ABC):
             )
             await self._enqueue(job.to_json())
             out.add(node)
+        # Nothing in flight and not over: the last job died before ending the run, or a child
+        # run started awaiting unseen. (An awaiting run was ended already.)
+        if not out and enqueued and await self.context.get(run_id, STATUS) != "awaiting":
+            await self._quiescent(run_id)
         return out
 
     async def fire_due_timers(self, now: float | None = None) -> int:
@@ -357,7 +424,8 @@ class BaseDistributedAdapter(Orchestration, ABC):
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
-        await self._ack(delivery)
+        if not delivery.settled:
+            await self._ack(delivery)
         bus = self.event_bus
         if bus is not None and bus.wants("job:processed"):
             bus.emit(
@@ -384,37 +452,59 @@ class BaseDistributedAdapter(Orchestration, ABC):
             bus.emit("job:failed", {"runId": run_id, "error": reason})
 
     async def _handle(self, delivery: Delivery, payload: JobPayload) -> None:
-        run_id = payload.run_id
+        run_id, node_id, iteration = payload.run_id, payload.node_id, payload.iteration
         # A malformed job is dead-lettered with its reason even when its run has finished.
         blueprint = self.blueprints.get(payload.blueprint_id)
         if blueprint is None:
             raise JobRejected(
-                f"job for node '{payload.node_id}': blueprint '{payload.blueprint_id}' is not"
+                f"job for node '{node_id}': blueprint '{payload.blueprint_id}' is not"
                 " registered with this worker"
             )
-        graph = await self.graph_of(run_id, blueprint)
-        spec = graph.nodes.get(payload.node_id)
-        if spec is None:
-            raise JobRejected(
-                f"job for blueprint '{blueprint.id}': node '{payload.node_id}' does not exist"
-            )
-        if await self.coordination.get(self.keys.final(run_id)) is not None:
-            return  # finished or cancelled: queued jobs of the run are dropped on arrival
-        await self._check_version(payload, blueprint)
         role = ""
         rescues = payload.extra.get("rescues")
         if not isinstance(rescues, str):
             rescues = None
         if rescues is not None:
             role = f"fb:{rescues}"
-        elif payload.resume is not None:
-            role = "resume"
-        member = job_id(payload.node_id, payload.iteration, role)
+            # One result per rescued primary: a fallback shared by several primaries runs once
+            # for each of them, with its input, and routes along its edges.
+            result_key = self.keys.rescue(run_id, rescues, iteration)
+        else:
+            if payload.resume is not None:
+                role = "resume"
+            result_key = self.keys.result(run_id, node_id, iteration)
+        # Everything the job needs to know about its run, in one read.
+        (final, meta, stored), (emitters, taken) = await self.coordination.read(
+            [self.keys.final(run_id), self.keys.meta(run_id), result_key],
+            [self.keys.dynamic(run_id), self.keys.taken(run_id, node_id, iteration)],
+        )
+        graph = await self.graph_of(run_id, blueprint, emitters)
+        spec = graph.nodes.get(node_id)
+        if spec is None:
+            raise JobRejected(
+                f"job for blueprint '{blueprint.id}': node '{node_id}' does not exist"
+            )
+        if final is not None:
+            return  # finished or cancelled: queued jobs of the run are dropped on arrival
+        await self._check_version(payload, blueprint, meta)
+        job = _Job(
+            delivery=delivery,
+            payload=payload,
+            blueprint=blueprint,
+            graph=graph,
+            spec=spec,
+            role=role,
+            member=job_id(node_id, iteration, role),
+            rescues=rescues,
+            result_key=result_key,
+            stored=stored,
+            taken=taken,
+        )
         try:
             # Cached per graph and evaluator: a blueprint a worker's evaluator rejects fails the
             # run with the typed error before its node runs.
             graph.check_expressions(self.evaluator)
-            await self._run_job(payload, blueprint, graph, spec, role, member, rescues)
+            await self._run_job(job)
         except ExpressionError as exc:
             # A condition or transform the evaluator rejected or failed on: the run fails
             # with the typed error naming the edge (the job itself is handled: it is acked).
@@ -423,36 +513,24 @@ class BaseDistributedAdapter(Orchestration, ABC):
             if bus is not None and bus.wants("node:error"):
                 bus.emit(
                     "node:error",
-                    {"nodeId": payload.node_id, "error": error.to_dict(), "executionId": run_id},
+                    {"nodeId": node_id, "error": error.to_dict(), "executionId": run_id},
                 )
-            _log.error("run %s failed at node %s: %s", run_id, payload.node_id, error)
+            _log.error("run %s failed at node %s: %s", run_id, node_id, error)
             await self.publish_final(run_id, "failed", [error])
 
-    async def _run_job(
-        self,
-        payload: JobPayload,
-        blueprint: Blueprint,
-        graph: Graph,
-        spec: NodeSpec,
-        role: str,
-        member: str,
-        rescues: str | None,
-    ) -> None:
-        run_id = payload.run_id
-        if rescues is not None:
-            # One result per rescued primary: a fallback shared by several primaries runs once
-            # for each of them, with its input, and routes along its edges.
-            result_key = self.keys.rescue(run_id, rescues, payload.iteration)
-        else:
-            result_key = self.keys.result(run_id, payload.node_id, payload.iteration)
-        stored = await self.coordination.get(result_key)
+    async def _run_job(self, job: _Job) -> None:
+        payload, graph, spec, role = job.payload, job.graph, job.spec, job.role
+        run_id, member, rescues = payload.run_id, job.member, job.rescues
+        result_key, stored = job.result_key, job.stored
         result: NodeResult | None = None
         if stored is None:
-            outcome = await execute_node(self, payload, graph, spec, role)
+            outcome = await execute_node(self, payload, graph, spec, role, job.taken)
             if outcome is None:
                 await self.job_done(run_id, member)
                 return
             record = orjson.dumps(outcome.result.to_dict()).decode()
+            if not role and await self._fast_hop(job, outcome, record):
+                return
             if await self.coordination.set_if_not_exist(result_key, record, self.ttl):
                 result = outcome.result
                 await self._store_effects(payload, result, outcome.ops, rescues)
@@ -467,7 +545,7 @@ class BaseDistributedAdapter(Orchestration, ABC):
                 dynamic_nodes=list(raw.get("dynamicNodes") or []),
             )
             await self._store_effects(payload, result, [], rescues)
-        graph = await self.graph_of(run_id, blueprint)
+        graph = await self.graph_of(run_id, job.blueprint)
         data = await self._routing_data(run_id, graph, payload.node_id, result, rescues)
         await self.route(payload, graph, payload.node_id, result, data, rescues)
         if rescues is None and spec.fallback is not None:
@@ -478,6 +556,104 @@ class BaseDistributedAdapter(Orchestration, ABC):
             await self._settle(payload, graph, work)
         await self.job_done(run_id, member)
 
+    async def _fast_hop(self, job: _Job, outcome: Outcome, record: str) -> bool:
+        """Finish the job in the backend's one atomic step, if it has one and the hop allows;
+        whether it did (see ``_hop.py`` for which hops qualify)."""
+        if type(self)._commit_hop is BaseDistributedAdapter._commit_hop:
+            return False
+        payload, delivery = job.payload, job.delivery
+        hop = await self._plan_hop(payload, job.graph, job.spec, outcome, record)
+        if hop is None:
+            return False
+        commit = await self._commit_hop(delivery, hop)
+        if commit is None or commit.outcome == "slow":
+            return False
+        bus = self.event_bus
+        if bus is not None and bus.wants("job:enqueued"):
+            fired = set(commit.fired)
+            for target in hop.targets:
+                if target.member in fired:
+                    bus.emit("job:enqueued", orjson.loads(target.body))
+        if commit.outcome == "quiescent":
+            await self._quiescent(payload.run_id)
+        else:
+            delivery.settled = True
+        return True
+
+    async def _plan_hop(
+        self,
+        payload: JobPayload,
+        graph: Graph,
+        spec: NodeSpec,
+        outcome: Outcome,
+        record: str,
+    ) -> Hop | None:
+        result = outcome.result
+        if spec.is_loop or spec.fallback is not None or graph.dynamic or result.dynamic_nodes:
+            return None
+        run_id, node_id, iteration = payload.run_id, payload.node_id, payload.iteration
+        ops = self._effect_ops(payload, result, outcome.ops, None)
+        edges = routing_edges(spec, None)
+        if edges:
+            data = await self._routing_data(run_id, graph, node_id, result, None, ops)
+
+            def passes(edge: EdgeDefinition) -> bool:
+                return condition_holds(self.evaluator, edge, data, result)
+
+            if len(select_edges(edges, result, passes)) != len(edges):
+                return None  # a dead path to eliminate: the generic path walks it
+        targets: list[HopTarget] = []
+        for index, edge in edges:
+            target = graph.nodes[edge.target]
+            if target.is_loop:
+                return None
+            target_iter = self.target_iteration(graph, node_id, edge.target, iteration)
+            position = graph.out_edges[node_id].index(index)
+            job = self.successor_payload(payload, edge.target, target_iter)
+            targets.append(
+                HopTarget(
+                    member=job_id(edge.target, target_iter),
+                    fence=self.keys.fire(run_id, edge.target, target_iter),
+                    resolved=self.keys.resolved(run_id, edge.target, target_iter),
+                    taken=self.keys.taken(run_id, edge.target, target_iter),
+                    source=node_id,
+                    mark=f"{node_id}|{position}",
+                    preds=() if target.join_any else tuple(target.preds),
+                    body=job.to_json(),
+                )
+            )
+        return Hop(
+            run_id=run_id,
+            member=job_id(node_id, iteration),
+            result_key=self.keys.result(run_id, node_id, iteration),
+            result_record=record,
+            context_ops=ops,
+            targets=targets,
+            enqueued=self.keys.enqueued(run_id),
+            done=self.keys.done(run_id),
+            pending=self.keys.pending(run_id),
+            dynamic=self.keys.dynamic(run_id),
+            ttl=self.ttl,
+        )
+
+    @staticmethod
+    def _effect_ops(
+        payload: JobPayload, result: NodeResult, ops: list[Any], rescues: str | None
+    ) -> list[PatchOperation]:
+        node_id = payload.node_id
+        out: list[PatchOperation] = [
+            *ops,
+            {"op": "set", "key": OUTPUTS + node_id, "value": result.output},
+            {"op": "set", "key": PROGRESS, "value": time.time()},
+        ]
+        if rescues is not None:
+            out.append({"op": "set", "key": OUTPUTS + rescues, "value": result.output})
+        if result.dynamic_nodes:
+            gather = result.output.get("gatherNodeId") if isinstance(result.output, dict) else None
+            splice = {"nodes": result.dynamic_nodes, "gather": gather}
+            out.append({"op": "set", "key": DYNAMIC + node_id, "value": splice})
+        return out
+
     async def _store_effects(
         self,
         payload: JobPayload,
@@ -486,27 +662,28 @@ class BaseDistributedAdapter(Orchestration, ABC):
         rescues: str | None,
     ) -> None:
         run_id, node_id = payload.run_id, payload.node_id
-        ops = [
-            *ops,
-            {"op": "set", "key": OUTPUTS + node_id, "value": result.output},
-            {"op": "set", "key": PROGRESS, "value": time.time()},
-        ]
-        if rescues is not None:
-            ops.append({"op": "set", "key": OUTPUTS + rescues, "value": result.output})
-        if result.dynamic_nodes:
-            gather = result.output.get("gatherNodeId") if isinstance(result.output, dict) else None
-            splice = {"nodes": result.dynamic_nodes, "gather": gather}
-            ops.append({"op": "set", "key": DYNAMIC + node_id, "value": splice})
-        await self.context.patch(run_id, ops)
+        await self.context.patch(run_id, self._effect_ops(payload, result, ops, rescues))
         if result.dynamic_nodes:
             await self.coordination.add_to_set(self.keys.dynamic(run_id), node_id, self.ttl)
 
     async def _routing_data(
-        self, run_id: str, graph: Graph, node_id: str, result: NodeResult, rescues: str | None
+        self,
+        run_id: str,
+        graph: Graph,
+        node_id: str,
+        result: NodeResult,
+        rescues: str | None,
+        unstored: list[PatchOperation] | None = None,
     ) -> dict[str, Any]:
         # Conditions may read any key; without conditions routing needs no context at all.
         if any(e.condition for _, e in routing_edges(graph.nodes[node_id], rescues)):
             data = await self.context.to_dict(run_id)
+            # Conditions see the node's own writes even before they are stored.
+            for op in unstored or ():
+                if op["op"] == "set":
+                    data[op["key"]] = op.get("value")
+                else:
+                    data.pop(op["key"], None)
         else:
             data = {}
         data[OUTPUTS + node_id] = result.output
@@ -527,8 +704,10 @@ class BaseDistributedAdapter(Orchestration, ABC):
         """Forget an awaiting node's details once it completed."""
         await self.context.delete(run_id, AWAITING + node_id)
 
-    async def _check_version(self, payload: JobPayload, blueprint: Blueprint) -> None:
-        meta = await self._meta(payload.run_id)
+    async def _check_version(
+        self, payload: JobPayload, blueprint: Blueprint, raw_meta: str | None
+    ) -> None:
+        meta = _parse_meta(raw_meta)
         if meta is None:
             # Started by a client that stored no version: the first job records it.
             stored = await self.context.get_many(payload.run_id, ["blueprintVersion"])
@@ -554,11 +733,7 @@ class BaseDistributedAdapter(Orchestration, ABC):
             )
 
     async def _meta(self, run_id: str) -> tuple[str, str | None] | None:
-        raw = await self.coordination.get(self.keys.meta(run_id))
-        if raw is None:
-            return None
-        blueprint_id, version = orjson.loads(raw)
-        return str(blueprint_id), version
+        return _parse_meta(await self.coordination.get(self.keys.meta(run_id)))
 
     def _blueprint(self, blueprint_id: str) -> Blueprint:
         try:
@@ -572,6 +747,30 @@ def graph_of_blueprint(blueprint: Blueprint) -> Graph:
     from flowcraft.runtime._graph import graph_for
 
     return graph_for(blueprint)
+
+
+def _parse_meta(raw: str | None) -> tuple[str, str | None] | None:
+    if raw is None:
+        return None
+    blueprint_id, version = orjson.loads(raw)
+    return str(blueprint_id), version
+
+
+@dataclass(frozen=True, slots=True)
+class _Job:
+    """One delivery being handled, with what was read about its run when it arrived."""
+
+    delivery: Delivery
+    payload: JobPayload
+    blueprint: Blueprint
+    graph: Graph
+    spec: NodeSpec
+    role: str
+    member: str
+    rescues: str | None
+    result_key: str
+    stored: str | None
+    taken: set[str]
 
 
 def _run_id_of(body: str) -> str | None:

@@ -26,9 +26,10 @@ class ReconcileStats(TypedDict):
 class Reconciler:
     """Re-enqueues the frontier of runs idle for ``stalled_after`` seconds.
 
-    Only runs without a final result are scanned (the adapter keeps them in a set); awaiting
-    runs have an empty frontier and are left alone. A stall episode is reconciled once: the
-    fence is keyed by the run's last progress time.
+    Only runs without a final result are scanned (the adapter keeps them in a set, and drops a
+    run once what follows its final result is done); awaiting runs have an empty frontier and
+    are left alone. A stall episode is reconciled once: the fence is keyed by the run's last
+    progress time.
     """
 
     def __init__(self, adapter: BaseDistributedAdapter, *, stalled_after: float = 300.0) -> None:
@@ -47,7 +48,12 @@ class Reconciler:
                 continue
             stats["stalled"] += 1
             fence = f"{adapter.keys.namespace}:reconciled:{run_id}:{progress}"
-            if not await adapter.coordination.set_if_not_exist(fence, "1", adapter.ttl):
+            # A finished run still listed was left half-way by a crash (its children or parent
+            # not yet told): retried on every scan until that is done, whatever the fence.
+            finished = await adapter.coordination.get(adapter.keys.final(run_id)) is not None
+            if not finished and not await adapter.coordination.set_if_not_exist(
+                fence, "1", adapter.ttl
+            ):
                 continue
             try:
                 if await adapter.reconcile(run_id):

@@ -77,16 +77,19 @@ class Worker:
                 if self.stopping:
                     self._slots.release()
                     break
+                # Every free slot joins the one receive: batching queues fetch them in one call.
+                slots = 1
+                while not self._slots.locked():
+                    await self._slots.acquire()
+                    slots += 1
                 try:
-                    deliveries = await self.adapter._receive(1, self.receive_wait)
+                    deliveries = await self.adapter._receive(slots, self.receive_wait)
                 except Exception:
-                    self._slots.release()
+                    self._release_slots(slots)
                     _log.exception("receiving jobs failed; retrying")
                     await asyncio.sleep(self.receive_wait)
                     continue
-                if not deliveries:
-                    self._slots.release()
-                    continue
+                self._release_slots(slots - len(deliveries))
                 for delivery in deliveries:
                     task = asyncio.ensure_future(self._handle(delivery))
                     self._jobs[task] = delivery
@@ -95,6 +98,10 @@ class Worker:
             timers.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await timers
+
+    def _release_slots(self, count: int) -> None:
+        for _ in range(count):
+            self._slots.release()
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._jobs.pop(task, None)

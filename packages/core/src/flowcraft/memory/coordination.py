@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 __all__ = ["MemoryCoordinationStore"]
@@ -63,6 +64,11 @@ class MemoryCoordinationStore:
         with self._lock:
             members = self._live(key)
             return set(members) if isinstance(members, set) else set()
+
+    async def read(
+        self, keys: Sequence[str], set_keys: Sequence[str]
+    ) -> tuple[list[str | None], list[set[str]]]:
+        return [await self.get(k) for k in keys], [await self.members(k) for k in set_keys]
 
     async def extend_ttl(self, key: str, ttl: float) -> bool:
         with self._lock:

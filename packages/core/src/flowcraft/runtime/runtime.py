@@ -13,6 +13,7 @@ from flowcraft.blueprint import Blueprint, load_blueprint
 from flowcraft.errors import FlowcraftError, ResumeError, SerializationError
 from flowcraft.evaluator import Evaluator, SafeEvaluator
 from flowcraft.events import EventBus
+from flowcraft.hooks import RunHooks, RunInfo, call_after_run, call_before_run
 from flowcraft.middleware import Middleware
 from flowcraft.node import CancelSignal
 from flowcraft.result import WorkflowResult, WorkflowStatus
@@ -42,6 +43,7 @@ class FlowRuntime:
         serializer: Turns contexts into text; defaults to JSON.
         logger: Where the runtime logs; defaults to the ``flowcraft`` logger.
         concurrency: Default limit of nodes of one run executing at once.
+        hooks: Called before each run and with each result (see :mod:`flowcraft.hooks`).
     """
 
     def __init__(
@@ -56,6 +58,7 @@ class FlowRuntime:
         serializer: Serializer | None = None,
         logger: logging.Logger | None = None,
         concurrency: int = DEFAULT_CONCURRENCY,
+        hooks: list[RunHooks] | None = None,
     ) -> None:
         from flowcraft.builtins import BUILTINS
 
@@ -68,6 +71,7 @@ class FlowRuntime:
         self.serializer: Serializer = serializer or JsonSerializer()
         self.logger = logger or logging.getLogger("flowcraft")
         self.concurrency = concurrency
+        self.hooks: list[RunHooks] = list(hooks or [])
         self.scheduler = Scheduler(self)
         self._runs: dict[str, Run] = {}
 
@@ -106,7 +110,8 @@ class FlowRuntime:
         bp = self.resolve_blueprint(blueprint)
         data = self._state_dict(initial_state)
         run = self._new_run(bp, data, function_registry, concurrency, signal, run_id)
-        return await self._drive(run, run.graph.start_nodes, start=True)
+        info = await self._before_run(run, resumed=False)
+        return await self._drive(run, run.graph.start_nodes, info, start=True)
 
     async def resume(
         self,
@@ -158,6 +163,7 @@ class FlowRuntime:
             run.restore_state(saved)
         else:
             run.derive_state()
+        info = await self._before_run(run, resumed=True)
         if self.event_bus is not None:
             self.event_bus.emit(
                 "workflow:resume",
@@ -172,12 +178,12 @@ class FlowRuntime:
         except FlowcraftError as exc:
             run.errors.append(exc)
             run.failed = True
-            return self._finish(run)
+            return await self._end(run, info)
         if target in run.awaiting:
             run.state[target] = "awaiting"
-            return self._finish(run)
+            return await self._end(run, info)
         run.complete(target, spec, result)
-        return await self._drive(run, [], start=False)
+        return await self._drive(run, [], info, start=False)
 
     def run_sync(
         self,
@@ -238,7 +244,29 @@ class FlowRuntime:
             concurrency=concurrency if concurrency and concurrency > 0 else self.concurrency,
         )
 
-    async def _drive(self, run: Run, initial: list[str], *, start: bool) -> WorkflowResult:
+    async def _before_run(self, run: Run, *, resumed: bool) -> RunInfo | None:
+        # No hooks, no RunInfo: the hot path of hook-less runtimes stays as it was.
+        if not self.hooks:
+            return None
+        info = RunInfo(
+            run_id=run.run_id,
+            blueprint_id=run.blueprint_id,
+            blueprint=run.graph.blueprint,
+            registry=run.registry,
+            resumed=resumed,
+        )
+        await call_before_run(self.hooks, info)
+        return info
+
+    async def _end(self, run: Run, info: RunInfo | None) -> WorkflowResult:
+        result = self._finish(run)
+        if info is not None:
+            await call_after_run(self.hooks, info, result)
+        return result
+
+    async def _drive(
+        self, run: Run, initial: list[str], info: RunInfo | None, *, start: bool
+    ) -> WorkflowResult:
         bus = self.event_bus
         if start and bus is not None and bus.wants("workflow:start"):
             bus.emit("workflow:start", {"blueprintId": run.blueprint_id, "executionId": run.run_id})
@@ -247,7 +275,7 @@ class FlowRuntime:
             await run.drive(initial)
         finally:
             self._runs.pop(run.run_id, None)
-        return self._finish(run)
+        return await self._end(run, info)
 
     async def run_child(
         self,

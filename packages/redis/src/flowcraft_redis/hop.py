@@ -1,0 +1,146 @@
+"""The Streams transport's one atomic step per hop, as a Lua script.
+
+It applies a :class:`flowcraft.distributed._hop.Hop` — result record, context writes, join
+marks, successor jobs, the done mark — and acks the job's stream entry, all in one script, so a
+worker that dies mid-hop leaves either nothing (the entry is redelivered and the node's work
+redone from scratch) or everything.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+
+from flowcraft.distributed import Delivery
+from flowcraft.distributed._hop import Hop, HopCommit
+from flowcraft_redis._errors import translated
+from flowcraft_redis._settings import RedisSettings
+from flowcraft_redis.context import hash_writes
+from flowcraft_redis.streams import GROUP, StreamsQueue
+
+__all__ = ["HopCommitter"]
+
+# KEYS: result, state hash, enqueued, done, pending, dynamic, stream, then per target its
+# fence, resolved and taken sets. ARGV[1]: JSON {ttl, record, member, entry, group, nset,
+# targets: [{member, source, mark, preds, body}]}; then nset field/value pairs for HSET, then
+# the fields to HDEL.
+_COMMIT = """
+local meta = cjson.decode(ARGV[1])
+local ttl = meta.ttl
+if redis.call('EXISTS', KEYS[1]) == 1 or redis.call('SCARD', KEYS[6]) > 0 then
+  return {'slow'}
+end
+redis.call('SET', KEYS[1], meta.record, 'PX', ttl)
+local first_delete = 2 + meta.nset * 2
+if meta.nset > 0 then
+  redis.call('HSET', KEYS[2], unpack(ARGV, 2, first_delete - 1))
+end
+if #ARGV >= first_delete then
+  redis.call('HDEL', KEYS[2], unpack(ARGV, first_delete, #ARGV))
+end
+local enq, done, pending = KEYS[3], KEYS[4], KEYS[5]
+for i, t in ipairs(meta.targets) do
+  local base = 7 + (i - 1) * 3
+  redis.call('SADD', KEYS[base + 3], t.mark)
+  redis.call('PEXPIRE', KEYS[base + 3], ttl)
+  redis.call('SADD', KEYS[base + 2], t.source)
+  redis.call('PEXPIRE', KEYS[base + 2], ttl)
+end
+local out = {'committed'}
+for i, t in ipairs(meta.targets) do
+  local base = 7 + (i - 1) * 3
+  local complete = true
+  for _, pred in ipairs(t.preds) do
+    if redis.call('SISMEMBER', KEYS[base + 2], pred) == 0 then
+      complete = false
+      break
+    end
+  end
+  if complete then
+    redis.call('SADD', enq, t.member)
+    if redis.call('SET', KEYS[base + 1], 'fired', 'NX', 'PX', ttl) then
+      redis.call('XADD', KEYS[7], '*', 'body', t.body)
+      out[#out + 1] = t.member
+    elseif redis.call('GET', KEYS[base + 1]) == 'skipped' then
+      redis.call('SADD', done, t.member)
+    end
+  else
+    redis.call('SADD', pending, t.member)
+    redis.call('PEXPIRE', pending, ttl)
+  end
+end
+redis.call('SADD', done, meta.member)
+redis.call('SADD', enq, meta.member)
+redis.call('PEXPIRE', done, ttl)
+redis.call('PEXPIRE', enq, ttl)
+if redis.call('SCARD', done) >= redis.call('SCARD', enq) then
+  out[1] = 'quiescent'
+  return out
+end
+redis.call('XACK', KEYS[7], meta.group, meta.entry)
+redis.call('XDEL', KEYS[7], meta.entry)
+return out
+"""
+
+
+class HopCommitter:
+    """Runs the hop script against the stores' key layout and the queue's stream."""
+
+    def __init__(
+        self, client: aioredis.Redis, settings: RedisSettings, queue: StreamsQueue
+    ) -> None:
+        self._settings = settings
+        self._queue = queue
+        self._script = client.register_script(_COMMIT)
+
+    async def commit(self, delivery: Delivery, hop: Hop) -> HopCommit | None:
+        """Apply ``hop`` and ack ``delivery``; None when the delivery is not a stream entry."""
+        if not self._queue.owns(delivery):
+            return None
+        key = self._settings.coordination_key
+        sets, deletes = hash_writes(hop.context_ops)
+        keys = [
+            key(hop.result_key),
+            self._settings.state_key(hop.run_id),
+            key(hop.enqueued),
+            key(hop.done),
+            key(hop.pending),
+            key(hop.dynamic),
+            self._queue.stream,
+        ]
+        targets: list[dict[str, Any]] = []
+        for target in hop.targets:
+            keys += [key(target.fence), key(target.resolved), key(target.taken)]
+            targets.append(
+                {
+                    "member": target.member,
+                    "source": target.source,
+                    "mark": target.mark,
+                    "preds": list(target.preds),
+                    "body": target.body,
+                }
+            )
+        meta = {
+            "ttl": max(1, int(hop.ttl * 1000)),
+            "record": hop.result_record,
+            "member": hop.member,
+            "entry": delivery.handle,
+            "group": GROUP,
+            "nset": len(sets),
+            "targets": targets,
+        }
+        args: list[Any] = [orjson.dumps(meta)]
+        for name, value in sets.items():
+            args += [name, value]
+        args += deletes
+        async with translated():
+            reply = await self._script(keys=keys, args=args)
+        outcome, *fired = (m.decode() if isinstance(m, bytes) else str(m) for m in reply)
+        if outcome == "committed":
+            self._queue.settled(delivery)
+            return HopCommit("committed", fired)
+        if outcome == "quiescent":
+            return HopCommit("quiescent", fired)
+        return HopCommit("slow")

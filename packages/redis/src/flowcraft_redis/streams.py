@@ -1,0 +1,289 @@
+"""``StreamsQueue``: the job queue on a Redis Stream with one consumer group.
+
+Layout (``<queue>`` is ``RedisSettings.queue_name``):
+
+* ``<queue>:jobs`` — the stream; each entry has one field, ``body``, the job's JSON text.
+  Consumer group ``flowcraft``; a worker process is one consumer.
+* ``<queue>:delayed`` — sorted set of jobs not yet due, scored by due time (server clock, ms).
+* ``<queue>:dead`` — the dead-letter stream: ``body``, ``reason``, ``at``.
+
+A delivered entry stays in the group's pending list until acked (XACK + XDEL, so the stream
+holds only live jobs). An entry idle for longer than the lease — its worker died — is taken
+over with XAUTOCLAIM; a worker renews the entries it holds by XCLAIMing them to itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import time
+import uuid
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+
+from flowcraft.distributed import Delivery
+from flowcraft_redis._errors import translated
+from flowcraft_redis._settings import RedisSettings
+
+__all__ = ["StreamsQueue"]
+
+GROUP = "flowcraft"
+_CLAIM_BATCH = 100
+
+# Due times come from the server clock so that workers on several hosts agree.
+_DELAY = """
+local now = redis.call('TIME')
+local due = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) + tonumber(ARGV[1])
+redis.call('ZADD', KEYS[1], due, ARGV[2])
+"""
+
+_PROMOTE = """
+local now = redis.call('TIME')
+local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ms, 'LIMIT', 0, tonumber(ARGV[1]))
+for _, entry in ipairs(due) do
+  redis.call('ZREM', KEYS[1], entry)
+  redis.call('XADD', KEYS[2], '*', 'body', string.sub(entry, 34))
+end
+return #due
+"""
+
+
+def _text(raw: Any) -> str:
+    return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+
+
+class StreamsQueue:
+    """Producer and consumer of one job stream.
+
+    Args:
+        client: A ``redis.asyncio`` client (not closed here).
+        settings: Queue name.
+        lease: Seconds an entry may stay unacked and unrenewed before another worker takes it.
+        batch: Most entries one read fetches.
+        dead_letter_max: Approximate length the dead-letter stream is trimmed to.
+    """
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        settings: RedisSettings,
+        *,
+        lease: float = 30.0,
+        batch: int = 16,
+        dead_letter_max: int = 100_000,
+    ) -> None:
+        self._redis = client
+        base = settings.queue_name
+        self.stream = f"{base}:jobs"
+        self.delayed = f"{base}:delayed"
+        self.dead = f"{base}:dead"
+        self.consumer = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._lease_ms = max(1, int(lease * 1000))
+        self._dead_max = dead_letter_max
+        self._batch = max(1, batch)
+        self._delay = client.register_script(_DELAY)
+        self._promote = client.register_script(_PROMOTE)
+        self._group_ready = False
+        self._next_promote = 0.0
+        self._next_claim = 0.0
+        self._claim_cursor = "0-0"
+        self._held: set[str] = set()
+        self._stopped = False
+        self._abandoned = False
+
+    # ----------------------------------------------------------------- producing
+
+    async def enqueue(self, body: str, delay: float = 0.0) -> None:
+        """Append a job, or schedule it ``delay`` seconds from now."""
+        async with translated():
+            if delay > 0:
+                entry = f"{uuid.uuid4().hex}|{body}"
+                await self._delay(keys=[self.delayed], args=[int(delay * 1000), entry])
+            else:
+                await self._redis.xadd(self.stream, {"body": body})
+
+    # ----------------------------------------------------------------- consuming
+
+    async def receive(self, max_jobs: int, wait: float) -> list[Delivery]:
+        """Up to ``max_jobs`` deliveries: taken-over entries of dead workers first, then new."""
+        if self._stopped:
+            return []
+        max_jobs = min(max_jobs, self._batch)
+        async with translated():
+            await self._ensure_group()
+            now = time.monotonic()
+            if now >= self._next_promote:
+                # Delayed jobs are rare (back-off); a tenth of a second is their resolution.
+                self._next_promote = now + 0.1
+                await self._promote(keys=[self.delayed, self.stream], args=[_CLAIM_BATCH])
+            out: list[Delivery] = []
+            if now >= self._next_claim:
+                self._next_claim = now + self._lease_ms / 4000
+                out = await self._claim_stale(max_jobs)
+            if not out:
+                out = await self._read_new(max_jobs, wait)
+        self._held.update(d.handle for d in out)
+        return out
+
+    async def _ensure_group(self) -> None:
+        if self._group_ready:
+            return
+        try:
+            # From id 0: jobs added before any worker existed are delivered too.
+            await self._redis.xgroup_create(self.stream, GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._group_ready = True
+
+    async def _read_new(self, max_jobs: int, wait: float) -> list[Delivery]:
+        try:
+            reply = await self._redis.xreadgroup(
+                GROUP,
+                self.consumer,
+                {self.stream: ">"},
+                count=max_jobs,
+                block=max(1, int(wait * 1000)),
+            )
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            # The server lost the group (restarted without persistence): make it again.
+            self._group_ready = False
+            return []
+        streams: list[Any] = list(reply or ())
+        return [
+            Delivery(body=_body(fields), handle=_text(entry))
+            for _, entries in streams
+            for entry, fields in entries
+        ]
+
+    async def _claim_stale(self, max_jobs: int) -> list[Delivery]:
+        reply = await self._redis.xautoclaim(
+            self.stream,
+            GROUP,
+            self.consumer,
+            min_idle_time=self._lease_ms,
+            start_id=self._claim_cursor,
+            count=max(max_jobs, 1),
+        )
+        cursor, entries = reply[0], reply[1]
+        self._claim_cursor = _text(cursor)
+        out: list[Delivery] = []
+        for entry_id, fields in entries:
+            if fields is None:
+                continue  # deleted while pending: XAUTOCLAIM already dropped it
+            entry = _text(entry_id)
+            info = await self._redis.xpending_range(
+                self.stream, GROUP, min=entry, max=entry, count=1
+            )
+            count = int(info[0]["times_delivered"]) if info else 2
+            out.append(Delivery(body=_body(fields), handle=entry, delivery_count=count))
+        return out
+
+    # ----------------------------------------------------------------- settling
+
+    def owns(self, delivery: Delivery) -> bool:
+        """Whether ``delivery`` is an entry of this stream (not one handed in by hand)."""
+        return isinstance(delivery.handle, str) and delivery.handle in self._held
+
+    def settled(self, delivery: Delivery) -> None:
+        """Forget an entry acked elsewhere (by the atomic hop step)."""
+        self._held.discard(delivery.handle)
+
+    async def ack(self, delivery: Delivery) -> None:
+        """Remove a handled entry."""
+        if not self.owns(delivery):
+            return
+        async with translated(), self._redis.pipeline(transaction=True) as pipe:
+            pipe.xack(self.stream, GROUP, delivery.handle)
+            pipe.xdel(self.stream, delivery.handle)
+            await pipe.execute()
+        self.settled(delivery)
+
+    async def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        """Move the entry to the dead-letter stream with ``reason``, in one transaction."""
+        async with translated(), self._redis.pipeline(transaction=True) as pipe:
+            pipe.xadd(
+                self.dead,
+                {"body": delivery.body, "reason": reason, "at": str(time.time())},
+                maxlen=self._dead_max,
+                approximate=True,
+            )
+            if self.owns(delivery):
+                pipe.xack(self.stream, GROUP, delivery.handle)
+                pipe.xdel(self.stream, delivery.handle)
+            await pipe.execute()
+        self.settled(delivery)
+
+    async def release(self, delivery: Delivery) -> None:
+        """Hand the job back now: a fresh entry replaces the held one."""
+        if not self.owns(delivery):
+            return
+        async with translated(), self._redis.pipeline(transaction=True) as pipe:
+            pipe.xadd(self.stream, {"body": delivery.body})
+            pipe.xack(self.stream, GROUP, delivery.handle)
+            pipe.xdel(self.stream, delivery.handle)
+            await pipe.execute()
+        self.settled(delivery)
+
+    async def extend_lease(self, delivery: Delivery, seconds: float) -> None:
+        """Reset the entry's idle time so that no other worker takes it over."""
+        if not self.owns(delivery):
+            return
+        async with translated():
+            await self._redis.xclaim(
+                self.stream, GROUP, self.consumer, 0, [delivery.handle], justid=True
+            )
+
+    # ----------------------------------------------------------------- lifecycle
+
+    def stop_receiving(self) -> None:
+        """Fetch no more entries."""
+        self._stopped = True
+
+    def abandon(self) -> None:
+        """Stop as a killed process would: held entries stay pending until taken over."""
+        self._stopped = True
+        self._abandoned = True
+
+    async def close(self) -> None:
+        """Stop, and hand back entries this consumer received but never handed over.
+
+        A receive cancelled mid-read (a worker stopping) can leave entries in this consumer's
+        pending list that no job holds; they would otherwise wait a lease for a takeover.
+        """
+        self._stopped = True
+        if self._abandoned or not self._group_ready:
+            return
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._release_orphans(), 5.0)
+
+    async def _release_orphans(self) -> None:
+        pending = await self._redis.xpending_range(
+            self.stream, GROUP, min="-", max="+", count=1000, consumername=self.consumer
+        )
+        for item in pending:
+            entry = _text(item["message_id"])
+            if entry in self._held:
+                continue
+            found = await self._redis.xrange(self.stream, min=entry, max=entry)
+            async with self._redis.pipeline(transaction=True) as pipe:
+                if found:
+                    pipe.xadd(self.stream, {"body": _body(found[0][1])})
+                pipe.xack(self.stream, GROUP, entry)
+                pipe.xdel(self.stream, entry)
+                await pipe.execute()
+
+
+def _body(fields: Any) -> str:
+    # A foreign producer may add entries without a body: they arrive empty and are rejected.
+    if not isinstance(fields, dict):
+        return ""
+    raw = fields.get(b"body", fields.get("body"))
+    return "" if raw is None else _text(raw)

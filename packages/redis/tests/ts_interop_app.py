@@ -1,0 +1,67 @@
+"""Blueprints and nodes shared by the TS-client interop tests and their worker subprocess.
+
+The blueprints are plain TS-shaped JSON with explicit ``uses`` keys, as a TS client sends them;
+the nodes do what the TS reference nodes did when the expected statuses were captured from the
+pinned TS adapter (see ``test_redis_ts_interop.py``). ``app`` serves ``flowcraft worker --app
+ts_interop_app:app``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flowcraft import Blueprint, NodeContext, load_blueprint
+
+__all__ = ["BLUEPRINTS", "FLOWS", "REGISTRY", "app"]
+
+
+def inc(ctx: NodeContext) -> int:
+    """The TS bench's ``noop``: its input plus one (0 for a non-number)."""
+    value = ctx.input
+    number = value if isinstance(value, int | float) and not isinstance(value, bool) else 0
+    return int(number) + 1
+
+
+def total(ctx: NodeContext) -> Any:
+    """The sum of a fan-in's mapped inputs."""
+    return sum(dict(ctx.input or {}).values())
+
+
+def boom(ctx: NodeContext) -> None:
+    """Always fails."""
+    raise RuntimeError("boom (intentional)")
+
+
+def _chain(blueprint_id: str, *uses: str) -> dict[str, Any]:
+    nodes = [{"id": node_id, "uses": u} for node_id, u in zip("abc", uses, strict=False)]
+    edges = [{"source": s["id"], "target": t["id"]} for s, t in zip(nodes, nodes[1:], strict=False)]
+    return {"id": blueprint_id, "nodes": nodes, "edges": edges}
+
+
+FLOWS: dict[str, dict[str, Any]] = {
+    "linear": {
+        "id": "ts-linear",
+        "nodes": [{"id": f"n{i}", "uses": "inc"} for i in range(3)],
+        "edges": [{"source": "n0", "target": "n1"}, {"source": "n1", "target": "n2"}],
+    },
+    # Versioned, so the client writes blueprintVersion as the JSON string "\"2\"".
+    "fan": {
+        "id": "ts-fan",
+        "metadata": {"version": "2"},
+        "nodes": [
+            {"id": "start", "uses": "inc"},
+            *({"id": f"p{i}", "uses": "inc"} for i in range(3)),
+            {"id": "join", "uses": "total", "inputs": {f"p{i}": f"p{i}" for i in range(3)}},
+        ],
+        "edges": [
+            *({"source": "start", "target": f"p{i}"} for i in range(3)),
+            *({"source": f"p{i}", "target": "join"} for i in range(3)),
+        ],
+    },
+    "failing": _chain("ts-failing", "inc", "boom", "inc"),
+}
+"""TS blueprint JSON by test name."""
+
+REGISTRY = {"inc": inc, "total": total, "boom": boom}
+BLUEPRINTS: dict[str, Blueprint] = {b["id"]: load_blueprint(b) for b in FLOWS.values()}
+app = {"registry": REGISTRY, "blueprints": BLUEPRINTS}
