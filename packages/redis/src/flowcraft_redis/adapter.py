@@ -23,6 +23,7 @@ import redis.asyncio as aioredis
 from flowcraft.blueprint import Blueprint
 from flowcraft.distributed import BaseDistributedAdapter, Delivery
 from flowcraft.distributed._hop import Hop, HopCommit
+from flowcraft_redis._errors import translated
 from flowcraft_redis._results import ResultChannel
 from flowcraft_redis._settings import RedisSettings
 from flowcraft_redis.context import RedisContextStore
@@ -52,9 +53,13 @@ class _RedisBase(BaseDistributedAdapter):
         self._owns_client = client is None
         self.redis = client if client is not None else self.settings.client()
         options.setdefault("lease", self.settings.lease_seconds)
+        self.coordination: RedisCoordinationStore = RedisCoordinationStore(
+            self.redis, self.settings
+        )
+        self.context: RedisContextStore = RedisContextStore(self.redis, self.settings)
         super().__init__(
-            coordination=RedisCoordinationStore(self.redis, self.settings),
-            context=RedisContextStore(self.redis, self.settings),
+            coordination=self.coordination,
+            context=self.context,
             registry=registry,
             blueprints=blueprints,
             **options,
@@ -79,6 +84,17 @@ class _RedisBase(BaseDistributedAdapter):
 
     async def _extend_lease(self, delivery: Delivery, seconds: float) -> None:
         await self.queue.extend_lease(delivery, seconds)
+
+    async def _read_job(
+        self, run_id: str, keys: list[str], set_keys: list[str], context_keys: list[str] | None
+    ) -> tuple[list[str | None], list[set[str]], dict[str, Any]]:
+        # Both stores live on this server: one pipeline reads for both.
+        async with translated(), self.redis.pipeline(transaction=False) as pipe:
+            read = self.coordination.queue_read(pipe, keys, set_keys)
+            fields = self.context.queue_get_many(pipe, run_id, context_keys or [])
+            replies = await pipe.execute()
+        strings, sets = read(replies[: len(keys) + len(set_keys)])
+        return strings, sets, fields(replies[len(keys) + len(set_keys) :])
 
     async def _publish_result(self, run_id: str, status: str) -> None:
         result = await self.final_result(run_id) if status != "awaiting" else None

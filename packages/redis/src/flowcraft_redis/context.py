@@ -6,11 +6,12 @@ the initial state is understood. A field holds at most 512 MB (Redis' limit).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
 
 from flowcraft.errors import SerializationError
 from flowcraft.node import PatchOperation
@@ -61,6 +62,10 @@ def hash_writes(operations: Iterable[PatchOperation]) -> tuple[dict[str, bytes],
     return sets, deletes
 
 
+def _present(keys: list[str], values: list[Any]) -> dict[str, Any]:
+    return {k: _decode(v) for k, v in zip(keys, values, strict=True) if v is not None}
+
+
 class RedisContextStore:
     """A :class:`~flowcraft.distributed.ContextStore` on Redis hashes.
 
@@ -99,7 +104,16 @@ class RedisContextStore:
             return {}
         async with translated():
             values = await self._redis.hmget(self._key(run_id), wanted)
-        return {k: _decode(v) for k, v in zip(wanted, values, strict=True) if v is not None}
+        return _present(wanted, values)
+
+    def queue_get_many(
+        self, pipe: Pipeline, run_id: str, keys: Iterable[str]
+    ) -> Callable[[list[Any]], dict[str, Any]]:
+        """Queue :meth:`get_many`'s command on ``pipe``; the parser of its replies."""
+        wanted = list(dict.fromkeys(keys))
+        if wanted:
+            pipe.hmget(self._key(run_id), wanted)
+        return lambda replies: _present(wanted, replies[0]) if wanted else {}
 
     async def patch(self, run_id: str, operations: Iterable[PatchOperation]) -> None:
         sets, deletes = hash_writes(operations)

@@ -6,9 +6,11 @@ number of workers can race on the same key.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
 
 from flowcraft_redis._errors import translated
 from flowcraft_redis._settings import RedisSettings
@@ -85,15 +87,27 @@ class RedisCoordinationStore:
     async def read(
         self, keys: Sequence[str], set_keys: Sequence[str]
     ) -> tuple[list[str | None], list[set[str]]]:
-        # One round trip; the keys read as strings are only ever strings, so plain GET does.
         async with translated(), self._redis.pipeline(transaction=False) as pipe:
-            for key in keys:
-                pipe.get(self._key(key))
-            for key in set_keys:
-                pipe.smembers(self._key(key))
-            replies = await pipe.execute()
-        strings = [None if r is None else _text(r) for r in replies[: len(keys)]]
-        return strings, [{_text(m) for m in r} for r in replies[len(keys) :]]
+            parse = self.queue_read(pipe, keys, set_keys)
+            return parse(await pipe.execute())
+
+    def queue_read(
+        self, pipe: Pipeline, keys: Sequence[str], set_keys: Sequence[str]
+    ) -> Callable[[list[Any]], tuple[list[str | None], list[set[str]]]]:
+        """Queue :meth:`read`'s commands on ``pipe``; the parser of their replies.
+
+        The keys read as strings are only ever strings, so plain GET does.
+        """
+        for key in keys:
+            pipe.get(self._key(key))
+        for key in set_keys:
+            pipe.smembers(self._key(key))
+
+        def parse(replies: list[Any]) -> tuple[list[str | None], list[set[str]]]:
+            strings = [None if r is None else _text(r) for r in replies[: len(keys)]]
+            return strings, [{_text(m) for m in r} for r in replies[len(keys) :]]
+
+        return parse
 
     async def extend_ttl(self, key: str, ttl: float) -> bool:
         async with translated():

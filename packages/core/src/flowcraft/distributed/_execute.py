@@ -30,7 +30,7 @@ from flowcraft.runtime._routing import input_from_edges
 if TYPE_CHECKING:
     from flowcraft.distributed.adapter import BaseDistributedAdapter
 
-__all__ = ["Outcome", "execute_node", "failure_error"]
+__all__ = ["Outcome", "Prefetch", "execute_node", "failure_error", "prefetch_keys"]
 
 _log = logging.getLogger("flowcraft.distributed")
 INPUTS = "_inputs."
@@ -87,12 +87,56 @@ async def _taken(
     return taken
 
 
+@dataclass(frozen=True, slots=True)
+class Prefetch:
+    """What the adapter read for a job when it arrived, so the node's input needs no reads.
+
+    Attributes:
+        marks: The node's taken-edge marks.
+        keys: The context keys that were read (see :func:`prefetch_keys`); None: none were.
+        data: The present ones among ``keys``.
+    """
+
+    marks: set[str]
+    keys: frozenset[str] | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def covering(self, keys: list[str] | None) -> dict[str, Any] | None:
+        """The prefetched values of ``keys`` if all were read, else None."""
+        if keys is None or self.keys is None or not self.keys.issuperset(keys):
+            return None
+        return {k: self.data[k] for k in keys if k in self.data}
+
+
+def prefetch_keys(spec: NodeSpec) -> list[str] | None:
+    """Every context key the node's input can need, from the static graph.
+
+    None when its input may need the whole context (a transform, a built-in reading any key).
+    """
+    if spec.definition.uses in _NEEDS_ALL or spec.has_in_transform:
+        return None
+    if spec.definition.inputs is not None:
+        return _input_keys(spec)
+    node_id = spec.definition.id
+    return [INPUTS + node_id, *(OUTPUTS + p for p in spec.preds), *_input_keys(spec)]
+
+
+async def _data(
+    adapter: BaseDistributedAdapter,
+    run_id: str,
+    keys: list[str] | None,
+    prefetch: Prefetch | None,
+) -> dict[str, Any]:
+    data = prefetch.covering(keys) if prefetch is not None else None
+    return await adapter.job_run_data(run_id, keys) if data is None else data
+
+
 async def _input(
     adapter: BaseDistributedAdapter,
     payload: JobPayload,
     graph: Graph,
     node_id: str,
-    marks: set[str] | None = None,
+    prefetch: Prefetch | None = None,
 ) -> tuple[Any, dict[str, Any], list[PatchOperation], list[tuple[str, int]] | None]:
     """The node's input, the context data loaded for it, ``_inputs`` writes, and the taken
     edges when they were read (an ``inputs`` mapping does not need them)."""
@@ -101,14 +145,15 @@ async def _input(
     uses = spec.definition.uses
     if spec.definition.inputs is not None and not spec.has_in_transform:
         keys = None if uses in _NEEDS_ALL else _input_keys(spec)
-        data = await adapter.job_run_data(run_id, keys)
+        data = await _data(adapter, run_id, keys, prefetch)
         return resolve_inputs(data, spec.definition.inputs), data, [], None
+    marks = None if prefetch is None else prefetch.marks
     taken = await _taken(adapter, payload, graph, node_id, marks)
     needs_all = uses in _NEEDS_ALL or any(graph.edges[i].transform for _, i in taken)
     keys = None if needs_all else [INPUTS + node_id, *(OUTPUTS + s for s, _ in taken)]
     if keys is not None:
         keys += _input_keys(spec)
-    data = await adapter.job_run_data(run_id, keys)
+    data = await _data(adapter, run_id, keys, prefetch)
     if not taken:
         return data.get(INPUTS + node_id), data, [], taken
     value = input_from_edges(adapter.evaluator, graph.edges, spec, data, taken)
@@ -150,11 +195,11 @@ async def execute_node(
     graph: Graph,
     spec: NodeSpec,
     role: str,
-    marks: set[str] | None = None,
+    prefetch: Prefetch | None = None,
 ) -> Outcome | None:
     """Run the job's node; None when it paused or failed (both already recorded).
 
-    ``marks`` are the node's taken-edge marks, read when the job arrived.
+    ``prefetch`` is what was read for the job when it arrived.
     """
     node_id = payload.node_id
     if role == "resume" and is_subflow(adapter, spec):
@@ -182,7 +227,7 @@ async def execute_node(
     if input_node != node_id:
         value, data, _, _ = await _input(adapter, payload, graph, input_node)
     else:
-        value, data, ops, taken = await _input(adapter, payload, graph, node_id, marks)
+        value, data, ops, taken = await _input(adapter, payload, graph, node_id, prefetch)
     run = adapter.job_run(payload.run_id, data)
     signal = asyncio.Event()
     ctx = NodeContext(
@@ -199,6 +244,7 @@ async def execute_node(
     )
 
     async def predecessors() -> list[str]:
+        marks = None if prefetch is None else prefetch.marks
         return [source for source, _ in await _taken(adapter, payload, graph, node_id, marks)]
 
     job = CurrentJob(

@@ -22,7 +22,13 @@ import orjson
 
 from flowcraft.blueprint import Blueprint, EdgeDefinition
 from flowcraft.context import OUTPUTS
-from flowcraft.distributed._execute import Outcome, execute_node, failure_error
+from flowcraft.distributed._execute import (
+    Outcome,
+    Prefetch,
+    execute_node,
+    failure_error,
+    prefetch_keys,
+)
 from flowcraft.distributed._hop import Hop, HopCommit, HopTarget
 from flowcraft.distributed._keys import AWAITING, DYNAMIC, PROGRESS, TRACE, Keys
 from flowcraft.distributed._orchestration import (
@@ -142,6 +148,18 @@ class BaseDistributedAdapter(Orchestration, ABC):
     @abstractmethod
     async def _wait_for_publish(self, run_id: str, timeout: float) -> None:
         """Return when ``run_id`` may have published, or after ``timeout`` seconds."""
+
+    async def _read_job(
+        self, run_id: str, keys: list[str], set_keys: list[str], context_keys: list[str] | None
+    ) -> tuple[list[str | None], list[set[str]], dict[str, Any]]:
+        """What a job reads when it arrives: coordination ``keys`` and ``set_keys`` (as
+        ``CoordinationStore.read``) and the present ``context_keys`` of the run.
+
+        Backends whose two stores share a server override this to read all in one round trip.
+        """
+        strings, sets = await self.coordination.read(keys, set_keys)
+        data = await self.context.get_many(run_id, context_keys) if context_keys else {}
+        return strings, sets, data
 
     async def _commit_hop(self, delivery: Delivery, hop: Hop) -> HopCommit | None:
         """Apply ``hop`` in one atomic step (see :class:`~flowcraft.distributed._hop.Hop`).
@@ -473,12 +491,18 @@ class BaseDistributedAdapter(Orchestration, ABC):
             if payload.resume is not None:
                 role = "resume"
             result_key = self.keys.result(run_id, node_id, iteration)
-        # Everything the job needs to know about its run, in one read.
-        (final, meta, stored), (emitters, taken) = await self.coordination.read(
+        # Everything the job needs to know about its run and its input, in one read: the
+        # input keys come from the static graph, so they are used only if nothing was spliced.
+        static = graph_of_blueprint(blueprint).nodes.get(node_id)
+        context_keys = prefetch_keys(static) if static is not None and not role else None
+        (final, meta, stored), (emitters, taken), data = await self._read_job(
+            run_id,
             [self.keys.final(run_id), self.keys.meta(run_id), result_key],
             [self.keys.dynamic(run_id), self.keys.taken(run_id, node_id, iteration)],
+            context_keys,
         )
         graph = await self.graph_of(run_id, blueprint, emitters)
+        read_keys = None if context_keys is None or emitters else frozenset(context_keys)
         spec = graph.nodes.get(node_id)
         if spec is None:
             raise JobRejected(
@@ -498,7 +522,7 @@ class BaseDistributedAdapter(Orchestration, ABC):
             rescues=rescues,
             result_key=result_key,
             stored=stored,
-            taken=taken,
+            prefetch=Prefetch(taken, read_keys, data),
         )
         try:
             # Cached per graph and evaluator: a blueprint a worker's evaluator rejects fails the
@@ -524,7 +548,7 @@ class BaseDistributedAdapter(Orchestration, ABC):
         result_key, stored = job.result_key, job.stored
         result: NodeResult | None = None
         if stored is None:
-            outcome = await execute_node(self, payload, graph, spec, role, job.taken)
+            outcome = await execute_node(self, payload, graph, spec, role, job.prefetch)
             if outcome is None:
                 await self.job_done(run_id, member)
                 return
@@ -770,7 +794,7 @@ class _Job:
     rescues: str | None
     result_key: str
     stored: str | None
-    taken: set[str]
+    prefetch: Prefetch
 
 
 def _run_id_of(body: str) -> str | None:
