@@ -35,6 +35,17 @@ async def test_add_to_set_is_idempotent(harness: Harness) -> None:
     assert await coordination.remove_from_set("c:s", "m0") == 4
 
 
+async def test_read_answers_strings_and_sets_in_order(harness: Harness) -> None:
+    coordination, _ = harness.stores
+    await coordination.set_if_not_exist("c:a", "1", 60)
+    await coordination.add_to_set("c:s", "x", 60)
+    await coordination.add_to_set("c:s", "y", 60)
+    strings, sets = await coordination.read(["c:missing", "c:a"], ["c:s", "c:none"])
+    assert strings == [None, "1"]
+    assert sets == [{"x", "y"}, set()]
+    assert await coordination.read([], []) == ([], [])
+
+
 async def test_ttls_expire_and_extend(harness: Harness) -> None:
     coordination, _ = harness.stores
     assert await coordination.set_if_not_exist("c:short", "v", 0.2)
