@@ -9,6 +9,7 @@ are found in the ``flowcraft.adapters`` entry-point group (a factory taking ``re
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import logging
 import signal
@@ -63,13 +64,17 @@ def resolve_backend(name: str) -> Callable[..., Any]:
     )
 
 
-def _adapter(backend: str, app: str) -> BaseDistributedAdapter:
+def _adapter(backend: str, app: str, concurrency: int | None = None) -> BaseDistributedAdapter:
     try:
         factory = resolve_backend(backend)
         registry, blueprints = load_app(app)
     except ValueError as exc:
         raise BadInput(str(exc)) from exc
-    adapter: BaseDistributedAdapter = factory(registry=registry, blueprints=blueprints)
+    options: dict[str, Any] = {}
+    # Backends whose queue client has a concurrency of its own (BullMQ) get the worker's.
+    if concurrency is not None and "concurrency" in inspect.signature(factory).parameters:
+        options["concurrency"] = concurrency
+    adapter: BaseDistributedAdapter = factory(registry=registry, blueprints=blueprints, **options)
     return adapter
 
 
@@ -135,7 +140,7 @@ def _backend_options(f: Callable[..., Any]) -> Callable[..., Any]:
 )
 def worker(backend: str, app: str, concurrency: int, grace: float) -> None:
     """Serve jobs of a distributed backend until SIGTERM or SIGINT (then stop gracefully)."""
-    adapter = _adapter(backend, app)
+    adapter = _adapter(backend, app, concurrency)
     logging.basicConfig(level=logging.INFO)
 
     async def serve() -> None:
