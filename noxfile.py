@@ -1,7 +1,8 @@
 """Development sessions. Run ``./run <session>`` on a fresh machine (it bootstraps nox and uv).
 
 Sessions: ``tests`` (core unit tests), ``lint``, ``typecheck``, ``example``, ``bench``,
-``contract-<backend>``, ``services``, ``services-smoke``; ``ci`` runs what CI runs.
+``contract-<backend>``, ``redis`` (the Redis backend's own tests), ``services``,
+``services-smoke``; ``ci`` runs what CI runs.
 """
 
 from __future__ import annotations
@@ -113,6 +114,18 @@ def contract_all(session: nox.Session) -> None:
         _contract(session, backend)
 
 
+# The Redis backend's own tests: TS-client interop (runs ``node``; npm packages are installed
+# into the gitignored ts-client/node_modules on first use), restarts, the reconciler.
+REDIS_TESTS = ["pytest", "packages/redis/tests", "-q", "-p", "no:cacheprovider", "--timeout=900"]
+
+
+@nox.session
+def redis(session: nox.Session) -> None:
+    """The Redis backend's tests (TS-client interop, restarts, reconciler)."""
+    _install_packages(session, *DEV, "-e", f"{SERVICES}[test]")
+    session.run(*REDIS_TESTS, *session.posargs)
+
+
 @nox.session
 def services(session: nox.Session) -> None:
     """Install/start/stop the backends' servers: ``./run services up|down|status [name...]``."""
@@ -158,6 +171,7 @@ def ci(session: nox.Session) -> None:
     session.run("pytest", "tests", "-q")
     for backend in BACKENDS:
         session.run("pytest", "contract-tests", "--backend", backend, "-q")
+    session.run(*REDIS_TESTS)
     session.run("pytest", "contract-tests/smoke", "-q", "-p", "no:cacheprovider", "--timeout=900")
     session.run("python", "examples/content_moderation.py")
     session.run("python", "-m", "flowcraft_services", "down")

@@ -36,7 +36,7 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -45,6 +45,8 @@ from urllib.parse import urlparse
 
 import redis as sync_redis
 import redis.asyncio as aioredis
+
+# Siblings of this script, importable because its directory leads sys.path.
 from bench_inmem import ANCHOR_WORK, prepare_anchor
 from redis_app import CHAIN, FAN, FIRST, NODE_COUNT, RAW_JOB, RAW_JOB_OPTS, TERMINAL, app
 
@@ -306,7 +308,7 @@ async def flowcraft_case(
     workers: int,
     concurrency: int,
     case: str,
-    body: Callable[[Client, list[int]], Any],
+    body: Callable[[Client, list[int]], Awaitable[Any]],
 ) -> Any:
     """Run ``body`` against ``workers`` fresh worker processes in a fresh namespace."""
     settings = namespace(url)
@@ -587,17 +589,22 @@ def ratios(report: dict[str, Any]) -> dict[str, Any]:
 TARGETS: dict[str, list[tuple[str, str, float, str]]] = {
     # (what, measured key, bound, direction)
     "redis": [
-        ("node exec/s ≥ 0.8 x raw BullMQ (drained no-op jobs)", "vs_raw_drain", 0.8, ">="),
-        ("node exec/s ≥ 1.5 x TS", "vs_ts", 1.5, ">="),
+        (
+            "node exec/s ≥ 0.8 \N{MULTIPLICATION SIGN} raw BullMQ (drained no-op jobs)",
+            "vs_raw_drain",
+            0.8,
+            ">=",
+        ),
+        ("node exec/s ≥ 1.5 \N{MULTIPLICATION SIGN} TS", "vs_ts", 1.5, ">="),
     ],
     "redis-streams": [
-        ("node exec/s ≥ 4 x TS at equal workers", "vs_ts", 4.0, ">="),
+        ("node exec/s ≥ 4 \N{MULTIPLICATION SIGN} TS at equal workers", "vs_ts", 4.0, ">="),
         ("single-run per hop ≤ 1 ms", "hop_ms", 1.0, "<="),
     ],
 }
 COMMON_TARGETS = [
     ("completion seen by the client ≤ 10 ms after the last node", "completion_p50_ms", 10.0, "<="),
-    ("per hop at 1 MB ≤ 1.2 x at 1 KB", "hop_1MB_over_1KB", 1.2, "<="),
+    ("per hop at 1 MB ≤ 1.2 \N{MULTIPLICATION SIGN} at 1 KB", "hop_1MB_over_1KB", 1.2, "<="),
 ]
 
 
@@ -617,10 +624,10 @@ def target_rows(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 unit = " ms"
             elif key == "hop_1MB_over_1KB":
                 values = {"single run": mine[key]}
-                unit = "x"
+                unit = "\N{MULTIPLICATION SIGN}"
             else:
                 values = {k: v[key] for k, v in mine.items() if isinstance(v, dict) and key in v}
-                unit = "x"
+                unit = "\N{MULTIPLICATION SIGN}"
             if not values:
                 rows.append((name, what, "baseline not measured", "-"))
                 continue
@@ -634,8 +641,8 @@ def target_rows(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
 def markdown(report: dict[str, Any], args: argparse.Namespace) -> str:
     ts, raw = report.get("ts") or {}, report.get("raw_bullmq") or {}
     lines = [
-        f"- Command: `python benchmarks/bench_redis.py {' '.join(report['argv'])}`".rstrip()
-        + f" ({report['elapsed_s']:.0f} s)",
+        f"- Command: `{' '.join(['python benchmarks/bench_redis.py', *report['argv']])}`"
+        f" ({report['elapsed_s']:.0f} s)",
         f"- Machine: {report['machine']}; Redis {report['redis_version']} ({report['redis']})",
         f"- Date: {report['date']}, load average {report['load_average']} at start.",
         f"- {args.runs} concurrent runs per repetition, median of {args.reps} repetitions;"

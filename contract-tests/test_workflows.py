@@ -439,13 +439,12 @@ async def test_loop_nested_in_a_loop(harness: Harness) -> None:
     assert result.context["_outputs.done"] == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="jobs carry one loop iteration: a join inside an outer loop body that merges the"
-    " inner loop's exit with another branch sees the two at different iterations"
-    " (docs/distributed.md, Loops)",
-)
-async def test_join_of_an_inner_loop_exit_and_a_side_branch(harness: Harness) -> None:
+async def test_join_of_an_inner_loop_exit_and_a_side_branch_stalls(harness: Harness) -> None:
+    """A known limitation (docs/distributed.md, Loops): jobs carry one loop iteration, so the join
+    sees the inner loop's exit and the side branch at different iterations. In memory this run
+    completes with ``_outputs.join == {"in": 2, "side": 1}``; whoever lifts the limitation makes
+    this test assert that and updates the docs."""
+
     async def count(ctx: NodeContext) -> int:
         key = "o" if ctx.node_id == "outer" else "k"
         n = int(await ctx.context.get(key, 0)) + 1
@@ -470,8 +469,8 @@ async def test_join_of_an_inner_loop_exit_and_a_side_branch(harness: Harness) ->
     harness.add(flow)
     harness.worker()
     result = await harness.client.run("nested-join", {"o": 0, "k": 0}, timeout=T)
-    assert result.status == "completed", result.errors
-    assert result.context["_outputs.join"] == {"in": 2, "side": 1}
+    assert result.status == "stalled", result.errors
+    assert "_outputs.join" not in result.context
 
 
 def _set(key: str, value: Any) -> Any:

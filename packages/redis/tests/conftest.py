@@ -65,7 +65,7 @@ def ts_client() -> TsClient:
     node, npm = shutil.which("node"), shutil.which("npm")
     if node is None or npm is None:
         pytest.skip(
-            "SKIPPED: Node.js (`node` and `npm`) is not installed, so the TS-client interop tests"
+            "Node.js (`node` and `npm`) is not installed, so the TS-client interop tests"
             " cannot run the BullMQ client script; install Node.js 18+ to run them"
         )
     install_ts_client(npm)

@@ -63,6 +63,15 @@ TS_CONTEXTS: dict[str, dict[str, Any]] = {
         "_outputs.p2": 2,
         "_outputs.join": 6,
     },
+    "two_starts": {
+        **INITIAL,
+        "blueprintVersion": None,
+        "blueprintId": "ts-two-starts",
+        "_outputs.a": 1,
+        "_inputs.join": 1,
+        "_outputs.b": 1,
+        "_outputs.join": 2,
+    },
 }
 """``payload.context`` of the TS adapter's ``workflow:status:<runId>`` for each flow."""
 TS_FAILED = {"status": "failed", "reason": "Node 'b' execution failed"}
@@ -71,7 +80,7 @@ TS_FAILED = {"status": "failed", "reason": "Node 'b' execution failed"}
 def expected_context(flow: str) -> dict[str, Any]:
     """The TS context with the deliberate differences applied."""
     context = dict(TS_CONTEXTS[flow])
-    if flow == "fan":
+    if flow in ("fan", "two_starts"):
         del context["_inputs.join"]
     return context
 
@@ -122,7 +131,9 @@ def new_runs(run_ids: list[str], *flows: str) -> list[dict[str, Any]]:
     return runs
 
 
-async def drive(ts_client: TsClient, redis_url: str, runs: list[dict[str, Any]], **options: Any) -> Mapping[str, str | None]:
+async def drive(
+    ts_client: TsClient, redis_url: str, runs: list[dict[str, Any]], **options: Any
+) -> Mapping[str, str | None]:
     # The client blocks while it polls, so it runs in a thread and the worker keeps serving.
     return await asyncio.to_thread(ts_client.run, redis_url, runs, **options)
 
@@ -149,6 +160,17 @@ async def test_fan_out_fan_in(
     statuses = await drive(ts_client, redis_url, runs)
     for run in runs:
         assert_completed_like_ts(statuses[run["runId"]], "fan")
+
+
+async def test_fan_in_of_start_nodes(
+    ts_client: TsClient, redis_url: str, python_worker: Worker, run_ids: list[str]
+) -> None:
+    # The client enqueues every start job at once; the run must count them all in flight
+    # before the first finishes, or it would end before the join fired.
+    runs = new_runs(run_ids, *["two_starts"] * 8)
+    statuses = await drive(ts_client, redis_url, runs)
+    for run in runs:
+        assert_completed_like_ts(statuses[run["runId"]], "two_starts")
 
 
 async def test_failing_node(

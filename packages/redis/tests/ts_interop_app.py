@@ -32,12 +32,6 @@ def boom(ctx: NodeContext) -> None:
     raise RuntimeError("boom (intentional)")
 
 
-def _chain(blueprint_id: str, *uses: str) -> dict[str, Any]:
-    nodes = [{"id": node_id, "uses": u} for node_id, u in zip("abc", uses, strict=False)]
-    edges = [{"source": s["id"], "target": t["id"]} for s, t in zip(nodes, nodes[1:], strict=False)]
-    return {"id": blueprint_id, "nodes": nodes, "edges": edges}
-
-
 FLOWS: dict[str, dict[str, Any]] = {
     "linear": {
         "id": "ts-linear",
@@ -58,7 +52,25 @@ FLOWS: dict[str, dict[str, Any]] = {
             *({"source": f"p{i}", "target": "join"} for i in range(3)),
         ],
     },
-    "failing": _chain("ts-failing", "inc", "boom", "inc"),
+    # Two start nodes: a TS client enqueues both at once, and the join waits for both.
+    "two_starts": {
+        "id": "ts-two-starts",
+        "nodes": [
+            {"id": "a", "uses": "inc"},
+            {"id": "b", "uses": "inc"},
+            {"id": "join", "uses": "total", "inputs": {"a": "a", "b": "b"}},
+        ],
+        "edges": [{"source": "a", "target": "join"}, {"source": "b", "target": "join"}],
+    },
+    "failing": {
+        "id": "ts-failing",
+        "nodes": [
+            {"id": "a", "uses": "inc"},
+            {"id": "b", "uses": "boom"},
+            {"id": "c", "uses": "inc"},
+        ],
+        "edges": [{"source": "a", "target": "b"}, {"source": "b", "target": "c"}],
+    },
 }
 """TS blueprint JSON by test name."""
 

@@ -17,7 +17,16 @@ if TYPE_CHECKING:
     from flowcraft.runtime._engine import Run
     from flowcraft.runtime._graph import NodeSpec
 
-__all__ = ["BUILTINS", "parse_duration", "resume_awaiting_node"]
+__all__ = [
+    "BUILTINS",
+    "child_blueprint",
+    "child_initial_context",
+    "parse_duration",
+    "resume_awaiting_node",
+    "subflow_failure",
+    "subflow_output",
+    "subflow_output_keys",
+]
 
 SUBFLOW_STATE = "_subflowState."
 BATCH_ITEMS = "_batch."

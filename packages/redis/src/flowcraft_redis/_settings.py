@@ -7,10 +7,15 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import ConnectionError, TimeoutError
 
 __all__ = ["DEFAULT_URL", "RedisSettings"]
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
+_BACKOFF_BASE = 0.05
+_BACKOFF_CAP = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +35,9 @@ class RedisSettings:
         state_ttl_seconds: TTL given to a finished run's keys (0 keeps them forever).
         lease_seconds: How long a job's lock lasts without renewal; a dead worker's jobs come
             back after it.
+        retries: How often a command that lost its connection (or met a server still loading
+            its data after a restart) is retried, reconnecting with jittered exponential
+            back-off from 50 ms up to 2 s between tries: 10 rides out about 10 s.
     """
 
     url: str = DEFAULT_URL
@@ -39,6 +47,7 @@ class RedisSettings:
     coordination_prefix: str = ""
     state_ttl_seconds: int = 86_400
     lease_seconds: float = 30.0
+    retries: int = 10
 
     @classmethod
     def from_env(cls, **overrides: Any) -> RedisSettings:
@@ -53,8 +62,18 @@ class RedisSettings:
         return cls(**values)
 
     def client(self) -> aioredis.Redis:
-        """A new client (connection pool) for these settings."""
-        return aioredis.Redis.from_url(self.url, decode_responses=False)
+        """A new client (connection pool) for these settings, reconnecting as ``retries`` says.
+
+        redis-py's default retry policy differs between releases (none before 6.0), so it is
+        set here. ``BusyLoadingError`` is a ``ConnectionError``: a restarted server replaying
+        its append-only file is waited for too.
+        """
+        return aioredis.Redis.from_url(
+            self.url,
+            decode_responses=False,
+            retry=Retry(ExponentialWithJitterBackoff(_BACKOFF_CAP, _BACKOFF_BASE), self.retries),
+            retry_on_error=[ConnectionError, TimeoutError],
+        )
 
     def state_key(self, run_id: str) -> str:
         """The hash holding a run's context."""

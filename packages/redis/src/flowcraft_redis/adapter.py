@@ -23,6 +23,8 @@ import redis.asyncio as aioredis
 from flowcraft.blueprint import Blueprint
 from flowcraft.distributed import BaseDistributedAdapter, Delivery
 from flowcraft.distributed._hop import Hop, HopCommit
+from flowcraft_redis._arrival import ArrivalReader
+from flowcraft_redis._batch import Batcher
 from flowcraft_redis._errors import translated
 from flowcraft_redis._results import ResultChannel
 from flowcraft_redis._settings import RedisSettings
@@ -65,6 +67,8 @@ class _RedisBase(BaseDistributedAdapter):
             **options,
         )
         self.results = ResultChannel(self.redis, self.settings)
+        self.batcher = Batcher(self.redis)
+        self._arrivals = ArrivalReader(self.redis, self.settings, self.batcher)
 
     async def _receive(self, max_jobs: int, wait: float) -> list[Delivery]:
         deliveries: list[Delivery] = await self.queue.receive(max_jobs, wait)
@@ -88,13 +92,8 @@ class _RedisBase(BaseDistributedAdapter):
     async def _read_job(
         self, run_id: str, keys: list[str], set_keys: list[str], context_keys: list[str] | None
     ) -> tuple[list[str | None], list[set[str]], dict[str, Any]]:
-        # Both stores live on this server: one pipeline reads for both.
-        async with translated(), self.redis.pipeline(transaction=False) as pipe:
-            read = self.coordination.queue_read(pipe, keys, set_keys)
-            fields = self.context.queue_get_many(pipe, run_id, context_keys or [])
-            replies = await pipe.execute()
-        strings, sets = read(replies[: len(keys) + len(set_keys)])
-        return strings, sets, fields(replies[len(keys) + len(set_keys) :])
+        async with translated():
+            return await self._arrivals.read(run_id, keys, set_keys, context_keys or [])
 
     async def _publish_result(self, run_id: str, status: str) -> None:
         result = await self.final_result(run_id) if status != "awaiting" else None
@@ -159,7 +158,7 @@ class RedisStreamsAdapter(_RedisBase):
     ) -> None:
         super().__init__(settings, **options)
         self.queue = StreamsQueue(self.redis, self.settings, lease=self.lease, batch=concurrency)
-        self._hops = HopCommitter(self.redis, self.settings, self.queue)
+        self._hops = HopCommitter(self.redis, self.settings, self.queue, self.batcher)
 
     async def _commit_hop(self, delivery: Delivery, hop: Hop) -> HopCommit | None:
         return await self._hops.commit(delivery, hop)

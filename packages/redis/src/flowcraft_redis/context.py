@@ -6,19 +6,18 @@ the initial state is understood. A field holds at most 512 MB (Redis' limit).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
-from redis.asyncio.client import Pipeline
 
 from flowcraft.errors import SerializationError
 from flowcraft.node import PatchOperation
 from flowcraft_redis._errors import translated
 from flowcraft_redis._settings import RedisSettings
 
-__all__ = ["RedisContextStore", "hash_writes"]
+__all__ = ["RedisContextStore", "decode_fields", "hash_writes"]
 
 
 def _encode(key: str, value: Any) -> bytes:
@@ -62,7 +61,8 @@ def hash_writes(operations: Iterable[PatchOperation]) -> tuple[dict[str, bytes],
     return sets, deletes
 
 
-def _present(keys: list[str], values: list[Any]) -> dict[str, Any]:
+def decode_fields(keys: list[str], values: list[Any]) -> dict[str, Any]:
+    """The present ``keys`` of an HMGET reply ``values``, decoded."""
     return {k: _decode(v) for k, v in zip(keys, values, strict=True) if v is not None}
 
 
@@ -104,16 +104,7 @@ class RedisContextStore:
             return {}
         async with translated():
             values = await self._redis.hmget(self._key(run_id), wanted)
-        return _present(wanted, values)
-
-    def queue_get_many(
-        self, pipe: Pipeline, run_id: str, keys: Iterable[str]
-    ) -> Callable[[list[Any]], dict[str, Any]]:
-        """Queue :meth:`get_many`'s command on ``pipe``; the parser of its replies."""
-        wanted = list(dict.fromkeys(keys))
-        if wanted:
-            pipe.hmget(self._key(run_id), wanted)
-        return lambda replies: _present(wanted, replies[0]) if wanted else {}
+        return decode_fields(wanted, values)
 
     async def patch(self, run_id: str, operations: Iterable[PatchOperation]) -> None:
         sets, deletes = hash_writes(operations)

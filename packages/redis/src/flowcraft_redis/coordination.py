@@ -6,11 +6,10 @@ number of workers can race on the same key.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any
+import uuid
+from collections.abc import Sequence
 
 import redis.asyncio as aioredis
-from redis.asyncio.client import Pipeline
 
 from flowcraft_redis._errors import translated
 from flowcraft_redis._settings import RedisSettings
@@ -24,6 +23,24 @@ if kind == 'string' then return redis.call('GET', KEYS[1]) end
 if kind == 'set' then return tostring(redis.call('SCARD', KEYS[1])) end
 return false
 """
+
+
+# SET NX that recognises its own earlier attempt. The client retries a command whose connection
+# dropped; if the first SET took effect and only its reply was lost, the retry must still read
+# as won, not as the key taken by another writer (which would skip what the winner must do:
+# enqueue the successor, publish the final result). So the writer's token is kept beside the
+# key (KEYS[2]) for as long as a retry can come.
+_SET_NX = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[4])
+  return 1
+end
+if redis.call('GET', KEYS[2]) == ARGV[3] then return 1 end
+return 0
+"""
+_WRITER_PREFIX = "nx-writer:"
+_WRITER_MS = 60_000
+"""How long a writer's token is kept: longer than any retry of its SET."""
 
 
 def _text(raw: bytes | str) -> str:
@@ -46,6 +63,7 @@ class RedisCoordinationStore:
         self._redis = client
         self._settings = settings or RedisSettings()
         self._get = client.register_script(_GET)
+        self._set_nx = client.register_script(_SET_NX)
 
     def _key(self, key: str) -> str:
         return self._settings.coordination_key(key)
@@ -59,8 +77,10 @@ class RedisCoordinationStore:
         return int(value)
 
     async def set_if_not_exist(self, key: str, value: str, ttl: float) -> bool:
+        keys = [self._key(key), self._key(_WRITER_PREFIX + key)]
+        args: list[str | int] = [value, _ms(ttl), uuid.uuid4().hex, _WRITER_MS]
         async with translated():
-            return bool(await self._redis.set(self._key(key), value, nx=True, px=_ms(ttl)))
+            return bool(await self._set_nx(keys=keys, args=args))
 
     async def add_to_set(self, key: str, member: str, ttl: float) -> int:
         name = self._key(key)
@@ -87,27 +107,15 @@ class RedisCoordinationStore:
     async def read(
         self, keys: Sequence[str], set_keys: Sequence[str]
     ) -> tuple[list[str | None], list[set[str]]]:
+        # The keys read as strings are only ever strings, so plain GET does.
         async with translated(), self._redis.pipeline(transaction=False) as pipe:
-            parse = self.queue_read(pipe, keys, set_keys)
-            return parse(await pipe.execute())
-
-    def queue_read(
-        self, pipe: Pipeline, keys: Sequence[str], set_keys: Sequence[str]
-    ) -> Callable[[list[Any]], tuple[list[str | None], list[set[str]]]]:
-        """Queue :meth:`read`'s commands on ``pipe``; the parser of their replies.
-
-        The keys read as strings are only ever strings, so plain GET does.
-        """
-        for key in keys:
-            pipe.get(self._key(key))
-        for key in set_keys:
-            pipe.smembers(self._key(key))
-
-        def parse(replies: list[Any]) -> tuple[list[str | None], list[set[str]]]:
-            strings = [None if r is None else _text(r) for r in replies[: len(keys)]]
-            return strings, [{_text(m) for m in r} for r in replies[len(keys) :]]
-
-        return parse
+            for key in keys:
+                pipe.get(self._key(key))
+            for key in set_keys:
+                pipe.smembers(self._key(key))
+            replies = await pipe.execute()
+        strings = [None if r is None else _text(r) for r in replies[: len(keys)]]
+        return strings, [{_text(m) for m in r} for r in replies[len(keys) :]]
 
     async def extend_ttl(self, key: str, ttl: float) -> bool:
         async with translated():

@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 
 from flowcraft.distributed import Delivery
 from flowcraft.distributed._hop import Hop, HopCommit
+from flowcraft_redis._batch import Batcher
 from flowcraft_redis._errors import translated
 from flowcraft_redis._settings import RedisSettings
 from flowcraft_redis.context import hash_writes
@@ -89,10 +90,15 @@ class HopCommitter:
     """Runs the hop script against the stores' key layout and the queue's stream."""
 
     def __init__(
-        self, client: aioredis.Redis, settings: RedisSettings, queue: StreamsQueue
+        self,
+        client: aioredis.Redis,
+        settings: RedisSettings,
+        queue: StreamsQueue,
+        batcher: Batcher,
     ) -> None:
         self._settings = settings
         self._queue = queue
+        self._batcher = batcher
         self._script = client.register_script(_COMMIT)
 
     async def commit(self, delivery: Delivery, hop: Hop) -> HopCommit | None:
@@ -136,7 +142,7 @@ class HopCommitter:
             args += [name, value]
         args += deletes
         async with translated():
-            reply = await self._script(keys=keys, args=args)
+            reply = await self._batcher.script(self._script, keys, args)
         outcome, *fired = (m.decode() if isinstance(m, bytes) else str(m) for m in reply)
         if outcome == "committed":
             self._queue.settled(delivery)

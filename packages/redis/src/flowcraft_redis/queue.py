@@ -26,6 +26,7 @@ from bullmq import Worker as BullWorker
 from bullmq.custom_errors import DelayedError, UnrecoverableError
 
 from flowcraft.distributed import Delivery
+from flowcraft_redis._errors import translated
 from flowcraft_redis._settings import RedisSettings
 
 __all__ = ["BullMQQueue"]
@@ -95,7 +96,8 @@ class BullMQQueue:
         opts = dict(self._job_opts)
         if delay > 0:
             opts["delay"] = int(delay * 1000)
-        await self._queue().add(JOB_NAME, orjson.loads(body), opts)
+        async with translated():
+            await self._queue().add(JOB_NAME, orjson.loads(body), opts)
 
     async def receive(self, max_jobs: int, wait: float) -> list[Delivery]:
         """Deliveries handed over by the BullMQ worker."""

@@ -160,12 +160,24 @@ async def _input(
     return value, data, [{"op": "set", "key": INPUTS + node_id, "value": value}], taken
 
 
-async def _watch(adapter: BaseDistributedAdapter, run_id: str, signal: asyncio.Event) -> None:
+async def _watch(
+    adapter: BaseDistributedAdapter, run_id: str, signal: asyncio.Event, done: asyncio.Event
+) -> None:
     final = adapter.keys.final(run_id)
+    # Ended by ``done`` rather than by cancellation: a store driver that swallowed a
+    # cancellation would otherwise keep this loop, and the job awaiting it, alive forever.
     while not signal.is_set():
-        await asyncio.sleep(adapter.cancel_poll)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(done.wait(), adapter.cancel_poll)
+            return
         if await adapter.coordination.get(final) is not None:
             signal.set()
+
+
+def _retrieve(task: asyncio.Task[None]) -> None:
+    # A watcher that lost the store logs it; the node it watched is unaffected.
+    if not task.cancelled() and task.exception() is not None:
+        _log.warning("cancellation watcher failed", exc_info=task.exception())
 
 
 def failure_error(payload: JobPayload, exc: BaseException) -> FlowcraftError:
@@ -253,7 +265,8 @@ async def execute_node(
         predecessors,
         None if taken is None else [source for source, _ in taken],
     )
-    watcher = asyncio.ensure_future(_watch(adapter, payload.run_id, signal))
+    done = asyncio.Event()
+    watcher = asyncio.ensure_future(_watch(adapter, payload.run_id, signal, done))
     try:
         with running_job(job):
             result = await _invoke(adapter, ctx, spec, payload)
@@ -263,9 +276,8 @@ async def execute_node(
         await _failed(adapter, payload, spec, _as_error(payload, exc), role)
         return None
     finally:
-        watcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watcher
+        done.set()
+        watcher.add_done_callback(_retrieve)
     if run.child is not None and run.paused is not None:
         await start_child(adapter, payload, run.paused, *run.child)
         return None

@@ -395,8 +395,10 @@ class Orchestration:
             record = orjson.loads(raw)
             errors = [_error_from_dict(e) for e in record.get("errors") or []]
             return await self._result(run_id, record["status"], errors)
-        if await self.context.get(run_id, STATUS) == "awaiting" and await self.coordination.members(
-            self.keys.parked(run_id)
+        # Parked nodes first: a waiting client polls this, and reading the run's context
+        # would keep it looking busy to a backend that detects stalls by its idle time.
+        if await self.coordination.members(self.keys.parked(run_id)) and (
+            await self.context.get(run_id, STATUS) == "awaiting"
         ):
             return await self._result(run_id, "awaiting", [])
         return None

@@ -30,14 +30,19 @@ from flowcraft.builtins import (
     subflow_output_keys,
 )
 from flowcraft.distributed._jobrun import JobRun
-from flowcraft.distributed._orchestration import STATUS, _error_from_dict, job_id, parse_job_id
+from flowcraft.distributed._orchestration import (
+    STATUS,
+    Orchestration,
+    _error_from_dict,
+    job_id,
+    parse_job_id,
+)
 from flowcraft.distributed._protocols import JobPayload
 from flowcraft.errors import NodeExecutionError
 from flowcraft.node import NodeContext, NodeResult, PatchOperation
 from flowcraft.runtime._graph import NodeSpec, graph_for
 
 if TYPE_CHECKING:
-    from flowcraft.distributed._orchestration import Orchestration
     from flowcraft.distributed.adapter import BaseDistributedAdapter
 
 __all__ = [

@@ -364,9 +364,14 @@ class BaseDistributedAdapter(Orchestration, ABC):
         Safe at any time: a re-enqueued job whose result is stored only re-routes, and join
         marks and fences make that idempotent. Returns the re-enqueued node ids. A run with
         nothing in flight is ended as its last job would have ended it, and a run with a final
-        result gets what follows it (:meth:`end_links`): both repair a crash in between.
+        result is published again and gets what follows it (:meth:`end_links`): both repair a
+        crash in between.
         """
-        if await self.coordination.get(self.keys.final(run_id)) is not None:
+        final = await self.coordination.get(self.keys.final(run_id))
+        if final is not None:
+            # The crash may have come before the result was published, too (publishing is
+            # idempotent): clients polling the backend's status would wait forever.
+            await self._publish_result(run_id, str(orjson.loads(final)["status"]))
             await self.end_links(run_id)
             return set()
         meta = await self._meta(run_id)
@@ -432,16 +437,18 @@ class BaseDistributedAdapter(Orchestration, ABC):
         except SerializationError as exc:
             await self._reject(delivery, _run_id_of(delivery.body), str(exc))
             return
-        heartbeat = asyncio.ensure_future(self._heartbeat(delivery))
+        handled = asyncio.Event()
+        heartbeat = asyncio.ensure_future(self._heartbeat(delivery, handled))
         try:
             await self._handle(delivery, payload)
         except JobRejected as exc:
             await self._reject(delivery, payload.run_id, exc.message)
             return
         finally:
-            heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await heartbeat
+            # Ended by the event, not by cancellation (which a driver could swallow), and
+            # not awaited (which under a cancellation of this job could hang or swallow it).
+            handled.set()
+            heartbeat.add_done_callback(_log_failure)
         if not delivery.settled:
             await self._ack(delivery)
         bus = self.event_bus
@@ -451,9 +458,11 @@ class BaseDistributedAdapter(Orchestration, ABC):
                 {**payload.to_dict(), "duration": time.monotonic() - started, "success": True},
             )
 
-    async def _heartbeat(self, delivery: Delivery) -> None:
+    async def _heartbeat(self, delivery: Delivery, handled: asyncio.Event) -> None:
         while True:
-            await asyncio.sleep(self.lease / 3)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(handled.wait(), self.lease / 3)
+                return
             try:
                 await self._extend_lease(delivery, self.lease)
             except Exception:
@@ -733,23 +742,35 @@ class BaseDistributedAdapter(Orchestration, ABC):
     ) -> None:
         meta = _parse_meta(raw_meta)
         if meta is None:
-            # Started by a client that stored no version: the first job records it.
-            stored = await self.context.get_many(payload.run_id, ["blueprintVersion"])
+            # Started by a client that stored no version (a TS client): the first job records
+            # it, and the context keys the TS worker adds on a run's first job.
+            stored = await self.context.get_many(
+                payload.run_id, ["blueprintId", "blueprintVersion"]
+            )
             version = stored.get("blueprintVersion", blueprint.version)
             value = orjson.dumps([payload.blueprint_id, version]).decode()
             await self.coordination.set_if_not_exist(
                 self.keys.meta(payload.run_id), value, self.ttl
             )
             await self.coordination.add_to_set(self.keys.runs, payload.run_id, self.ttl)
+            if "blueprintId" not in stored:
+                await self.context.patch(
+                    payload.run_id,
+                    [
+                        {"op": "set", "key": "blueprintId", "value": payload.blueprint_id},
+                        {"op": "set", "key": "blueprintVersion", "value": version},
+                    ],
+                )
             meta = await self._meta(payload.run_id)
             if meta is not None and not await self.coordination.members(
                 self.keys.enqueued(payload.run_id)
             ):
-                await self.coordination.add_to_set(
-                    self.keys.enqueued(payload.run_id),
-                    job_id(payload.node_id, payload.iteration),
-                    self.ttl,
-                )
+                # Such a client enqueues every start job at once: all count as in flight
+                # before any finishes, or the first to finish would end the run.
+                for node in graph_of_blueprint(blueprint).start_nodes:
+                    await self.coordination.add_to_set(
+                        self.keys.enqueued(payload.run_id), job_id(node, 0), self.ttl
+                    )
         if meta is not None and meta[1] != blueprint.version:
             raise JobRejected(
                 f"blueprint '{blueprint.id}' version mismatch: the run started with"
@@ -771,6 +792,11 @@ def graph_of_blueprint(blueprint: Blueprint) -> Graph:
     from flowcraft.runtime._graph import graph_for
 
     return graph_for(blueprint)
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        _log.error("lease heartbeat failed", exc_info=task.exception())
 
 
 def _parse_meta(raw: str | None) -> tuple[str, str | None] | None:

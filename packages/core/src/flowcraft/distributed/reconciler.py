@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TypedDict
+from typing import Literal, TypedDict
 
 from flowcraft.distributed._keys import PROGRESS
 from flowcraft.distributed.adapter import BaseDistributedAdapter
@@ -47,18 +47,31 @@ class Reconciler:
             if not isinstance(progress, int | float) or now - progress < self.stalled_after:
                 continue
             stats["stalled"] += 1
-            fence = f"{adapter.keys.namespace}:reconciled:{run_id}:{progress}"
-            # A finished run still listed was left half-way by a crash (its children or parent
-            # not yet told): retried on every scan until that is done, whatever the fence.
-            finished = await adapter.coordination.get(adapter.keys.final(run_id)) is not None
-            if not finished and not await adapter.coordination.set_if_not_exist(
-                fence, "1", adapter.ttl
-            ):
-                continue
-            try:
-                if await adapter.reconcile(run_id):
-                    stats["reconciled"] += 1
-            except Exception:
-                _log.exception("reconciling run %s failed", run_id)
-                stats["failed"] += 1
+            outcome = await self.reconcile_stalled(run_id, progress)
+            if outcome != "skipped":
+                stats[outcome] += 1
         return stats
+
+    async def reconcile_stalled(
+        self, run_id: str, episode: object
+    ) -> Literal["reconciled", "skipped", "failed"]:
+        """Reconcile a run found stalled, once per stall ``episode`` (its last progress time).
+
+        Backends with their own stall detection call this for each run they find stalled.
+        ``skipped``: the episode was reconciled before, or nothing needed re-enqueueing;
+        ``failed``: reconciling raised (logged).
+        """
+        adapter = self.adapter
+        fence = f"{adapter.keys.namespace}:reconciled:{run_id}:{episode}"
+        # A finished run still listed was left half-way by a crash (its children or parent
+        # not yet told): retried on every scan until that is done, whatever the fence.
+        finished = await adapter.coordination.get(adapter.keys.final(run_id)) is not None
+        if not finished and not await adapter.coordination.set_if_not_exist(
+            fence, "1", adapter.ttl
+        ):
+            return "skipped"
+        try:
+            return "reconciled" if await adapter.reconcile(run_id) else "skipped"
+        except Exception:
+            _log.exception("reconciling run %s failed", run_id)
+            return "failed"

@@ -9,10 +9,20 @@ from types import TracebackType
 
 from flowcraft.distributed._protocols import Delivery
 from flowcraft.distributed.adapter import BaseDistributedAdapter
+from flowcraft.errors import ConnectionFailed
 
 __all__ = ["Worker"]
 
 _log = logging.getLogger("flowcraft.worker")
+_BACKOFF_MAX = 5.0
+"""Longest pause, in seconds, between attempts to reach a backend that is down."""
+
+
+def _cancel_pending() -> bool:
+    # A client library may close the connection under a cancelled command and raise a
+    # connection error instead of CancelledError: the task's cancel request is still pending.
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 class Worker:
@@ -71,6 +81,7 @@ class Worker:
 
     async def _serve(self) -> None:
         timers = asyncio.ensure_future(self._timers())
+        failures = 0
         try:
             while not self._stopping:
                 await self._slots.acquire()
@@ -84,11 +95,21 @@ class Worker:
                     slots += 1
                 try:
                     deliveries = await self.adapter._receive(slots, self.receive_wait)
-                except Exception:
+                except Exception as exc:
                     self._release_slots(slots)
-                    _log.exception("receiving jobs failed; retrying")
-                    await asyncio.sleep(self.receive_wait)
+                    if _cancel_pending():
+                        raise asyncio.CancelledError from exc
+                    # Back off while the backend stays down, so that neither it (once it
+                    # comes back) nor the log is flooded.
+                    pause = min(_BACKOFF_MAX, self.receive_wait * 2**failures)
+                    failures += 1
+                    if isinstance(exc, ConnectionFailed):
+                        _log.warning("receiving jobs failed (%s); retrying in %.2f s", exc, pause)
+                    else:
+                        _log.exception("receiving jobs failed; retrying in %.2f s", pause)
+                    await asyncio.sleep(pause)
                     continue
+                failures = 0
                 self._release_slots(slots - len(deliveries))
                 for delivery in deliveries:
                     task = asyncio.ensure_future(self._handle(delivery))
@@ -108,21 +129,37 @@ class Worker:
         self._slots.release()
 
     async def _handle(self, delivery: Delivery) -> None:
-        try:
-            await self.adapter.handle(delivery)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            # Not acked: the queue redelivers it after the lease.
-            _log.exception("job failed in the backend; it will be redelivered")
+        pause = self.receive_wait
+        while True:
+            try:
+                await self.adapter.handle(delivery)
+                return
+            except Exception as exc:
+                if _cancel_pending():
+                    raise asyncio.CancelledError from exc
+                if not isinstance(exc, ConnectionFailed):
+                    # Not acked: the queue redelivers it after the lease.
+                    _log.exception("job failed in the backend; it will be redelivered")
+                    return
+                # Handling is idempotent, so the job is tried again here once the backend is
+                # back: a queue that renews leases while its job is held would never hand
+                # it out again, and others would wait out the lease. stop() cancels this.
+                _log.warning("backend unreachable handling a job (%s); retry in %.2f s", exc, pause)
+                await asyncio.sleep(pause)
+                pause = min(_BACKOFF_MAX, pause * 2)
 
     async def _timers(self) -> None:
-        while True:
+        while not self._stopping:
             await asyncio.sleep(self.timer_interval)
             try:
                 await self.adapter.fire_due_timers()
-            except Exception:
-                _log.exception("firing sleep timers failed")
+            except Exception as exc:
+                if _cancel_pending():
+                    raise asyncio.CancelledError from exc
+                if isinstance(exc, ConnectionFailed):
+                    _log.warning("firing sleep timers failed (%s)", exc)
+                else:
+                    _log.exception("firing sleep timers failed")
 
     async def stop(self, timeout: float = 30.0) -> None:
         """Stop taking jobs, let running ones finish for ``timeout`` s, release the rest.
@@ -143,9 +180,11 @@ class Worker:
             _, pending = await asyncio.wait(running, timeout=timeout)
             for task in pending:
                 task.cancel()
+            if pending:
+                # Bounded: a node that ignores cancellation must not hold the shutdown forever
+                # (its job is released below and redelivered; the node may still finish).
+                await asyncio.wait(pending, timeout=max(timeout, 1.0))
             for task in pending:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
                 with contextlib.suppress(Exception):
                     await self.adapter._release(running[task])
 

@@ -1,0 +1,62 @@
+"""The read a job makes when it arrives, as one Lua script over both stores.
+
+A job needs its run's final status, recorded version, stored result, spliced nodes and taken
+edge marks (coordination keys), plus the context fields its input can need (the run's hash).
+One script answers all of it in one command, which the worker's batcher then shares with the
+other jobs arriving in the same tick.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from flowcraft_redis._batch import Batcher
+from flowcraft_redis._settings import RedisSettings
+from flowcraft_redis.context import decode_fields
+
+__all__ = ["ArrivalReader"]
+
+# KEYS: the string keys, the set keys, then the state hash. ARGV: how many string keys, how
+# many set keys, then the hash fields. Missing strings and fields come back as nil.
+_READ = """
+local strings, sets = tonumber(ARGV[1]), tonumber(ARGV[2])
+local out = {}
+for i = 1, strings do out[i] = redis.call('GET', KEYS[i]) end
+for i = strings + 1, strings + sets do out[i] = redis.call('SMEMBERS', KEYS[i]) end
+if #ARGV > 2 then
+  out[strings + sets + 1] = redis.call('HMGET', KEYS[strings + sets + 1], unpack(ARGV, 3))
+else
+  out[strings + sets + 1] = {}
+end
+return out
+"""
+
+
+def _text(raw: bytes | str) -> str:
+    return raw.decode() if isinstance(raw, bytes) else raw
+
+
+class ArrivalReader:
+    """Runs the arrival read against the stores' key layout."""
+
+    def __init__(self, client: aioredis.Redis, settings: RedisSettings, batcher: Batcher) -> None:
+        self._settings = settings
+        self._batcher = batcher
+        self._script = client.register_script(_READ)
+
+    async def read(
+        self, run_id: str, keys: list[str], set_keys: list[str], context_keys: list[str]
+    ) -> tuple[list[str | None], list[set[str]], dict[str, Any]]:
+        """Coordination ``keys`` and ``set_keys`` and the present ``context_keys`` of the run."""
+        key = self._settings.coordination_key
+        fields = list(dict.fromkeys(context_keys))
+        reply = await self._batcher.script(
+            self._script,
+            [*map(key, keys), *map(key, set_keys), self._settings.state_key(run_id)],
+            [len(keys), len(set_keys), *fields],
+        )
+        strings = [None if r is None else _text(r) for r in reply[: len(keys)]]
+        sets = [{_text(m) for m in r} for r in reply[len(keys) : len(keys) + len(set_keys)]]
+        return strings, sets, decode_fields(fields, reply[len(keys) + len(set_keys)])

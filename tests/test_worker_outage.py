@@ -1,0 +1,98 @@
+"""The worker rides out a backend outage: it backs off, keeps the jobs it holds, and carries on."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from flowcraft import NodeContext, create_flow
+from flowcraft.distributed import Client, Delivery, Worker
+from flowcraft.errors import ConnectionFailed
+from flowcraft.memory import MemoryAdapter, MemoryBackend
+
+
+class Outage:
+    """A switch that makes a store or queue raise ``ConnectionFailed`` while it is down."""
+
+    def __init__(self) -> None:
+        self.down = False
+        self.refused = 0
+
+    def check(self) -> None:
+        if self.down:
+            self.refused += 1
+            raise ConnectionFailed("backend unreachable (test outage)")
+
+
+class _FlakyStore:
+    def __init__(self, store: Any, outage: Outage) -> None:
+        self._store, self._outage = store, outage
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        method = getattr(self._store, name)
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            self._outage.check()
+            return await method(*args, **kwargs)
+
+        return call
+
+
+class FlakyAdapter(MemoryAdapter):
+    """A memory adapter whose coordination store and queue fail during an outage."""
+
+    def __init__(self, backend: MemoryBackend, outage: Outage, **options: Any) -> None:
+        super().__init__(backend, **options)
+        self.coordination = _FlakyStore(self.coordination, outage)  # type: ignore[assignment]
+        self.outage = outage
+
+    async def _receive(self, max_jobs: int, wait: float) -> list[Delivery]:
+        self.outage.check()
+        return await super()._receive(max_jobs, wait)
+
+
+async def test_a_job_held_through_an_outage_finishes_once_the_backend_is_back() -> None:
+    outage = Outage()
+    reached = asyncio.Event()
+
+    async def first(ctx: NodeContext) -> int:
+        # The backend goes down while the node first runs: storing its result fails (the
+        # node then runs again, as its result was never stored).
+        if not reached.is_set():
+            outage.down = True
+            reached.set()
+        return 1
+
+    async def second(ctx: NodeContext) -> int:
+        return int(ctx.input) + 1
+
+    flow = create_flow("outage").node("first", first).node("second", second)
+    flow.edge("first", "second")
+    backend = MemoryBackend()
+    options: dict[str, Any] = {
+        "registry": flow.function_registry,
+        "blueprints": {"outage": flow.to_blueprint()},
+    }
+    worker = Worker(FlakyAdapter(backend, outage, **options), receive_wait=0.02)
+    client = Client(MemoryAdapter(backend, **options))
+    async with worker:
+        run_id = await client.start("outage")
+        await asyncio.wait_for(reached.wait(), 5)
+        await asyncio.sleep(0.5)
+        assert outage.refused > 0
+        assert worker.is_running
+        outage.down = False
+        result = await client.wait(run_id, timeout=10)
+    assert result.status == "completed"
+    assert result.context["_outputs.second"] == 2
+
+
+async def test_receiving_backs_off_while_the_backend_is_down() -> None:
+    outage = Outage()
+    outage.down = True
+    adapter = FlakyAdapter(MemoryBackend(), outage)
+    async with Worker(adapter, receive_wait=0.05, timer_interval=60):
+        await asyncio.sleep(1.0)
+    # Pauses of 0.05, 0.1, 0.2, 0.4 and 0.8 s: a handful of attempts, not one every 0.05 s.
+    assert 3 <= outage.refused <= 7
