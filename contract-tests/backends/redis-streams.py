@@ -14,7 +14,9 @@ import redis as sync_redis
 
 from flowcraft_redis import RedisStreamsAdapter
 
-_spec = importlib.util.spec_from_file_location("_contract_redis", Path(__file__).with_name("redis.py"))
+# The BullMQ fixture module sits beside this one; contract fixtures are loaded by path.
+_path = Path(__file__).with_name("redis.py")
+_spec = importlib.util.spec_from_file_location("_contract_redis", _path)
 assert _spec is not None and _spec.loader is not None
 _redis = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_redis)
