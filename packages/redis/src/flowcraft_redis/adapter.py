@@ -15,6 +15,7 @@ of :class:`~flowcraft.distributed.BaseDistributedAdapter`.
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections.abc import Mapping
 from typing import Any
 
@@ -38,9 +39,16 @@ __all__ = ["RedisAdapter", "RedisStreamsAdapter"]
 
 
 class _RedisBase(BaseDistributedAdapter):
-    """Stores, result channel and queue delegation shared by both transports."""
+    """Stores, result channel and queue delegation shared by both transports.
 
-    queue: Any
+    Args:
+        settings: Connection and key layout (default: ``REDIS_URL`` or localhost).
+        registry: ``uses`` key → implementation.
+        blueprints: Blueprint id → blueprint.
+        concurrency: How many jobs the queue client takes at once (see each transport).
+        client: An existing ``redis.asyncio`` client to share (closed by its owner).
+        **options: Options of :class:`~flowcraft.distributed.BaseDistributedAdapter`.
+    """
 
     def __init__(
         self,
@@ -48,6 +56,7 @@ class _RedisBase(BaseDistributedAdapter):
         *,
         registry: Mapping[str, Any] | None = None,
         blueprints: Mapping[str, Blueprint] | None = None,
+        concurrency: int = 16,
         client: aioredis.Redis | None = None,
         **options: Any,
     ) -> None:
@@ -69,6 +78,11 @@ class _RedisBase(BaseDistributedAdapter):
         self.results = ResultChannel(self.redis, self.settings)
         self.batcher = Batcher(self.redis)
         self._arrivals = ArrivalReader(self.redis, self.settings, self.batcher)
+        self.queue = self._make_queue(concurrency)
+
+    @abstractmethod
+    def _make_queue(self, concurrency: int) -> Any:
+        """The transport's queue client."""
 
     async def _receive(self, max_jobs: int, wait: float) -> list[Delivery]:
         deliveries: list[Delivery] = await self.queue.receive(max_jobs, wait)
@@ -115,50 +129,22 @@ class _RedisBase(BaseDistributedAdapter):
 
 
 class RedisAdapter(_RedisBase):
-    """Distributed runs on Redis with BullMQ as the queue.
+    """Distributed runs on Redis with BullMQ as the queue (``concurrency``: jobs BullMQ hands
+    over at once); the arguments are :class:`_RedisBase`'s."""
 
-    Args:
-        settings: Connection and key layout (default: ``REDIS_URL`` or localhost).
-        registry: ``uses`` key → implementation.
-        blueprints: Blueprint id → blueprint.
-        concurrency: Jobs handed over at once by BullMQ.
-        client: An existing ``redis.asyncio`` client to share (closed by its owner).
-        **options: Options of :class:`~flowcraft.distributed.BaseDistributedAdapter`.
-    """
-
-    def __init__(
-        self,
-        settings: RedisSettings | None = None,
-        *,
-        concurrency: int = 16,
-        **options: Any,
-    ) -> None:
-        super().__init__(settings, **options)
-        self.queue = BullMQQueue(self.settings, concurrency=concurrency, lock_duration=self.lease)
+    def _make_queue(self, concurrency: int) -> BullMQQueue:
+        return BullMQQueue(self.settings, concurrency=concurrency, lock_duration=self.lease)
 
 
 class RedisStreamsAdapter(_RedisBase):
-    """Distributed runs on Redis with a Redis Stream as the queue and one Lua step per hop.
+    """Distributed runs on Redis with a Redis Stream as the queue and one Lua step per hop
+    (``concurrency``: most entries one read fetches; the worker's free slots bound it too); the
+    arguments are :class:`_RedisBase`'s."""
 
-    Args:
-        settings: Connection and key layout (default: ``REDIS_URL`` or localhost).
-        registry: ``uses`` key → implementation.
-        blueprints: Blueprint id → blueprint.
-        concurrency: Most entries one read fetches (the worker's free slots bound it too).
-        client: An existing ``redis.asyncio`` client to share (closed by its owner).
-        **options: Options of :class:`~flowcraft.distributed.BaseDistributedAdapter`.
-    """
-
-    def __init__(
-        self,
-        settings: RedisSettings | None = None,
-        *,
-        concurrency: int = 16,
-        **options: Any,
-    ) -> None:
-        super().__init__(settings, **options)
-        self.queue = StreamsQueue(self.redis, self.settings, lease=self.lease, batch=concurrency)
-        self._hops = HopCommitter(self.redis, self.settings, self.queue, self.batcher)
+    def _make_queue(self, concurrency: int) -> StreamsQueue:
+        queue = StreamsQueue(self.redis, self.settings, lease=self.lease, batch=concurrency)
+        self._hops = HopCommitter(self.redis, self.settings, queue, self.batcher)
+        return queue
 
     async def _commit_hop(self, delivery: Delivery, hop: Hop) -> HopCommit | None:
         return await self._hops.commit(delivery, hop)

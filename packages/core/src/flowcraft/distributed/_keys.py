@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["INTERNAL", "Keys", "member"]
+__all__ = ["INTERNAL", "Keys"]
 
 INTERNAL = "_flowcraft."
 """Prefix of the context keys the adapter keeps for itself; stripped from published contexts."""
@@ -15,11 +15,6 @@ TRACE = INTERNAL + "trace"
 """The W3C trace context of the run's span, so jobs made after the start can carry it."""
 NODE_TRACE = TRACE + "."
 """Prefix of the trace context of a node's last attempt span (joins link it)."""
-
-
-def member(node_id: str, iteration: int, suffix: str = "") -> str:
-    """The id of one job of a run in the enqueued/done sets (``node@iteration[#suffix]``)."""
-    return f"{node_id}@{iteration}" + (f"#{suffix}" if suffix else "")
 
 
 @dataclass(frozen=True, slots=True)
