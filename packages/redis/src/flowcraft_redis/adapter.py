@@ -50,6 +50,8 @@ class _RedisBase(BaseDistributedAdapter):
         **options: Options of :class:`~flowcraft.distributed.BaseDistributedAdapter`.
     """
 
+    _hops: HopCommitter
+
     def __init__(
         self,
         settings: RedisSettings | None = None,
@@ -82,7 +84,10 @@ class _RedisBase(BaseDistributedAdapter):
 
     @abstractmethod
     def _make_queue(self, concurrency: int) -> Any:
-        """The transport's queue client."""
+        """The transport's queue client (and its hop committer, ``self._hops``)."""
+
+    async def _commit_hop(self, delivery: Delivery, hop: Hop) -> HopCommit | None:
+        return await self._hops.commit(delivery, hop)
 
     async def _receive(self, max_jobs: int, wait: float) -> list[Delivery]:
         deliveries: list[Delivery] = await self.queue.receive(max_jobs, wait)
@@ -133,7 +138,9 @@ class RedisAdapter(_RedisBase):
     over at once); the arguments are :class:`_RedisBase`'s."""
 
     def _make_queue(self, concurrency: int) -> BullMQQueue:
-        return BullMQQueue(self.settings, concurrency=concurrency, lock_duration=self.lease)
+        queue = BullMQQueue(self.settings, concurrency=concurrency, lock_duration=self.lease)
+        self._hops = HopCommitter(self.redis, self.settings, self.batcher, enqueue=queue.enqueue)
+        return queue
 
 
 class RedisStreamsAdapter(_RedisBase):
@@ -143,8 +150,5 @@ class RedisStreamsAdapter(_RedisBase):
 
     def _make_queue(self, concurrency: int) -> StreamsQueue:
         queue = StreamsQueue(self.redis, self.settings, lease=self.lease, batch=concurrency)
-        self._hops = HopCommitter(self.redis, self.settings, queue, self.batcher)
+        self._hops = HopCommitter(self.redis, self.settings, self.batcher, stream=queue)
         return queue
-
-    async def _commit_hop(self, delivery: Delivery, hop: Hop) -> HopCommit | None:
-        return await self._hops.commit(delivery, hop)

@@ -1,13 +1,20 @@
-"""The Streams transport's one atomic step per hop, as a Lua script.
+"""One atomic step per hop on Redis, as a Lua script.
 
 It applies a :class:`flowcraft.distributed._hop.Hop` — result record, context writes, join
-marks, successor jobs, the done mark — and acks the job's stream entry, all in one script, so a
-worker that dies mid-hop leaves either nothing (the entry is redelivered and the node's work
-redone from scratch) or everything.
+marks, the successors' fences and counts, the done mark — in one script.
+
+* Streams transport: the script also appends the successor jobs to the stream and acks the
+  job's entry, so a worker that dies mid-hop leaves either nothing (the entry is redelivered
+  and the node's work redone) or everything.
+* BullMQ transport: BullMQ's own scripts must add and complete jobs, so the successors are
+  added right after the script and BullMQ completes the job after that. A worker that dies in
+  between leaves a successor counted but not queued, which ``reconcile`` re-enqueues (the same
+  window the step-by-step path has between a fence and its enqueue).
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -23,10 +30,10 @@ from flowcraft_redis.streams import GROUP, StreamsQueue
 
 __all__ = ["HopCommitter"]
 
-# KEYS: result, state hash, enqueued, done, pending, dynamic, stream, then per target its
-# fence, resolved and taken sets. ARGV[1]: JSON {ttl, record, member, entry, group, nset,
-# targets: [{member, source, mark, preds, body}]}; then nset field/value pairs for HSET, then
-# the fields to HDEL.
+# KEYS: result, state hash, enqueued, done, pending, dynamic, then per target its fence,
+# resolved and taken sets, then (Streams only) the stream. ARGV[1]: JSON {ttl, record, member,
+# stream, entry, group, nset, targets: [{member, source, mark, preds, body}]}; then nset
+# field/value pairs for HSET, then the fields to HDEL. Reply: outcome, then fired members.
 _COMMIT = """
 local meta = cjson.decode(ARGV[1])
 local ttl = meta.ttl
@@ -42,8 +49,10 @@ if #ARGV >= first_delete then
   redis.call('HDEL', KEYS[2], unpack(ARGV, first_delete, #ARGV))
 end
 local enq, done, pending = KEYS[3], KEYS[4], KEYS[5]
+local stream = false
+if meta.stream then stream = KEYS[#KEYS] end
 for i, t in ipairs(meta.targets) do
-  local base = 7 + (i - 1) * 3
+  local base = 6 + (i - 1) * 3
   redis.call('SADD', KEYS[base + 3], t.mark)
   redis.call('PEXPIRE', KEYS[base + 3], ttl)
   redis.call('SADD', KEYS[base + 2], t.source)
@@ -51,7 +60,7 @@ for i, t in ipairs(meta.targets) do
 end
 local out = {'committed'}
 for i, t in ipairs(meta.targets) do
-  local base = 7 + (i - 1) * 3
+  local base = 6 + (i - 1) * 3
   local complete = true
   for _, pred in ipairs(t.preds) do
     if redis.call('SISMEMBER', KEYS[base + 2], pred) == 0 then
@@ -62,7 +71,7 @@ for i, t in ipairs(meta.targets) do
   if complete then
     redis.call('SADD', enq, t.member)
     if redis.call('SET', KEYS[base + 1], 'fired', 'NX', 'PX', ttl) then
-      redis.call('XADD', KEYS[7], '*', 'body', t.body)
+      if stream then redis.call('XADD', stream, '*', 'body', t.body) end
       out[#out + 1] = t.member
     elseif redis.call('GET', KEYS[base + 1]) == 'skipped' then
       redis.call('SADD', done, t.member)
@@ -80,30 +89,47 @@ if redis.call('SCARD', done) >= redis.call('SCARD', enq) then
   out[1] = 'quiescent'
   return out
 end
-redis.call('XACK', KEYS[7], meta.group, meta.entry)
-redis.call('XDEL', KEYS[7], meta.entry)
+if not stream then
+  out[1] = 'applied'
+  return out
+end
+redis.call('XACK', stream, meta.group, meta.entry)
+redis.call('XDEL', stream, meta.entry)
 return out
 """
 
 
 class HopCommitter:
-    """Runs the hop script against the stores' key layout and the queue's stream."""
+    """Runs the hop script against the stores' key layout.
+
+    Args:
+        client: The adapter's client.
+        settings: Key layout.
+        batcher: The adapter's per-tick pipeline.
+        stream: The Streams transport's queue (the script enqueues and acks there), or None.
+        enqueue: Otherwise, how successor jobs are queued after the script (BullMQ's add).
+    """
 
     def __init__(
         self,
         client: aioredis.Redis,
         settings: RedisSettings,
-        queue: StreamsQueue,
         batcher: Batcher,
+        *,
+        stream: StreamsQueue | None = None,
+        enqueue: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         self._settings = settings
-        self._queue = queue
+        self._stream = stream
+        self._enqueue = enqueue
         self._batcher = batcher
         self._script = client.register_script(_COMMIT)
 
     async def commit(self, delivery: Delivery, hop: Hop) -> HopCommit | None:
-        """Apply ``hop`` and ack ``delivery``; None when the delivery is not a stream entry."""
-        if not self._queue.owns(delivery):
+        """Apply ``hop`` (and, on Streams, ack ``delivery``); None when the delivery is not
+        this transport's (a job handed in by hand)."""
+        stream = self._stream
+        if stream is not None and not stream.owns(delivery):
             return None
         key = self._settings.coordination_key
         sets, deletes = hash_writes(hop.context_ops)
@@ -114,7 +140,6 @@ class HopCommitter:
             key(hop.done),
             key(hop.pending),
             key(hop.dynamic),
-            self._queue.stream,
         ]
         targets: list[dict[str, Any]] = []
         for target in hop.targets:
@@ -125,14 +150,17 @@ class HopCommitter:
                     "source": target.source,
                     "mark": target.mark,
                     "preds": list(target.preds),
-                    "body": target.body,
+                    "body": target.body if stream is not None else "",
                 }
             )
+        if stream is not None:
+            keys.append(stream.stream)
         meta = {
             "ttl": max(1, int(hop.ttl * 1000)),
             "record": hop.result_record,
             "member": hop.member,
-            "entry": delivery.handle,
+            "stream": stream is not None,
+            "entry": delivery.handle if stream is not None else "",
             "group": GROUP,
             "nset": len(sets),
             "targets": targets,
@@ -144,9 +172,16 @@ class HopCommitter:
         async with translated():
             reply = await self._batcher.script(self._script, keys, args)
         outcome, *fired = (m.decode() if isinstance(m, bytes) else str(m) for m in reply)
+        if outcome == "slow":
+            return HopCommit("slow")
+        if self._enqueue is not None:
+            bodies = {t.member: t.body for t in hop.targets}
+            for member in fired:
+                await self._enqueue(bodies[member])
         if outcome == "committed":
-            self._queue.settled(delivery)
+            if stream is not None:
+                stream.settled(delivery)
             return HopCommit("committed", fired)
         if outcome == "quiescent":
             return HopCommit("quiescent", fired)
-        return HopCommit("slow")
+        return HopCommit("applied", fired)

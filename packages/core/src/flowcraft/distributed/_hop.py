@@ -56,8 +56,9 @@ class Hop:
     ``enqueued`` and enqueueing its body once its fence is won; a fence already ``skipped``
     counts the member as done), records the target as ``pending`` when its join is not
     complete, then counts ``member`` done. When that empties the run's frontier it answers
-    ``quiescent`` and leaves the job unacked (the adapter ends the run, then acks); otherwise it
-    acks the job in the same step.
+    ``quiescent`` and leaves the job unacked (the adapter ends the run, then acks); otherwise a
+    backend that can acks the job in the same step (``committed``), and one that cannot answers
+    ``applied`` and the adapter acks it.
     """
 
     run_id: str
@@ -78,10 +79,11 @@ class HopCommit:
     """What the backend did with a hop.
 
     Attributes:
-        outcome: ``committed`` (applied and acked), ``quiescent`` (applied, not acked: the run
-            may be over) or ``slow`` (nothing applied: take the generic path).
+        outcome: ``committed`` (applied and acked), ``applied`` (applied; the adapter acks the
+            job as usual), ``quiescent`` (applied, not acked: the run may be over) or ``slow``
+            (nothing applied: take the generic path).
         fired: Members of the targets whose jobs this step enqueued.
     """
 
-    outcome: Literal["committed", "quiescent", "slow"]
+    outcome: Literal["committed", "applied", "quiescent", "slow"]
     fired: Sequence[str] = field(default_factory=tuple)

@@ -609,7 +609,7 @@ class BaseDistributedAdapter(Orchestration, ABC):
                     bus.emit("job:enqueued", orjson.loads(target.body))
         if commit.outcome == "quiescent":
             await self._quiescent(payload.run_id)
-        else:
+        elif commit.outcome == "committed":
             delivery.settled = True
         return True
 
@@ -742,8 +742,15 @@ class BaseDistributedAdapter(Orchestration, ABC):
     ) -> None:
         meta = _parse_meta(raw_meta)
         if meta is None:
-            # Started by a client that stored no version (a TS client): the first job records
-            # it, and the context keys the TS worker adds on a run's first job.
+            # Started by a client that stored no version (a TS client). Such a client enqueues
+            # every start job at once: all count as in flight before the version is recorded,
+            # because a job that sees the version skips this branch and may finish at once.
+            for node in graph_of_blueprint(blueprint).start_nodes:
+                await self.coordination.add_to_set(
+                    self.keys.enqueued(payload.run_id), job_id(node, 0), self.ttl
+                )
+            # The first job records the version, and the context keys the TS worker adds on a
+            # run's first job.
             stored = await self.context.get_many(
                 payload.run_id, ["blueprintId", "blueprintVersion"]
             )
@@ -762,15 +769,6 @@ class BaseDistributedAdapter(Orchestration, ABC):
                     ],
                 )
             meta = await self._meta(payload.run_id)
-            if meta is not None and not await self.coordination.members(
-                self.keys.enqueued(payload.run_id)
-            ):
-                # Such a client enqueues every start job at once: all count as in flight
-                # before any finishes, or the first to finish would end the run.
-                for node in graph_of_blueprint(blueprint).start_nodes:
-                    await self.coordination.add_to_set(
-                        self.keys.enqueued(payload.run_id), job_id(node, 0), self.ttl
-                    )
         if meta is not None and meta[1] != blueprint.version:
             raise JobRejected(
                 f"blueprint '{blueprint.id}' version mismatch: the run started with"
