@@ -334,7 +334,8 @@ def graph(source: str, fmt: str, out: str | None, renderer: str | None) -> None:
 
 
 def _write_png(svg: str, out: str | None, renderer: str | None) -> None:
-    stdout = click.get_binary_stream("stdout")
+    # Typed BinaryIO on every click release (get_binary_stream's stub changed in click 8.5).
+    stdout = sys.stdout.buffer
     if not out and stdout.isatty():
         raise BadInput("PNG is binary: write it to a file with -o FILE")
     try:
