@@ -71,9 +71,13 @@ class RedisSettings:
         return aioredis.Redis.from_url(
             self.url,
             decode_responses=False,
-            retry=Retry(ExponentialWithJitterBackoff(_BACKOFF_CAP, _BACKOFF_BASE), self.retries),
+            retry=self.retry(),
             retry_on_error=[ConnectionError, TimeoutError],
         )
+
+    def retry(self) -> Retry:
+        """The reconnect policy: ``retries`` tries with jittered exponential back-off."""
+        return Retry(ExponentialWithJitterBackoff(_BACKOFF_CAP, _BACKOFF_BASE), self.retries)
 
     def state_key(self, run_id: str) -> str:
         """The hash holding a run's context."""

@@ -14,6 +14,7 @@ marks, the successors' fences and counts, the done mark — in one script.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -30,16 +31,24 @@ from flowcraft_redis.streams import GROUP, StreamsQueue
 
 __all__ = ["HopCommitter"]
 
-# KEYS: result, state hash, enqueued, done, pending, dynamic, then per target its fence,
-# resolved and taken sets, then (Streams only) the stream. ARGV[1]: JSON {ttl, record, member,
-# stream, entry, group, nset, targets: [{member, source, mark, preds, body}]}; then nset
-# field/value pairs for HSET, then the fields to HDEL. Reply: outcome, then fired members.
+# KEYS: result, state hash, enqueued, done, pending, dynamic, this commit's receipt, then per
+# target its fence, resolved and taken sets, then (Streams only) the stream. ARGV[1]: JSON {ttl,
+# record, member, token, stream, entry, group, nset, targets: [{member, source, mark, preds,
+# body}]}; then nset field/value pairs for HSET, then the fields to HDEL. Reply: outcome, then
+# fired members. The receipt (kept a minute) makes a retry of the same call — the client
+# retries when a connection drops, even after the script ran — answer what the first did.
 _COMMIT = """
 local meta = cjson.decode(ARGV[1])
 local ttl = meta.ttl
-if redis.call('EXISTS', KEYS[1]) == 1 or redis.call('SCARD', KEYS[6]) > 0 then
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  local receipt = redis.call('GET', KEYS[7])
+  if receipt then
+    local earlier = cjson.decode(receipt)
+    if earlier.token == meta.token then return earlier.out end
+  end
   return {'slow'}
 end
+if redis.call('SCARD', KEYS[6]) > 0 then return {'slow'} end
 redis.call('SET', KEYS[1], meta.record, 'PX', ttl)
 local first_delete = 2 + meta.nset * 2
 if meta.nset > 0 then
@@ -52,7 +61,7 @@ local enq, done, pending = KEYS[3], KEYS[4], KEYS[5]
 local stream = false
 if meta.stream then stream = KEYS[#KEYS] end
 for i, t in ipairs(meta.targets) do
-  local base = 6 + (i - 1) * 3
+  local base = 7 + (i - 1) * 3
   redis.call('SADD', KEYS[base + 3], t.mark)
   redis.call('PEXPIRE', KEYS[base + 3], ttl)
   redis.call('SADD', KEYS[base + 2], t.source)
@@ -60,7 +69,7 @@ for i, t in ipairs(meta.targets) do
 end
 local out = {'committed'}
 for i, t in ipairs(meta.targets) do
-  local base = 6 + (i - 1) * 3
+  local base = 7 + (i - 1) * 3
   local complete = true
   for _, pred in ipairs(t.preds) do
     if redis.call('SISMEMBER', KEYS[base + 2], pred) == 0 then
@@ -87,14 +96,13 @@ redis.call('PEXPIRE', done, ttl)
 redis.call('PEXPIRE', enq, ttl)
 if redis.call('SCARD', done) >= redis.call('SCARD', enq) then
   out[1] = 'quiescent'
-  return out
-end
-if not stream then
+elseif not stream then
   out[1] = 'applied'
-  return out
+else
+  redis.call('XACK', stream, meta.group, meta.entry)
+  redis.call('XDEL', stream, meta.entry)
 end
-redis.call('XACK', stream, meta.group, meta.entry)
-redis.call('XDEL', stream, meta.entry)
+redis.call('SET', KEYS[7], cjson.encode({token = meta.token, out = out}), 'PX', 60000)
 return out
 """
 
@@ -140,6 +148,7 @@ class HopCommitter:
             key(hop.done),
             key(hop.pending),
             key(hop.dynamic),
+            key(hop.result_key) + ":receipt",
         ]
         targets: list[dict[str, Any]] = []
         for target in hop.targets:
@@ -159,6 +168,7 @@ class HopCommitter:
             "ttl": max(1, int(hop.ttl * 1000)),
             "record": hop.result_record,
             "member": hop.member,
+            "token": uuid.uuid4().hex,
             "stream": stream is not None,
             "entry": delivery.handle if stream is not None else "",
             "group": GROUP,

@@ -96,8 +96,22 @@ class BullMQQueue:
         opts = dict(self._job_opts)
         if delay > 0:
             opts["delay"] = int(delay * 1000)
+        data = orjson.loads(body)
+
+        async def add() -> None:
+            await self._queue().add(JOB_NAME, data, opts)
+
+        async def reconnect(error: Exception) -> None:
+            # BullMQ's producer connection has no reconnect policy of ours, and a successor
+            # whose add fails after its fence was taken would never be queued: retry the add
+            # on a fresh producer, with the stores' back-off.
+            producer, self._producer = self._producer, None
+            if producer is not None:
+                with contextlib.suppress(Exception):
+                    await producer.close()
+
         async with translated():
-            await self._queue().add(JOB_NAME, orjson.loads(body), opts)
+            await self._settings.retry().call_with_retry(add, reconnect)
 
     async def receive(self, max_jobs: int, wait: float) -> list[Delivery]:
         """Deliveries handed over by the BullMQ worker."""
