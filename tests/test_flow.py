@@ -15,6 +15,7 @@ from flowcraft.blueprint import Blueprint, NodeConfig, load_blueprint
 from flowcraft.errors import BlueprintError
 from flowcraft.flow import Flow, create_flow, uses_key_for
 from flowcraft.node import Node, NodeContext
+from flowcraft.runtime import FlowRuntime
 
 # --------------------------------------------------------------------------- helpers
 # These are also imported by a subprocess (see test_uses_keys_agree_across_processes); pytest
@@ -463,9 +464,8 @@ async def test_run_and_resume_pass_the_blueprint_and_registry() -> None:
 
 
 async def test_runs_on_the_in_memory_runtime() -> None:
-    runtime_module = pytest.importorskip("flowcraft.runtime")
     flow = create_flow("greet").node("a", fetch).node("b", shout).edge("a", "b")
-    result = await flow.run(runtime_module.FlowRuntime())
+    result = await flow.run(FlowRuntime())
     assert result.status == "completed"
     assert result.context["_outputs.b"] == "FETCHED"
 

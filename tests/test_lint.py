@@ -106,7 +106,6 @@ def test_invalid_subflow_blueprint_id() -> None:
 
 
 def test_invalid_expressions() -> None:
-    pytest.importorskip("flowcraft.evaluator")
     blueprint = raw(
         [node("a"), node("b"), node("lp", "loop-controller", params={"condition": "x >"})],
         [
@@ -128,7 +127,6 @@ def test_invalid_expressions() -> None:
 
 
 def test_loop_controller_without_condition_is_an_invalid_expression() -> None:
-    pytest.importorskip("flowcraft.evaluator")
     result = lint_blueprint(
         raw([node("lp", "loop-controller"), node("a")], [edge("lp", "a", action="continue")])
     )

@@ -13,6 +13,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from flowcraft_redis._batch import Batcher
+from flowcraft_redis._errors import text
 from flowcraft_redis._settings import RedisSettings
 from flowcraft_redis.context import decode_fields
 
@@ -34,10 +35,6 @@ return out
 """
 
 
-def _text(raw: bytes | str) -> str:
-    return raw.decode() if isinstance(raw, bytes) else raw
-
-
 class ArrivalReader:
     """Runs the arrival read against the stores' key layout."""
 
@@ -57,6 +54,6 @@ class ArrivalReader:
             [*map(key, keys), *map(key, set_keys), self._settings.state_key(run_id)],
             [len(keys), len(set_keys), *fields],
         )
-        strings = [None if r is None else _text(r) for r in reply[: len(keys)]]
-        sets = [{_text(m) for m in r} for r in reply[len(keys) : len(keys) + len(set_keys)]]
+        strings = [None if r is None else text(r) for r in reply[: len(keys)]]
+        sets = [{text(m) for m in r} for r in reply[len(keys) : len(keys) + len(set_keys)]]
         return strings, sets, decode_fields(fields, reply[len(keys) + len(set_keys)])

@@ -9,7 +9,7 @@ import redis.exceptions
 
 from flowcraft.errors import AdapterError, ConnectionFailed
 
-__all__ = ["retryable_errors", "translated"]
+__all__ = ["retryable_errors", "text", "translated"]
 
 retryable_errors: tuple[type[BaseException], ...] = (
     redis.exceptions.ConnectionError,
@@ -27,3 +27,8 @@ async def translated() -> AsyncIterator[None]:
         raise ConnectionFailed(f"redis unreachable: {exc}") from exc
     except redis.exceptions.RedisError as exc:
         raise AdapterError(f"redis error: {exc}") from exc
+
+
+def text(raw: object) -> str:
+    """A reply as text (replies are bytes: the client does not decode)."""
+    return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)

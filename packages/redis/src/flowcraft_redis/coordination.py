@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import redis.asyncio as aioredis
 
-from flowcraft_redis._errors import translated
+from flowcraft_redis._errors import text, translated
 from flowcraft_redis._settings import RedisSettings
 
 __all__ = ["RedisCoordinationStore"]
@@ -41,10 +41,6 @@ return 0
 _WRITER_PREFIX = "nx-writer:"
 _WRITER_MS = 60_000
 """How long a writer's token is kept: longer than any retry of its SET."""
-
-
-def _text(raw: bytes | str) -> str:
-    return raw.decode() if isinstance(raw, bytes) else raw
 
 
 def _ms(ttl: float) -> int:
@@ -102,7 +98,7 @@ class RedisCoordinationStore:
     async def members(self, key: str) -> set[str]:
         async with translated():
             raw = await self._redis.smembers(self._key(key))
-        return {_text(m) for m in raw}
+        return {text(m) for m in raw}
 
     async def read(
         self, keys: Sequence[str], set_keys: Sequence[str]
@@ -114,8 +110,8 @@ class RedisCoordinationStore:
             for key in set_keys:
                 pipe.smembers(self._key(key))
             replies = await pipe.execute()
-        strings = [None if r is None else _text(r) for r in replies[: len(keys)]]
-        return strings, [{_text(m) for m in r} for r in replies[len(keys) :]]
+        strings = [None if r is None else text(r) for r in replies[: len(keys)]]
+        return strings, [{text(m) for m in r} for r in replies[len(keys) :]]
 
     async def extend_ttl(self, key: str, ttl: float) -> bool:
         async with translated():

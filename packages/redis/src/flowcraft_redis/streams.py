@@ -26,7 +26,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from flowcraft.distributed import Delivery
-from flowcraft_redis._errors import translated
+from flowcraft_redis._errors import text, translated
 from flowcraft_redis._settings import RedisSettings
 
 __all__ = ["StreamsQueue"]
@@ -51,10 +51,6 @@ for _, entry in ipairs(due) do
 end
 return #due
 """
-
-
-def _text(raw: Any) -> str:
-    return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
 
 
 class StreamsQueue:
@@ -158,7 +154,7 @@ class StreamsQueue:
             return []
         streams: list[Any] = list(reply or ())
         return [
-            Delivery(body=_body(fields), handle=_text(entry))
+            Delivery(body=_body(fields), handle=text(entry))
             for _, entries in streams
             for entry, fields in entries
         ]
@@ -173,12 +169,12 @@ class StreamsQueue:
             count=max(max_jobs, 1),
         )
         cursor, entries = reply[0], reply[1]
-        self._claim_cursor = _text(cursor)
+        self._claim_cursor = text(cursor)
         out: list[Delivery] = []
         for entry_id, fields in entries:
             if fields is None:
                 continue  # deleted while pending: XAUTOCLAIM already dropped it
-            entry = _text(entry_id)
+            entry = text(entry_id)
             info = await self._redis.xpending_range(
                 self.stream, GROUP, min=entry, max=entry, count=1
             )
@@ -269,7 +265,7 @@ class StreamsQueue:
             self.stream, GROUP, min="-", max="+", count=1000, consumername=self.consumer
         )
         for item in pending:
-            entry = _text(item["message_id"])
+            entry = text(item["message_id"])
             if entry in self._held:
                 continue
             found = await self._redis.xrange(self.stream, min=entry, max=entry)
@@ -286,4 +282,4 @@ def _body(fields: Any) -> str:
     if not isinstance(fields, dict):
         return ""
     raw = fields.get(b"body", fields.get("body"))
-    return "" if raw is None else _text(raw)
+    return "" if raw is None else text(raw)

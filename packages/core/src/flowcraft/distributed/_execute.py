@@ -30,7 +30,7 @@ from flowcraft.runtime._routing import input_from_edges
 if TYPE_CHECKING:
     from flowcraft.distributed.adapter import BaseDistributedAdapter
 
-__all__ = ["Outcome", "Prefetch", "execute_node", "failure_error", "prefetch_keys"]
+__all__ = ["Outcome", "Prefetch", "execute_node", "failure_error", "log_failure", "prefetch_keys"]
 
 _log = logging.getLogger("flowcraft.distributed")
 INPUTS = "_inputs."
@@ -174,10 +174,11 @@ async def _watch(
             signal.set()
 
 
-def _retrieve(task: asyncio.Task[None]) -> None:
-    # A watcher that lost the store logs it; the node it watched is unaffected.
+def log_failure(task: asyncio.Task[None]) -> None:
+    """Done-callback of a job's helper task (watcher, heartbeat): its failure is logged; the
+    job it served is unaffected."""
     if not task.cancelled() and task.exception() is not None:
-        _log.warning("cancellation watcher failed", exc_info=task.exception())
+        _log.warning("%s failed", task.get_name(), exc_info=task.exception())
 
 
 def failure_error(payload: JobPayload, exc: BaseException) -> FlowcraftError:
@@ -266,7 +267,9 @@ async def execute_node(
         None if taken is None else [source for source, _ in taken],
     )
     done = asyncio.Event()
-    watcher = asyncio.ensure_future(_watch(adapter, payload.run_id, signal, done))
+    watcher = asyncio.create_task(
+        _watch(adapter, payload.run_id, signal, done), name="cancellation watcher"
+    )
     try:
         with running_job(job):
             result = await _invoke(adapter, ctx, spec, payload)
@@ -277,7 +280,7 @@ async def execute_node(
         return None
     finally:
         done.set()
-        watcher.add_done_callback(_retrieve)
+        watcher.add_done_callback(log_failure)
     if run.child is not None and run.paused is not None:
         await start_child(adapter, payload, run.paused, *run.child)
         return None

@@ -27,6 +27,7 @@ from flowcraft.distributed._execute import (
     Prefetch,
     execute_node,
     failure_error,
+    log_failure,
     prefetch_keys,
 )
 from flowcraft.distributed._hop import Hop, HopCommit, HopTarget
@@ -438,7 +439,7 @@ class BaseDistributedAdapter(Orchestration, ABC):
             await self._reject(delivery, _run_id_of(delivery.body), str(exc))
             return
         handled = asyncio.Event()
-        heartbeat = asyncio.ensure_future(self._heartbeat(delivery, handled))
+        heartbeat = asyncio.create_task(self._heartbeat(delivery, handled), name="lease heartbeat")
         try:
             await self._handle(delivery, payload)
         except JobRejected as exc:
@@ -448,7 +449,7 @@ class BaseDistributedAdapter(Orchestration, ABC):
             # Ended by the event, not by cancellation (which a driver could swallow), and
             # not awaited (which under a cancellation of this job could hang or swallow it).
             handled.set()
-            heartbeat.add_done_callback(_log_failure)
+            heartbeat.add_done_callback(log_failure)
         if not delivery.settled:
             await self._ack(delivery)
         bus = self.event_bus
@@ -790,11 +791,6 @@ def graph_of_blueprint(blueprint: Blueprint) -> Graph:
     from flowcraft.runtime._graph import graph_for
 
     return graph_for(blueprint)
-
-
-def _log_failure(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        _log.error("lease heartbeat failed", exc_info=task.exception())
 
 
 def _parse_meta(raw: str | None) -> tuple[str, str | None] | None:
