@@ -24,8 +24,9 @@ from flowcraft_redis import (
     create_reconciler,
 )
 
-IDLE = 2.2
-"""Seconds to wait for a 1 s idle time: OBJECT IDLETIME counts whole seconds."""
+IDLE = 3.2
+"""Seconds to wait for a 2 s idle time: OBJECT IDLETIME counts ticks of a one-second clock, so a
+hash touched a moment ago can already read 1 (the threshold stays above that)."""
 
 
 async def double(ctx: NodeContext) -> int:
@@ -120,7 +121,7 @@ async def test_stalled_run_is_found_by_idle_time_and_completes(
         fresh = await client.start(BLUEPRINT.id, {"seed": 7})
         lose_queued_jobs(settings)
 
-        reconciler = create_reconciler(adapter=adapter, stalled_threshold_seconds=1)
+        reconciler = create_reconciler(adapter=adapter, stalled_threshold_seconds=2)
         stats = await reconciler.run()
 
         assert reconciler.detection == "idletime"

@@ -35,9 +35,6 @@ __all__ = ["RedisReconciler", "RedisReconcileStats", "create_reconciler"]
 
 _log = logging.getLogger("flowcraft.reconciler")
 
-_IDLE_TICK = 1.0
-"""Resolution of ``OBJECT IDLETIME`` in seconds (Redis' LRU clock)."""
-
 
 class RedisReconcileStats(TypedDict):
     """What one :meth:`RedisReconciler.run` did (the TS ``ReconciliationStats``).
@@ -121,9 +118,7 @@ class RedisReconciler:
                 self.detection = "progress"
             else:
                 self.detection = "idletime"
-                # IDLETIME counts ticks of a one-second clock: a hash touched a moment ago can
-                # already read 1. Discounting one tick never calls a busy run stalled.
-                if idle is None or float(idle) - _IDLE_TICK < threshold:
+                if idle is None or float(idle) < threshold:
                     return False, None
                 # Read only now: reading the hash resets its idle time, so a run that stays
                 # stalled is looked at once per threshold.
