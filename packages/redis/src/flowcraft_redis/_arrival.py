@@ -12,12 +12,13 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from flowcraft.distributed._protocols import Arrival
 from flowcraft_redis._batch import Batcher
 from flowcraft_redis._errors import text
 from flowcraft_redis._settings import RedisSettings
 from flowcraft_redis.context import decode_fields
 
-__all__ = ["ArrivalReader"]
+__all__ = ["ArrivalReader", "arrival"]
 
 # KEYS: the string keys, the set keys, then the state hash. ARGV: how many string keys, how
 # many set keys, then the hash fields. Missing strings and fields come back as nil.
@@ -45,7 +46,7 @@ class ArrivalReader:
 
     async def read(
         self, run_id: str, keys: list[str], set_keys: list[str], context_keys: list[str]
-    ) -> tuple[list[str | None], list[set[str]], dict[str, Any]]:
+    ) -> Arrival:
         """Coordination ``keys`` and ``set_keys`` and the present ``context_keys`` of the run."""
         key = self._settings.coordination_key
         fields = list(dict.fromkeys(context_keys))
@@ -54,6 +55,15 @@ class ArrivalReader:
             [*map(key, keys), *map(key, set_keys), self._settings.state_key(run_id)],
             [len(keys), len(set_keys), *fields],
         )
-        strings = [None if r is None else text(r) for r in reply[: len(keys)]]
-        sets = [{text(m) for m in r} for r in reply[len(keys) : len(keys) + len(set_keys)]]
-        return strings, sets, decode_fields(fields, reply[len(keys) + len(set_keys)])
+        return arrival(reply, fields, len(keys))
+
+
+def arrival(reply: Any, fields: list[str], strings: int = 3) -> Arrival:
+    """A job's arrival read from a script's reply: ``strings`` values, then member lists
+    (the rest but the last), then the values of the hash ``fields``."""
+    sets = len(reply) - strings - 1
+    return (
+        [None if r is None else text(r) for r in reply[:strings]],
+        [{text(m) for m in r} for r in reply[strings : strings + sets]],
+        decode_fields(fields, reply[-1]),
+    )

@@ -23,8 +23,9 @@ import redis.asyncio as aioredis
 
 from flowcraft.distributed import Delivery
 from flowcraft.distributed._hop import Hop, HopCommit
+from flowcraft_redis._arrival import arrival
 from flowcraft_redis._batch import Batcher
-from flowcraft_redis._errors import translated
+from flowcraft_redis._errors import text, translated
 from flowcraft_redis._settings import RedisSettings
 from flowcraft_redis.context import hash_writes
 from flowcraft_redis.streams import GROUP, StreamsQueue
@@ -32,11 +33,14 @@ from flowcraft_redis.streams import GROUP, StreamsQueue
 __all__ = ["HopCommitter"]
 
 # KEYS: result, state hash, enqueued, done, pending, dynamic, this commit's receipt, then per
-# target its fence, resolved and taken sets, then (Streams only) the stream. ARGV[1]: JSON {ttl,
-# record, member, token, stream, entry, group, nset, targets: [{member, source, mark, preds,
-# body}]}; then nset field/value pairs for HSET, then the fields to HDEL. Reply: outcome, then
-# fired members. The receipt (kept a minute) makes a retry of the same call — the client
-# retries when a connection drops, even after the script ran — answer what the first did.
+# target its fence, resolved and taken sets, then (Streams only) the stream, the delayed set and,
+# when a successor may be reserved, its arrival keys (final, version, result). ARGV[1]: JSON
+# {ttl, record, member, token, stream, entry, reserved, group, nset, reserve, lease, fields,
+# targets: [{member, source, mark, preds, body}]}; then nset field/value pairs for HSET, then the
+# fields to HDEL. Reply: {outcome, fired members, reserved job or false}; a reserved job is
+# {delayed-set entry, final, version, result, splices, taken marks, context fields}. The
+# receipt (kept a minute) makes a retry of the same call — the client retries when a
+# connection drops, even after the script ran — answer what the first did.
 _COMMIT = """
 local meta = cjson.decode(ARGV[1])
 local ttl = meta.ttl
@@ -46,9 +50,9 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
     local earlier = cjson.decode(receipt)
     if earlier.token == meta.token then return earlier.out end
   end
-  return {'slow'}
+  return {'slow', {}, false}
 end
-if redis.call('SCARD', KEYS[6]) > 0 then return {'slow'} end
+if redis.call('SCARD', KEYS[6]) > 0 then return {'slow', {}, false} end
 redis.call('SET', KEYS[1], meta.record, 'PX', ttl)
 local first_delete = 2 + meta.nset * 2
 if meta.nset > 0 then
@@ -58,8 +62,9 @@ if #ARGV >= first_delete then
   redis.call('HDEL', KEYS[2], unpack(ARGV, first_delete, #ARGV))
 end
 local enq, done, pending = KEYS[3], KEYS[4], KEYS[5]
-local stream = false
-if meta.stream then stream = KEYS[#KEYS] end
+local after = 7 + #meta.targets * 3
+local stream, delayed = false, false
+if meta.stream then stream, delayed = KEYS[after + 1], KEYS[after + 2] end
 for i, t in ipairs(meta.targets) do
   local base = 7 + (i - 1) * 3
   redis.call('SADD', KEYS[base + 3], t.mark)
@@ -67,7 +72,8 @@ for i, t in ipairs(meta.targets) do
   redis.call('SADD', KEYS[base + 2], t.source)
   redis.call('PEXPIRE', KEYS[base + 2], ttl)
 end
-local out = {'committed'}
+local fired = {}
+local reserved = false
 for i, t in ipairs(meta.targets) do
   local base = 7 + (i - 1) * 3
   local complete = true
@@ -80,8 +86,21 @@ for i, t in ipairs(meta.targets) do
   if complete then
     redis.call('SADD', enq, t.member)
     if redis.call('SET', KEYS[base + 1], 'fired', 'NX', 'PX', ttl) then
-      if stream then redis.call('XADD', stream, '*', 'body', t.body) end
-      out[#out + 1] = t.member
+      if i == meta.reserve then
+        -- Leased to this worker in the delayed set: if the worker dies, it comes due.
+        local now = redis.call('TIME')
+        local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+        local entry = meta.token .. '|' .. t.body
+        redis.call('ZADD', delayed, ms + meta.lease, entry)
+        local fields = {}
+        if #meta.fields > 0 then fields = redis.call('HMGET', KEYS[2], unpack(meta.fields)) end
+        reserved = {entry, redis.call('GET', KEYS[after + 3]), redis.call('GET', KEYS[after + 4]),
+          redis.call('GET', KEYS[after + 5]), redis.call('SMEMBERS', KEYS[6]),
+          redis.call('SMEMBERS', KEYS[base + 3]), fields}
+      elseif stream then
+        redis.call('XADD', stream, '*', 'body', t.body)
+      end
+      fired[#fired + 1] = t.member
     elseif redis.call('GET', KEYS[base + 1]) == 'skipped' then
       redis.call('SADD', done, t.member)
     end
@@ -94,10 +113,13 @@ redis.call('SADD', done, meta.member)
 redis.call('SADD', enq, meta.member)
 redis.call('PEXPIRE', done, ttl)
 redis.call('PEXPIRE', enq, ttl)
+local out = {'committed', fired, reserved}
 if redis.call('SCARD', done) >= redis.call('SCARD', enq) then
   out[1] = 'quiescent'
 elseif not stream then
   out[1] = 'applied'
+elseif meta.reserved then
+  redis.call('ZREM', delayed, meta.entry)
 else
   redis.call('XACK', stream, meta.group, meta.entry)
   redis.call('XDEL', stream, meta.entry)
@@ -162,17 +184,30 @@ class HopCommitter:
                     "body": target.body if stream is not None else "",
                 }
             )
+        reserve, fields = 0, []
+        entry = delivery.handle if stream is not None else ""
         if stream is not None:
-            keys.append(stream.stream)
+            keys += [stream.stream, stream.delayed]
+            if stream.reserving:
+                for index, target in enumerate(hop.targets, 1):
+                    if target.arrival is not None:
+                        reserve, read = index, target.arrival
+                        keys += [key(k) for k in read.keys]
+                        fields = list(dict.fromkeys(read.context_keys or ()))
+                        break
         meta = {
             "ttl": max(1, int(hop.ttl * 1000)),
             "record": hop.result_record,
             "member": hop.member,
             "token": uuid.uuid4().hex,
             "stream": stream is not None,
-            "entry": delivery.handle if stream is not None else "",
+            "entry": entry,
+            "reserved": stream is not None and stream.is_reserved(delivery),
             "group": GROUP,
             "nset": len(sets),
+            "reserve": reserve,
+            "lease": stream.lease_ms if stream is not None else 0,
+            "fields": fields,
             "targets": targets,
         }
         args: list[Any] = [orjson.dumps(meta)]
@@ -181,7 +216,7 @@ class HopCommitter:
         args += deletes
         async with translated():
             reply = await self._batcher.script(self._script, keys, args)
-        outcome, *fired = (m.decode() if isinstance(m, bytes) else str(m) for m in reply)
+        outcome, fired, reserved = text(reply[0]), [text(m) for m in reply[1]], reply[2]
         if outcome == "slow":
             return HopCommit("slow")
         if self._enqueue is not None:
@@ -189,9 +224,12 @@ class HopCommitter:
             for member in fired:
                 await self._enqueue(bodies[member])
         if outcome == "committed":
+            nxt = None
             if stream is not None:
                 stream.settled(delivery)
-            return HopCommit("committed", fired)
+                if reserved:
+                    nxt = stream.reserved(text(reserved[0]), arrival(reserved[1:], fields))
+            return HopCommit("committed", fired, nxt)
         if outcome == "quiescent":
             return HopCommit("quiescent", fired)
         return HopCommit("applied", fired)

@@ -4,7 +4,10 @@ Layout (``<queue>`` is ``RedisSettings.queue_name``):
 
 * ``<queue>:jobs`` — the stream; each entry has one field, ``body``, the job's JSON text.
   Consumer group ``flowcraft``; a worker process is one consumer.
-* ``<queue>:delayed`` — sorted set of jobs not yet due, scored by due time (server clock, ms).
+* ``<queue>:delayed`` — sorted set of jobs not yet due, scored by due time (server clock, ms),
+  each member ``<32 hex>|<body>``. A successor the hop step reserved for the worker that ran its
+  predecessor waits here too, due when its lease runs out: the worker renews it while handling
+  it and removes it when done, so only a dead worker's reservation ever comes due.
 * ``<queue>:dead`` — the dead-letter stream: ``body``, ``reason``, ``at``.
 
 A delivered entry stays in the group's pending list until acked (XACK + XDEL, so the stream
@@ -23,9 +26,11 @@ import uuid
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
 from redis.exceptions import ResponseError
 
 from flowcraft.distributed import Delivery
+from flowcraft.distributed._protocols import Arrival
 from flowcraft_redis._errors import text, translated
 from flowcraft_redis._settings import RedisSettings
 
@@ -34,11 +39,12 @@ __all__ = ["StreamsQueue"]
 GROUP = "flowcraft"
 _CLAIM_BATCH = 100
 
-# Due times come from the server clock so that workers on several hosts agree.
+# Due times come from the server clock so that workers on several hosts agree. ARGV[3]: NX
+# (a new job) or XX (renewing a reservation, which must not come back once removed).
 _DELAY = """
 local now = redis.call('TIME')
 local due = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) + tonumber(ARGV[1])
-redis.call('ZADD', KEYS[1], due, ARGV[2])
+redis.call('ZADD', KEYS[1], ARGV[3], due, ARGV[2])
 """
 
 _PROMOTE = """
@@ -89,6 +95,7 @@ class StreamsQueue:
         self._next_claim = 0.0
         self._claim_cursor = "0-0"
         self._held: set[str] = set()
+        self._reserved: set[str] = set()
         self._stopped = False
         self._abandoned = False
 
@@ -99,7 +106,7 @@ class StreamsQueue:
         async with translated():
             if delay > 0:
                 entry = f"{uuid.uuid4().hex}|{body}"
-                await self._delay(keys=[self.delayed], args=[int(delay * 1000), entry])
+                await self._delay(keys=[self.delayed], args=[int(delay * 1000), entry, "NX"])
             else:
                 await self._redis.xadd(self.stream, {"body": body})
 
@@ -182,6 +189,28 @@ class StreamsQueue:
             out.append(Delivery(body=_body(fields), handle=entry, delivery_count=count))
         return out
 
+    # ----------------------------------------------------------------- reservations
+
+    @property
+    def reserving(self) -> bool:
+        """Whether hop steps may reserve successors for this consumer (not once stopping)."""
+        return not self._stopped
+
+    @property
+    def lease_ms(self) -> int:
+        """How long a delivery, or a reservation, is this consumer's without renewal."""
+        return self._lease_ms
+
+    def reserved(self, entry: str, arrival: Arrival) -> Delivery:
+        """The delivery of a successor a hop step reserved as delayed-set ``entry``."""
+        self._held.add(entry)
+        self._reserved.add(entry)
+        return Delivery(body=entry[33:], handle=entry, arrival=arrival)
+
+    def is_reserved(self, delivery: Delivery) -> bool:
+        """Whether ``delivery`` is a reservation (settled in the delayed set, not the stream)."""
+        return delivery.handle in self._reserved
+
     # ----------------------------------------------------------------- settling
 
     def owns(self, delivery: Delivery) -> bool:
@@ -191,14 +220,21 @@ class StreamsQueue:
     def settled(self, delivery: Delivery) -> None:
         """Forget an entry acked elsewhere (by the atomic hop step)."""
         self._held.discard(delivery.handle)
+        self._reserved.discard(delivery.handle)
+
+    def _remove(self, pipe: Pipeline, delivery: Delivery) -> None:
+        if self.is_reserved(delivery):
+            pipe.zrem(self.delayed, delivery.handle)
+        else:
+            pipe.xack(self.stream, GROUP, delivery.handle)
+            pipe.xdel(self.stream, delivery.handle)
 
     async def ack(self, delivery: Delivery) -> None:
         """Remove a handled entry."""
         if not self.owns(delivery):
             return
         async with translated(), self._redis.pipeline(transaction=True) as pipe:
-            pipe.xack(self.stream, GROUP, delivery.handle)
-            pipe.xdel(self.stream, delivery.handle)
+            self._remove(pipe, delivery)
             await pipe.execute()
         self.settled(delivery)
 
@@ -212,8 +248,7 @@ class StreamsQueue:
                 approximate=True,
             )
             if self.owns(delivery):
-                pipe.xack(self.stream, GROUP, delivery.handle)
-                pipe.xdel(self.stream, delivery.handle)
+                self._remove(pipe, delivery)
             await pipe.execute()
         self.settled(delivery)
 
@@ -223,8 +258,7 @@ class StreamsQueue:
             return
         async with translated(), self._redis.pipeline(transaction=True) as pipe:
             pipe.xadd(self.stream, {"body": delivery.body})
-            pipe.xack(self.stream, GROUP, delivery.handle)
-            pipe.xdel(self.stream, delivery.handle)
+            self._remove(pipe, delivery)
             await pipe.execute()
         self.settled(delivery)
 
@@ -233,6 +267,11 @@ class StreamsQueue:
         if not self.owns(delivery):
             return
         async with translated():
+            if self.is_reserved(delivery):
+                await self._delay(
+                    keys=[self.delayed], args=[int(seconds * 1000), delivery.handle, "XX"]
+                )
+                return
             await self._redis.xclaim(
                 self.stream, GROUP, self.consumer, 0, [delivery.handle], justid=True
             )

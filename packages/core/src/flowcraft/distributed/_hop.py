@@ -9,6 +9,12 @@ and hands it to ``BaseDistributedAdapter._commit_hop``.
 Only hops whose routing needs no graph walk are planned: every routing edge is taken, no target
 is a loop controller, the node has no fallback, and the run has no spliced dynamic nodes. The
 rest (skips and dead paths, loops, fallbacks, batches, resumes) take the generic path.
+
+A worker that will have a free slot once the hop is done may also ask the backend to reserve
+one successor for it (``HopTarget.arrival``): the backend then leases that job to the worker
+instead of queueing it, reads what the job reads on arrival in the same step, and hands it back
+as ``HopCommit.next``. A chain then costs one round trip per hop. The lease keeps it safe: a
+worker that dies holding the job loses it to the queue when the lease runs out.
 """
 
 from __future__ import annotations
@@ -17,9 +23,25 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from flowcraft.distributed._protocols import Delivery
 from flowcraft.node import PatchOperation
 
-__all__ = ["Hop", "HopCommit", "HopTarget"]
+__all__ = ["ArrivalRead", "Hop", "HopCommit", "HopTarget"]
+
+
+@dataclass(frozen=True, slots=True)
+class ArrivalRead:
+    """What a job reads when it arrives (the arguments of ``_read_job``).
+
+    Attributes:
+        keys: Coordination strings: the run's final status, its version, the job's result.
+        set_keys: Coordination sets: the run's splices, the job's taken-edge marks.
+        context_keys: Context fields its input can need; None for the whole context.
+    """
+
+    keys: Sequence[str]
+    set_keys: Sequence[str]
+    context_keys: Sequence[str] | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +56,8 @@ class HopTarget:
         preds: Every predecessor that must have resolved before it fires; empty for an
             ``any`` join, which fires on its first taken edge.
         body: The successor's job JSON.
+        arrival: Set on at most one target: the job this worker takes next if the backend
+            can reserve it (and what that job reads on arrival); the rest are queued.
     """
 
     member: str
@@ -44,6 +68,7 @@ class HopTarget:
     mark: str
     preds: Sequence[str]
     body: str
+    arrival: ArrivalRead | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,8 +107,10 @@ class HopCommit:
         outcome: ``committed`` (applied and acked), ``applied`` (applied; the adapter acks the
             job as usual), ``quiescent`` (applied, not acked: the run may be over) or ``slow``
             (nothing applied: take the generic path).
-        fired: Members of the targets whose jobs this step enqueued.
+        fired: Members of the targets whose jobs this step enqueued (or reserved).
+        next: The reserved successor, delivered to this worker with its arrival read.
     """
 
     outcome: Literal["committed", "applied", "quiescent", "slow"]
     fired: Sequence[str] = field(default_factory=tuple)
+    next: Delivery | None = None

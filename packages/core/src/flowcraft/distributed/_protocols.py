@@ -16,7 +16,10 @@ import orjson
 from flowcraft.errors import SerializationError
 from flowcraft.node import PatchOperation
 
-__all__ = ["ContextStore", "CoordinationStore", "Delivery", "JobPayload"]
+__all__ = ["Arrival", "ContextStore", "CoordinationStore", "Delivery", "JobPayload"]
+
+Arrival = tuple[list[str | None], list[set[str]], dict[str, Any]]
+"""A job's arrival read: its coordination strings, its coordination sets, its context fields."""
 
 
 @runtime_checkable
@@ -174,9 +177,15 @@ class Delivery:
         handle: The backend's receipt (message id, delivery tag, lock token).
         delivery_count: How many times it was delivered, from 1.
         settled: Whether the backend already acked it inside an atomic hop step.
+        arrival: What the job reads on arrival, when the backend read it already (a job it
+            reserved for this worker in the previous job's atomic hop step).
+        next: A successor the backend reserved for this worker while settling this job:
+            the worker handles it next, in the same slot, instead of fetching it.
     """
 
     body: str
     handle: Any
     delivery_count: int = 1
     settled: bool = False
+    arrival: Arrival | None = None
+    next: Delivery | None = None

@@ -14,7 +14,7 @@ import contextlib
 import logging
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +30,7 @@ from flowcraft.distributed._execute import (
     log_failure,
     prefetch_keys,
 )
-from flowcraft.distributed._hop import Hop, HopCommit, HopTarget
+from flowcraft.distributed._hop import ArrivalRead, Hop, HopCommit, HopTarget
 from flowcraft.distributed._keys import AWAITING, DYNAMIC, PROGRESS, TRACE, Keys
 from flowcraft.distributed._orchestration import (
     RESUME,
@@ -426,11 +426,12 @@ class BaseDistributedAdapter(Orchestration, ABC):
 
     # ----------------------------------------------------------------- handling one job
 
-    async def handle(self, delivery: Delivery) -> None:
+    async def handle(self, delivery: Delivery, *, follow: bool = False) -> None:
         """Handle one delivery: run or re-route its node, then ack or dead-letter it.
 
         A backend error (the stores or queue failing) propagates without acking, so the queue
-        redelivers the job after its lease.
+        redelivers the job after its lease. With ``follow`` (the caller will handle
+        ``delivery.next`` right after), the backend may reserve a successor for this worker.
         """
         started = time.monotonic()
         try:
@@ -441,7 +442,7 @@ class BaseDistributedAdapter(Orchestration, ABC):
         handled = asyncio.Event()
         heartbeat = asyncio.create_task(self._heartbeat(delivery, handled), name="lease heartbeat")
         try:
-            await self._handle(delivery, payload)
+            await self._handle(delivery, payload, follow)
         except JobRejected as exc:
             await self._reject(delivery, payload.run_id, exc.message)
             return
@@ -479,7 +480,7 @@ class BaseDistributedAdapter(Orchestration, ABC):
         if bus is not None and bus.wants("job:failed"):
             bus.emit("job:failed", {"runId": run_id, "error": reason})
 
-    async def _handle(self, delivery: Delivery, payload: JobPayload) -> None:
+    async def _handle(self, delivery: Delivery, payload: JobPayload, follow: bool) -> None:
         run_id, node_id, iteration = payload.run_id, payload.node_id, payload.iteration
         # A malformed job is dead-lettered with its reason even when its run has finished.
         blueprint = self.blueprints.get(payload.blueprint_id)
@@ -503,15 +504,15 @@ class BaseDistributedAdapter(Orchestration, ABC):
             result_key = self.keys.result(run_id, node_id, iteration)
         # Everything the job needs to know about its run and its input, in one read: the
         # input keys come from the static graph, so they are used only if nothing was spliced.
-        static = graph_of_blueprint(blueprint).nodes.get(node_id)
-        context_keys = prefetch_keys(static) if static is not None and not role else None
-        (final, meta, stored), (emitters, taken), data = await self._read_job(
-            run_id,
-            [self.keys.final(run_id), self.keys.meta(run_id), result_key],
-            [self.keys.dynamic(run_id), self.keys.taken(run_id, node_id, iteration)],
-            context_keys,
-        )
+        read = self._arrival_read(blueprint, run_id, node_id, iteration, result_key, role)
+        arrival = delivery.arrival
+        if arrival is None:
+            arrival = await self._read_job(
+                run_id, list(read.keys), list(read.set_keys), _listed(read.context_keys)
+            )
+        (final, meta, stored), (emitters, taken), data = arrival
         graph = await self.graph_of(run_id, blueprint, emitters)
+        context_keys = read.context_keys
         read_keys = None if context_keys is None or emitters else frozenset(context_keys)
         spec = graph.nodes.get(node_id)
         if spec is None:
@@ -533,6 +534,7 @@ class BaseDistributedAdapter(Orchestration, ABC):
             result_key=result_key,
             stored=stored,
             prefetch=Prefetch(taken, read_keys, data),
+            follow=follow,
         )
         try:
             # Cached per graph and evaluator: a blueprint a worker's evaluator rejects fails the
@@ -551,6 +553,22 @@ class BaseDistributedAdapter(Orchestration, ABC):
                 )
             _log.error("run %s failed at node %s: %s", run_id, node_id, error)
             await self.publish_final(run_id, "failed", [error])
+
+    def _arrival_read(
+        self,
+        blueprint: Blueprint,
+        run_id: str,
+        node_id: str,
+        iteration: int,
+        result_key: str,
+        role: str,
+    ) -> ArrivalRead:
+        static = graph_of_blueprint(blueprint).nodes.get(node_id)
+        return ArrivalRead(
+            keys=(self.keys.final(run_id), self.keys.meta(run_id), result_key),
+            set_keys=(self.keys.dynamic(run_id), self.keys.taken(run_id, node_id, iteration)),
+            context_keys=prefetch_keys(static) if static is not None and not role else None,
+        )
 
     async def _run_job(self, job: _Job) -> None:
         payload, graph, spec, role = job.payload, job.graph, job.spec, job.role
@@ -596,12 +614,13 @@ class BaseDistributedAdapter(Orchestration, ABC):
         if type(self)._commit_hop is BaseDistributedAdapter._commit_hop:
             return False
         payload, delivery = job.payload, job.delivery
-        hop = await self._plan_hop(payload, job.graph, job.spec, outcome, record)
+        hop = await self._plan_hop(job, outcome, record)
         if hop is None:
             return False
         commit = await self._commit_hop(delivery, hop)
         if commit is None or commit.outcome == "slow":
             return False
+        delivery.next = commit.next
         bus = self.event_bus
         if bus is not None and bus.wants("job:enqueued"):
             fired = set(commit.fired)
@@ -614,14 +633,8 @@ class BaseDistributedAdapter(Orchestration, ABC):
             delivery.settled = True
         return True
 
-    async def _plan_hop(
-        self,
-        payload: JobPayload,
-        graph: Graph,
-        spec: NodeSpec,
-        outcome: Outcome,
-        record: str,
-    ) -> Hop | None:
+    async def _plan_hop(self, job: _Job, outcome: Outcome, record: str) -> Hop | None:
+        payload, graph, spec = job.payload, job.graph, job.spec
         result = outcome.result
         if spec.is_loop or spec.fallback is not None or graph.dynamic or result.dynamic_nodes:
             return None
@@ -643,7 +656,13 @@ class BaseDistributedAdapter(Orchestration, ABC):
                 return None
             target_iter = self.target_iteration(graph, node_id, edge.target, iteration)
             position = graph.out_edges[node_id].index(index)
-            job = self.successor_payload(payload, edge.target, target_iter)
+            successor = self.successor_payload(payload, edge.target, target_iter)
+            arrival = None
+            if job.follow and not targets:
+                result_key = self.keys.result(run_id, edge.target, target_iter)
+                arrival = self._arrival_read(
+                    job.blueprint, run_id, edge.target, target_iter, result_key, ""
+                )
             targets.append(
                 HopTarget(
                     member=job_id(edge.target, target_iter),
@@ -653,7 +672,8 @@ class BaseDistributedAdapter(Orchestration, ABC):
                     source=node_id,
                     mark=f"{node_id}|{position}",
                     preds=() if target.join_any else tuple(target.preds),
-                    body=job.to_json(),
+                    body=successor.to_json(),
+                    arrival=arrival,
                 )
             )
         return Hop(
@@ -815,6 +835,12 @@ class _Job:
     result_key: str
     stored: str | None
     prefetch: Prefetch
+    follow: bool
+    """Whether the worker takes a successor the backend reserves for it (``Delivery.next``)."""
+
+
+def _listed(keys: Sequence[str] | None) -> list[str] | None:
+    return None if keys is None else list(keys)
 
 
 def _run_id_of(body: str) -> str | None:

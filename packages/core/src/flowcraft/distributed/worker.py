@@ -16,6 +16,9 @@ __all__ = ["Worker"]
 _log = logging.getLogger("flowcraft.worker")
 _BACKOFF_MAX = 5.0
 """Longest pause, in seconds, between attempts to reach a backend that is down."""
+_FOLLOW_MAX = 100
+"""Most successors one slot takes in a row before it queues the next one for everyone: the
+other runs waiting in the queue get the slot back now and then."""
 
 
 def _cancel_pending() -> bool:
@@ -129,10 +132,28 @@ class Worker:
         self._slots.release()
 
     async def _handle(self, delivery: Delivery) -> None:
+        task = asyncio.current_task()
+        current: Delivery | None = delivery
+        followed = 0
+        while current is not None:
+            follow = followed < _FOLLOW_MAX and not self._stopping
+            await self._handle_one(current, follow)
+            current = current.next
+            if current is None:
+                return
+            if self._stopping:
+                # A successor reserved just before stop() is handed back like an unfinished job.
+                await self.adapter._release(current)
+                return
+            if task is not None:
+                self._jobs[task] = current
+            followed += 1
+
+    async def _handle_one(self, delivery: Delivery, follow: bool) -> None:
         pause = self.receive_wait
         while True:
             try:
-                await self.adapter.handle(delivery)
+                await self.adapter.handle(delivery, follow=follow)
                 return
             except Exception as exc:
                 if _cancel_pending():
