@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -16,6 +17,13 @@ __all__ = ["DEFAULT_URL", "RedisSettings"]
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 _BACKOFF_BASE = 0.05
 _BACKOFF_CAP = 2.0
+_CONNECT_TIMEOUT = 5.0
+# Linux names; elsewhere the system's keepalive defaults apply.
+_KEEPALIVE = {
+    getattr(socket, name): value
+    for name, value in (("TCP_KEEPIDLE", 5), ("TCP_KEEPINTVL", 2), ("TCP_KEEPCNT", 3))
+    if hasattr(socket, name)
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +46,12 @@ class RedisSettings:
         retries: How often a command that lost its connection (or met a server still loading
             its data after a restart) is retried, reconnecting with jittered exponential
             back-off from 50 ms up to 2 s between tries: 10 rides out about 10 s.
+        socket_timeout: Seconds a command may wait for its reply before its connection is
+            dropped and the command retried; 0 (the default) sets none. Without it, a peer
+            that vanished without closing the connection is found by TCP keepalive instead
+            (probes after 5 s idle, every 2 s, 3 lost: about 11 s). redis-py pays for a
+            per-command timeout with a task and a timer on every command, about a third of
+            the client's CPU per round trip here (see ``benchmarks/RESULTS.md``).
     """
 
     url: str = DEFAULT_URL
@@ -48,6 +62,7 @@ class RedisSettings:
     state_ttl_seconds: int = 86_400
     lease_seconds: float = 30.0
     retries: int = 10
+    socket_timeout: float = 0.0
 
     @classmethod
     def from_env(cls, **overrides: Any) -> RedisSettings:
@@ -73,6 +88,10 @@ class RedisSettings:
             decode_responses=False,
             retry=self.retry(),
             retry_on_error=[ConnectionError, TimeoutError],
+            socket_timeout=self.socket_timeout or None,
+            socket_connect_timeout=_CONNECT_TIMEOUT,
+            socket_keepalive=True,
+            socket_keepalive_options=_KEEPALIVE,
         )
 
     def retry(self) -> Retry:

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -30,7 +29,7 @@ from flowcraft.runtime._routing import input_from_edges
 if TYPE_CHECKING:
     from flowcraft.distributed.adapter import BaseDistributedAdapter
 
-__all__ = ["Outcome", "Prefetch", "execute_node", "failure_error", "log_failure", "prefetch_keys"]
+__all__ = ["Every", "Outcome", "Prefetch", "execute_node", "failure_error", "prefetch_keys"]
 
 _log = logging.getLogger("flowcraft.distributed")
 INPUTS = "_inputs."
@@ -112,7 +111,14 @@ def prefetch_keys(spec: NodeSpec) -> list[str] | None:
     """Every context key the node's input can need, from the static graph.
 
     None when its input may need the whole context (a transform, a built-in reading any key).
+    Cached on the spec: the caller must not change the list.
     """
+    if spec.prefetch is None:
+        spec.prefetch = (_prefetch_keys(spec),)
+    return spec.prefetch[0]
+
+
+def _prefetch_keys(spec: NodeSpec) -> list[str] | None:
     if spec.definition.uses in _NEEDS_ALL or spec.has_in_transform:
         return None
     if spec.definition.inputs is not None:
@@ -160,25 +166,42 @@ async def _input(
     return value, data, [{"op": "set", "key": INPUTS + node_id, "value": value}], taken
 
 
-async def _watch(
-    adapter: BaseDistributedAdapter, run_id: str, signal: asyncio.Event, done: asyncio.Event
-) -> None:
-    final = adapter.keys.final(run_id)
-    # Ended by ``done`` rather than by cancellation: a store driver that swallowed a
-    # cancellation would otherwise keep this loop, and the job awaiting it, alive forever.
-    while not signal.is_set():
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(done.wait(), adapter.cancel_poll)
-            return
-        if await adapter.coordination.get(final) is not None:
-            signal.set()
+class Every:
+    """Runs ``action`` every ``interval`` seconds while a job runs (its lease renewal, its
+    check for a cancelled run), until :meth:`stop`.
 
+    A timer rather than a task per job: most jobs end before the first tick, and a stopped
+    timer needs no cancellation (which a store driver could swallow, keeping a task alive).
+    The next tick is armed when the action ends, so slow actions never pile up; a failing one
+    is logged and the job it serves is unaffected.
+    """
 
-def log_failure(task: asyncio.Task[None]) -> None:
-    """Done-callback of a job's helper task (watcher, heartbeat): its failure is logged; the
-    job it served is unaffected."""
-    if not task.cancelled() and task.exception() is not None:
-        _log.warning("%s failed", task.get_name(), exc_info=task.exception())
+    __slots__ = ("_action", "_interval", "_loop", "_name", "_stopped", "_timer")
+
+    def __init__(
+        self, interval: float, action: Callable[[], Coroutine[Any, Any, None]], name: str
+    ) -> None:
+        self._action = action
+        self._interval = interval
+        self._name = name
+        self._loop = asyncio.get_running_loop()
+        self._stopped = False
+        self._timer = self._loop.call_later(interval, self._tick)
+
+    def _tick(self) -> None:
+        task = self._loop.create_task(self._action(), name=self._name)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            _log.warning("%s failed", task.get_name(), exc_info=task.exception())
+        if not self._stopped:
+            self._timer = self._loop.call_later(self._interval, self._tick)
+
+    def stop(self) -> None:
+        """No further ticks (one under way finishes on its own)."""
+        self._stopped = True
+        self._timer.cancel()
 
 
 def failure_error(payload: JobPayload, exc: BaseException) -> FlowcraftError:
@@ -266,10 +289,13 @@ async def execute_node(
         predecessors,
         None if taken is None else [source for source, _ in taken],
     )
-    done = asyncio.Event()
-    watcher = asyncio.create_task(
-        _watch(adapter, payload.run_id, signal, done), name="cancellation watcher"
-    )
+    final = adapter.keys.final(payload.run_id)
+
+    async def watch() -> None:
+        if not signal.is_set() and await adapter.coordination.get(final) is not None:
+            signal.set()
+
+    watcher = Every(adapter.cancel_poll, watch, "cancellation watcher")
     try:
         with running_job(job):
             result = await _invoke(adapter, ctx, spec, payload)
@@ -279,8 +305,7 @@ async def execute_node(
         await _failed(adapter, payload, spec, _as_error(payload, exc), role)
         return None
     finally:
-        done.set()
-        watcher.add_done_callback(log_failure)
+        watcher.stop()
     if run.child is not None and run.paused is not None:
         await start_child(adapter, payload, run.paused, *run.child)
         return None

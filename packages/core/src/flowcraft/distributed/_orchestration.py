@@ -314,7 +314,9 @@ class Orchestration:
             await self._quiescent(run_id)
 
     async def _quiescent(self, run_id: str) -> None:
-        parked = await self.coordination.members(self.keys.parked(run_id))
+        _, (parked, pending) = await self.coordination.read(
+            [], [self.keys.parked(run_id), self.keys.pending(run_id)]
+        )
         if parked:
             from flowcraft.distributed._subflow import waits_for_human, wake_parent
 
@@ -331,12 +333,10 @@ class Orchestration:
                 await self._after_run(run_id, "awaiting", [])
                 await wake_parent(self, run_id)
             return
-        for member in await self.coordination.members(self.keys.pending(run_id)):
-            target, iteration, _ = parse_job_id(member)
-            if await self.coordination.get(self.keys.fire(run_id, target, iteration)) is None:
-                await self.publish_final(run_id, "stalled")
-                return
-        await self.publish_final(run_id, "completed")
+        fences, _ = await self.coordination.read(
+            [self.keys.fire(run_id, *parse_job_id(member)[:2]) for member in pending], []
+        )
+        await self.publish_final(run_id, "stalled" if None in fences else "completed")
 
     async def publish_final(
         self, run_id: str, status: WorkflowStatus, errors: list[FlowcraftError] | None = None

@@ -157,12 +157,13 @@ async def end_links(orch: Orchestration, run_id: str) -> None:
     """After ``run_id``'s final result: cancel its running children, then resume the parent's
     node that waits for it (that node's job reads the result from the child)."""
     store, keys = orch.coordination, orch.keys
-    for member in await store.members(keys.parked(run_id)):
+    (raw_link,), (parked,) = await store.read([keys.parent(run_id)], [keys.parked(run_id)])
+    for member in parked:
         node_id, iteration, _ = parse_job_id(member)
         child_id = child_run_id(run_id, node_id, iteration)
         if await store.get(keys.parent(child_id)) is not None:
             await orch.publish_final(child_id, "cancelled")
-    link = await _parent(orch, run_id)
+    link = _link(raw_link)
     if link is None or await store.get(keys.final(link[0])) is not None:
         return
     parent, node_id, iteration = link
@@ -212,7 +213,10 @@ async def wake_parent(orch: Orchestration, run_id: str) -> None:
 
 
 async def _parent(orch: Orchestration, run_id: str) -> tuple[str, str, int] | None:
-    raw = await orch.coordination.get(orch.keys.parent(run_id))
+    return _link(await orch.coordination.get(orch.keys.parent(run_id)))
+
+
+def _link(raw: str | None) -> tuple[str, str, int] | None:
     if raw is None:
         return None
     parent, node_id, iteration = orjson.loads(raw)

@@ -9,8 +9,6 @@ checks, cancellation and the one final result — lives here and in ``_orchestra
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from abc import ABC, abstractmethod
@@ -23,11 +21,11 @@ import orjson
 from flowcraft.blueprint import Blueprint, EdgeDefinition
 from flowcraft.context import OUTPUTS
 from flowcraft.distributed._execute import (
+    Every,
     Outcome,
     Prefetch,
     execute_node,
     failure_error,
-    log_failure,
     prefetch_keys,
 )
 from flowcraft.distributed._hop import ArrivalRead, Hop, HopCommit, HopTarget
@@ -439,18 +437,18 @@ class BaseDistributedAdapter(Orchestration, ABC):
         except SerializationError as exc:
             await self._reject(delivery, _run_id_of(delivery.body), str(exc))
             return
-        handled = asyncio.Event()
-        heartbeat = asyncio.create_task(self._heartbeat(delivery, handled), name="lease heartbeat")
+
+        async def renew() -> None:
+            await self._extend_lease(delivery, self.lease)
+
+        heartbeat = Every(self.lease / 3, renew, "lease heartbeat")
         try:
             await self._handle(delivery, payload, follow)
         except JobRejected as exc:
             await self._reject(delivery, payload.run_id, exc.message)
             return
         finally:
-            # Ended by the event, not by cancellation (which a driver could swallow), and
-            # not awaited (which under a cancellation of this job could hang or swallow it).
-            handled.set()
-            heartbeat.add_done_callback(log_failure)
+            heartbeat.stop()
         if not delivery.settled:
             await self._ack(delivery)
         bus = self.event_bus
@@ -459,16 +457,6 @@ class BaseDistributedAdapter(Orchestration, ABC):
                 "job:processed",
                 {**payload.to_dict(), "duration": time.monotonic() - started, "success": True},
             )
-
-    async def _heartbeat(self, delivery: Delivery, handled: asyncio.Event) -> None:
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(handled.wait(), self.lease / 3)
-                return
-            try:
-                await self._extend_lease(delivery, self.lease)
-            except Exception:
-                _log.warning("could not extend the lease of a job", exc_info=True)
 
     async def _reject(self, delivery: Delivery, run_id: str | None, reason: str) -> None:
         _log.error("rejecting job: %s", reason)

@@ -53,6 +53,8 @@ class NodeSpec:
     has_in_transform: bool = False
     prepared: tuple[Any, Any, Any] | None = None
     """(implementation, invoker, attempts) cached by the in-memory engine."""
+    prefetch: tuple[list[str] | None] | None = None
+    """(the context keys its input can need,) cached by distributed workers (static graph)."""
 
 
 @dataclass(slots=True)
