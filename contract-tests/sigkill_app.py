@@ -19,7 +19,10 @@ __all__ = ["app", "flow"]
 def a(ctx: NodeContext) -> str:
     marker = Path(os.environ["FLOWCRAFT_TEST_MARKER"])
     if not marker.exists():
-        marker.write_text(str(os.getpid()))
+        # Written whole, then renamed: the test reads the pid as soon as the file exists.
+        partial = marker.with_suffix(".partial")
+        partial.write_text(str(os.getpid()))
+        partial.rename(marker)
         time.sleep(120)
     return "a done"
 

@@ -1,51 +1,58 @@
-"""Coalescing the commands of concurrent jobs into one pipeline per event-loop tick.
+"""Coalescing the commands of concurrent jobs into one batch per event-loop tick.
 
 A worker's jobs arrive in batches (one XREADGROUP) and move in step: they read their run state
-in the same tick, and most commit their hop in the same tick. Each redis-py round trip costs a
-fixed ~0.1-0.3 ms of client CPU whatever it carries, so sending a tick's commands as one
-pipeline is what lets a worker process approach Redis' own speed.
+in the same tick, and most commit their hop in the same tick. Each round trip costs a fixed
+share of client CPU whatever it carries, so sending a tick's commands together is what lets a
+worker process approach Redis' own speed. The batches go out on a :class:`~._wire.Wire` (one
+pipelined connection, no redis-py machinery per round trip) where the client's connections are
+plain TCP or a Unix socket, else as a redis-py pipeline.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.asyncio.client import Pipeline
+from redis.asyncio.retry import Retry
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
-__all__ = ["Batcher"]
+from flowcraft_redis._wire import wire_for
 
-Queue = Callable[[Pipeline], int]
-"""Adds a caller's commands to the pipeline; how many it added."""
+__all__ = ["Batcher", "Command"]
+
+Command = tuple[Any, ...]
+"""One command's name and arguments."""
 
 
 class Batcher:
-    """Runs the commands queued in one event-loop tick as one non-transactional pipeline.
+    """Runs the commands queued in one event-loop tick as one batch.
 
     Commands of different callers are not atomic together (each caller's script or command is
-    atomic on its own), and a failing command fails only its caller.
+    atomic on its own), and a failing command fails only its caller. A batch whose connection
+    drops is sent again on a new one, as ``retry`` says: only commands that are safe to repeat
+    (reads, and scripts that recognise their own earlier run) may be queued here.
     """
 
-    def __init__(self, client: aioredis.Redis) -> None:
+    def __init__(self, client: aioredis.Redis, retry: Retry) -> None:
         self._client = client
-        self._pending: list[tuple[Queue, asyncio.Future[list[Any]]]] = []
+        pool = client.connection_pool
+        self._wire = wire_for(pool.connection_class, pool.connection_kwargs)
+        self._retry = retry
+        self._pending: list[tuple[list[Command], asyncio.Future[list[Any]]]] = []
         self._flushing: set[asyncio.Task[None]] = set()
         self._loaded: set[str] = set()
 
-    async def run(self, queue: Queue) -> list[Any]:
-        """The replies to the commands ``queue`` adds, sent with this tick's others.
+    async def run(self, commands: list[Command]) -> list[Any]:
+        """The replies to ``commands``, sent with this tick's others.
 
         Raises:
-            redis.exceptions.RedisError: One of the caller's commands failed, or the round
-                trip did.
+            redis.exceptions.RedisError: One of the commands failed, or the round trip did.
         """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[list[Any]] = loop.create_future()
-        self._pending.append((queue, future))
+        self._pending.append((commands, future))
         if len(self._pending) == 1:
             loop.call_soon(self._start)
         replies = await future
@@ -55,24 +62,25 @@ class Batcher:
         return replies
 
     async def script(self, script: AsyncScript, keys: list[Any], args: list[Any]) -> Any:
-        """Run a registered Lua script (EVALSHA) in this tick's pipeline; its reply.
+        """Run a registered Lua script (EVALSHA) in this tick's batch; its reply.
 
         The script is loaded once per client, and again if the server lost it (a restart or
         SCRIPT FLUSH).
         """
-
-        def queue(pipe: Pipeline) -> int:
-            pipe.evalsha(script.sha, len(keys), *keys, *args)
-            return 1
-
+        command = ("EVALSHA", script.sha, len(keys), *keys, *args)
         if script.sha not in self._loaded:
             await self._client.script_load(script.script)
             self._loaded.add(script.sha)
         try:
-            return (await self.run(queue))[0]
+            return (await self.run([command]))[0]
         except NoScriptError:
             await self._client.script_load(script.script)
-            return (await self.run(queue))[0]
+            return (await self.run([command]))[0]
+
+    def close(self) -> None:
+        """Close the batch connection (batches in flight fail)."""
+        if self._wire is not None:
+            self._wire.close()
 
     def _start(self) -> None:
         batch, self._pending = self._pending, []
@@ -80,12 +88,10 @@ class Batcher:
         self._flushing.add(task)
         task.add_done_callback(self._flushing.discard)
 
-    async def _flush(self, batch: list[tuple[Queue, asyncio.Future[list[Any]]]]) -> None:
-        counts: list[int] = []
+    async def _flush(self, batch: list[tuple[list[Command], asyncio.Future[list[Any]]]]) -> None:
+        commands = [command for queued, _ in batch for command in queued]
         try:
-            async with self._client.pipeline(transaction=False) as pipe:
-                counts = [queue(pipe) for queue, _ in batch]
-                replies = await pipe.execute(raise_on_error=False)
+            replies = await self._send(commands)
         except asyncio.CancelledError:
             for _, future in batch:
                 future.cancel()
@@ -96,7 +102,24 @@ class Batcher:
                     future.set_exception(exc)
             return
         start = 0
-        for (_, future), count in zip(batch, counts, strict=True):
+        for queued, future in batch:
             if not future.done():
-                future.set_result(list(replies[start : start + count]))
-            start += count
+                future.set_result(list(replies[start : start + len(queued)]))
+            start += len(queued)
+
+    async def _send(self, commands: list[Command]) -> list[Any]:
+        wire = self._wire
+        if wire is None:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for command in commands:
+                    pipe.execute_command(*command)
+                return list(await pipe.execute(raise_on_error=False))
+
+        async def attempt() -> list[Any]:
+            return await wire.execute(commands)
+
+        async def dropped(error: Exception) -> None:
+            wire.close()
+
+        replies: list[Any] = await self._retry.call_with_retry(attempt, dropped)
+        return replies

@@ -78,7 +78,7 @@ class _RedisBase(BaseDistributedAdapter):
             **options,
         )
         self.results = ResultChannel(self.redis, self.settings)
-        self.batcher = Batcher(self.redis)
+        self.batcher = Batcher(self.redis, self.settings.retry())
         self._arrivals = ArrivalReader(self.redis, self.settings, self.batcher)
         self.queue = self._make_queue(concurrency)
 
@@ -129,6 +129,7 @@ class _RedisBase(BaseDistributedAdapter):
 
     async def close(self) -> None:
         await self.queue.close()
+        self.batcher.close()
         if self._owns_client:
             await self.redis.aclose()
 

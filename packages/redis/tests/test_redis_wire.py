@@ -1,0 +1,99 @@
+"""The batcher's pipelined connection: order, errors, reconnects, database and timeouts."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from flowcraft_redis._batch import Batcher
+from flowcraft_redis._wire import wire_for
+
+
+def batcher(client: aioredis.Redis, retries: int = 3) -> Batcher:
+    return Batcher(client, Retry(NoBackoff(), retries))
+
+
+async def test_commands_of_one_tick_share_a_batch_and_answer_their_callers(
+    redis_url: str,
+) -> None:
+    client = aioredis.Redis.from_url(redis_url)
+    batch = batcher(client)
+    try:
+        replies = await asyncio.gather(
+            *(batch.run([("ECHO", f"v{i}"), ("ECHO", f"w{i}")]) for i in range(50))
+        )
+        assert replies == [[f"v{i}".encode(), f"w{i}".encode()] for i in range(50)]
+    finally:
+        batch.close()
+        await client.aclose()
+
+
+async def test_an_error_reply_fails_only_its_caller(redis_url: str) -> None:
+    client = aioredis.Redis.from_url(redis_url)
+    batch = batcher(client)
+    key = f"wire-{uuid.uuid4().hex}"
+    try:
+        good, bad = await asyncio.gather(
+            batch.run([("SET", key, "1"), ("GET", key)]),
+            batch.run([("HGET", key, "field")]),  # a string is not a hash
+            return_exceptions=True,
+        )
+        assert good == [b"OK", b"1"]
+        assert isinstance(bad, ResponseError) and "WRONGTYPE" in str(bad)
+    finally:
+        await client.delete(key)
+        batch.close()
+        await client.aclose()
+
+
+async def test_a_killed_connection_is_reopened(redis_url: str) -> None:
+    client = aioredis.Redis.from_url(redis_url)
+    batch = batcher(client)
+    try:
+        (own_id,) = await batch.run([("CLIENT", "ID")])
+        await client.client_kill_filter(_id=own_id)
+        (again,) = await batch.run([("CLIENT", "ID")])
+        assert again != own_id
+    finally:
+        batch.close()
+        await client.aclose()
+
+
+async def test_the_database_of_the_url_is_selected(redis_url: str) -> None:
+    base = redis_url.rsplit("/", 1)[0]
+    client = aioredis.Redis.from_url(f"{base}/3")
+    batch = batcher(client)
+    key = f"wire-{uuid.uuid4().hex}"
+    try:
+        await batch.run([("SET", key, "in-3")])
+        assert await client.get(key) == b"in-3"
+    finally:
+        await client.delete(key)
+        batch.close()
+        await client.aclose()
+
+
+async def test_a_socket_timeout_bounds_a_batch(redis_url: str) -> None:
+    client = aioredis.Redis.from_url(redis_url, socket_timeout=0.2)
+    batch = batcher(client, retries=0)
+    try:
+        with pytest.raises(RedisTimeoutError):
+            await batch.run([("BLPOP", f"wire-{uuid.uuid4().hex}", "2")])
+        assert await batch.run([("ECHO", "after")]) == [b"after"]  # a fresh connection
+    finally:
+        batch.close()
+        await client.aclose()
+
+
+def test_tls_and_credential_providers_keep_redis_py() -> None:
+    tls = aioredis.Redis.from_url("rediss://127.0.0.1:6380/0").connection_pool
+    assert wire_for(tls.connection_class, tls.connection_kwargs) is None
+    plain = aioredis.Redis.from_url("redis://u:p@127.0.0.1:6380/2").connection_pool
+    assert wire_for(plain.connection_class, plain.connection_kwargs) is not None
