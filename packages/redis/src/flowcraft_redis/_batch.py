@@ -20,25 +20,37 @@ from redis.exceptions import NoScriptError
 
 from flowcraft_redis._wire import wire_for
 
-__all__ = ["Batcher", "Command"]
+__all__ = ["Batcher", "Command", "pairs"]
 
 Command = tuple[Any, ...]
 """One command's name and arguments."""
 
 
+def pairs(reply: Any) -> list[tuple[Any, Any]]:
+    """An HGETALL reply as (field, value) pairs: a flat list on the wire, a dict from redis-py."""
+    if isinstance(reply, dict):
+        return list(reply.items())
+    return list(zip(reply[::2], reply[1::2], strict=True))
+
+
 class Batcher:
     """Runs the commands queued in one event-loop tick as one batch.
 
+    With ``wire`` (where the client allows it) the batches go out on a connection of the
+    batcher's own, which :meth:`close` closes; without, through the client's pool.
+
     Commands of different callers are not atomic together (each caller's script or command is
     atomic on its own), and a failing command fails only its caller. A batch whose connection
-    drops is sent again on a new one, as ``retry`` says: only commands that are safe to repeat
-    (reads, and scripts that recognise their own earlier run) may be queued here.
+    drops is sent again on a new one, as ``retry`` says (what redis-py's retrying client does
+    with a single command). Replies are as the server sends them on the wire, and may have
+    passed redis-py's response callbacks on the fallback path (see :func:`pairs`). Never queue
+    a blocking command: it would hold up every batch behind it.
     """
 
-    def __init__(self, client: aioredis.Redis, retry: Retry) -> None:
+    def __init__(self, client: aioredis.Redis, retry: Retry, *, wire: bool = True) -> None:
         self._client = client
         pool = client.connection_pool
-        self._wire = wire_for(pool.connection_class, pool.connection_kwargs)
+        self._wire = wire_for(pool.connection_class, pool.connection_kwargs) if wire else None
         self._retry = retry
         self._pending: list[tuple[list[Command], asyncio.Future[list[Any]]]] = []
         self._flushing: set[asyncio.Task[None]] = set()
@@ -60,6 +72,18 @@ class Batcher:
             if isinstance(reply, Exception):
                 raise reply
         return replies
+
+    async def transaction(self, commands: list[Command]) -> list[Any]:
+        """The replies to ``commands`` run as one MULTI/EXEC block (in this tick's batch).
+
+        Raises:
+            redis.exceptions.RedisError: A command failed, or the round trip did.
+        """
+        replies = (await self.run([("MULTI",), *commands, ("EXEC",)]))[-1]
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return list(replies)
 
     async def script(self, script: AsyncScript, keys: list[Any], args: list[Any]) -> Any:
         """Run a registered Lua script (EVALSHA) in this tick's batch; its reply.

@@ -8,6 +8,7 @@ import orjson
 import redis.asyncio as aioredis
 
 from flowcraft.result import WorkflowResult
+from flowcraft_redis._batch import Batcher, Command
 from flowcraft_redis._errors import translated
 from flowcraft_redis._settings import RedisSettings
 
@@ -35,9 +36,10 @@ class ResultChannel:
     behind only causes one extra check of the stored result.
     """
 
-    def __init__(self, client: aioredis.Redis, settings: RedisSettings) -> None:
+    def __init__(self, client: aioredis.Redis, settings: RedisSettings, batcher: Batcher) -> None:
         self._redis = client
         self._settings = settings
+        self._batch = batcher
 
     def _wake_key(self, run_id: str) -> str:
         return f"{self._settings.status_prefix}{run_id}:wake"
@@ -46,16 +48,17 @@ class ResultChannel:
         """Store the TS status (terminal results only) and wake the waiters."""
         ttl = self._settings.state_ttl_seconds
         wake = self._wake_key(run_id)
-        async with translated(), self._redis.pipeline(transaction=True) as pipe:
-            if result is not None and result.status != "awaiting":
-                status_key = self._settings.status_key(run_id)
-                pipe.set(status_key, orjson.dumps(ts_status(result)))
-                if ttl > 0:
-                    pipe.expire(status_key, ttl)
-                    pipe.expire(self._settings.state_key(run_id), ttl)
-            pipe.rpush(wake, b"1")
-            pipe.expire(wake, max(ttl, 60))
-            await pipe.execute()
+        commands: list[Command] = []
+        if result is not None and result.status != "awaiting":
+            status_key = self._settings.status_key(run_id)
+            commands.append(("SET", status_key, orjson.dumps(ts_status(result))))
+            if ttl > 0:
+                commands.append(("EXPIRE", status_key, ttl))
+                commands.append(("EXPIRE", self._settings.state_key(run_id), ttl))
+        commands.append(("RPUSH", wake, b"1"))
+        commands.append(("EXPIRE", wake, max(ttl, 60)))
+        async with translated():
+            await self._batch.transaction(commands)
 
     async def wait(self, run_id: str, timeout: float) -> None:
         """Block until the run publishes, or ``timeout`` seconds."""

@@ -17,13 +17,15 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 
 from flowcraft.blueprint import Blueprint
 from flowcraft.distributed import BaseDistributedAdapter, Delivery
 from flowcraft.distributed._hop import Hop, HopCommit
+from flowcraft.errors import FlowcraftError
+from flowcraft.result import WorkflowStatus
 from flowcraft_redis._arrival import ArrivalReader
 from flowcraft_redis._batch import Batcher
 from flowcraft_redis._errors import translated
@@ -66,10 +68,11 @@ class _RedisBase(BaseDistributedAdapter):
         self._owns_client = client is None
         self.redis = client if client is not None else self.settings.client()
         options.setdefault("lease", self.settings.lease_seconds)
+        self.batcher = Batcher(self.redis, self.settings.retry())
         self.coordination: RedisCoordinationStore = RedisCoordinationStore(
-            self.redis, self.settings
+            self.redis, self.settings, self.batcher
         )
-        self.context: RedisContextStore = RedisContextStore(self.redis, self.settings)
+        self.context: RedisContextStore = RedisContextStore(self.redis, self.settings, self.batcher)
         super().__init__(
             coordination=self.coordination,
             context=self.context,
@@ -77,8 +80,7 @@ class _RedisBase(BaseDistributedAdapter):
             blueprints=blueprints,
             **options,
         )
-        self.results = ResultChannel(self.redis, self.settings)
-        self.batcher = Batcher(self.redis, self.settings.retry())
+        self.results = ResultChannel(self.redis, self.settings, self.batcher)
         self._arrivals = ArrivalReader(self.redis, self.settings, self.batcher)
         self.queue = self._make_queue(concurrency)
 
@@ -114,8 +116,16 @@ class _RedisBase(BaseDistributedAdapter):
         async with translated():
             return await self._arrivals.read(run_id, keys, set_keys, context_keys or [])
 
-    async def _publish_result(self, run_id: str, status: str) -> None:
-        result = await self.final_result(run_id) if status != "awaiting" else None
+    async def _publish_result(
+        self, run_id: str, status: str, errors: list[FlowcraftError] | None = None
+    ) -> None:
+        result = None
+        if status != "awaiting":
+            # Known errors spare reading back the final record just written.
+            if errors is None:
+                result = await self.final_result(run_id)
+            else:
+                result = await self._result(run_id, cast(WorkflowStatus, status), errors)
         await self.results.publish(run_id, result)
 
     async def _wait_for_publish(self, run_id: str, timeout: float) -> None:
@@ -150,6 +160,8 @@ class RedisStreamsAdapter(_RedisBase):
     arguments are :class:`_RedisBase`'s."""
 
     def _make_queue(self, concurrency: int) -> StreamsQueue:
-        queue = StreamsQueue(self.redis, self.settings, lease=self.lease, batch=concurrency)
+        queue = StreamsQueue(
+            self.redis, self.settings, lease=self.lease, batch=concurrency, batcher=self.batcher
+        )
         self._hops = HopCommitter(self.redis, self.settings, self.batcher, stream=queue)
         return queue

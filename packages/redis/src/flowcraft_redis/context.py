@@ -14,7 +14,8 @@ import redis.asyncio as aioredis
 
 from flowcraft.errors import SerializationError
 from flowcraft.node import PatchOperation
-from flowcraft_redis._errors import translated
+from flowcraft_redis._batch import Batcher, Command, pairs
+from flowcraft_redis._errors import text, translated
 from flowcraft_redis._settings import RedisSettings
 
 __all__ = ["RedisContextStore", "decode_fields", "hash_writes"]
@@ -72,57 +73,60 @@ class RedisContextStore:
     Args:
         client: A ``redis.asyncio`` client (not closed by this store).
         settings: Key layout.
+        batcher: The per-tick batch its commands join (the adapter shares its own); by
+            default, one through ``client``'s pool.
     """
 
-    def __init__(self, client: aioredis.Redis, settings: RedisSettings | None = None) -> None:
-        self._redis = client
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        settings: RedisSettings | None = None,
+        batcher: Batcher | None = None,
+    ) -> None:
         self._settings = settings or RedisSettings()
+        self._batch = batcher or Batcher(client, self._settings.retry(), wire=False)
 
     def _key(self, run_id: str) -> str:
         return self._settings.state_key(run_id)
 
-    async def get(self, run_id: str, key: str) -> Any:
+    async def _one(self, *command: Any) -> Any:
         async with translated():
-            return _decode(await self._redis.hget(self._key(run_id), key))
+            return (await self._batch.run([command]))[0]
+
+    async def get(self, run_id: str, key: str) -> Any:
+        return _decode(await self._one("HGET", self._key(run_id), key))
 
     async def set(self, run_id: str, key: str, value: Any) -> None:
-        data = _encode(key, value)
-        async with translated():
-            await self._redis.hset(self._key(run_id), key, data)
+        await self._one("HSET", self._key(run_id), key, _encode(key, value))
 
     async def has(self, run_id: str, key: str) -> bool:
-        async with translated():
-            return bool(await self._redis.hexists(self._key(run_id), key))
+        return bool(await self._one("HEXISTS", self._key(run_id), key))
 
     async def delete(self, run_id: str, key: str) -> bool:
-        async with translated():
-            return bool(await self._redis.hdel(self._key(run_id), key))
+        return bool(await self._one("HDEL", self._key(run_id), key))
 
     async def get_many(self, run_id: str, keys: Iterable[str]) -> dict[str, Any]:
         wanted = list(dict.fromkeys(keys))
         if not wanted:
             return {}
-        async with translated():
-            values = await self._redis.hmget(self._key(run_id), wanted)
-        return decode_fields(wanted, values)
+        return decode_fields(wanted, await self._one("HMGET", self._key(run_id), *wanted))
 
     async def patch(self, run_id: str, operations: Iterable[PatchOperation]) -> None:
         sets, deletes = hash_writes(operations)
         if not sets and not deletes:
             return
         name = self._key(run_id)
-        async with translated(), self._redis.pipeline(transaction=True) as pipe:
-            if sets:
-                pipe.hset(name, mapping=sets)  # type: ignore[arg-type]
-            if deletes:
-                pipe.hdel(name, *deletes)
-            await pipe.execute()
+        commands: list[Command] = []
+        if sets:
+            commands.append(("HSET", name, *(x for pair in sets.items() for x in pair)))
+        if deletes:
+            commands.append(("HDEL", name, *deletes))
+        async with translated():
+            await self._batch.transaction(commands)
 
     async def to_dict(self, run_id: str) -> dict[str, Any]:
-        async with translated():
-            raw = await self._redis.hgetall(self._key(run_id))
-        return {k.decode() if isinstance(k, bytes) else k: _decode(v) for k, v in raw.items()}
+        raw = await self._one("HGETALL", self._key(run_id))
+        return {text(k): _decode(v) for k, v in pairs(raw)}
 
     async def delete_run(self, run_id: str) -> None:
-        async with translated():
-            await self._redis.delete(self._key(run_id))
+        await self._one("DEL", self._key(run_id))

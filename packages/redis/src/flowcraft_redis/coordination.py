@@ -1,7 +1,8 @@
 """``RedisCoordinationStore``: atomic join marks, fences, counters and timers, each with a TTL.
 
-Every operation is one atomic server-side step (a MULTI block or a single command), so any
-number of workers can race on the same key.
+Every operation is one atomic server-side step (a MULTI block, a script or a single command),
+so any number of workers can race on the same key. The commands join the worker's per-tick
+batch (``_batch.py``).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from collections.abc import Sequence
 
 import redis.asyncio as aioredis
 
+from flowcraft_redis._batch import Batcher, Command
 from flowcraft_redis._errors import text, translated
 from flowcraft_redis._settings import RedisSettings
 
@@ -53,11 +55,18 @@ class RedisCoordinationStore:
     Args:
         client: A ``redis.asyncio`` client (not closed by this store).
         settings: Key layout; every key gets ``settings.coordination_prefix``.
+        batcher: The per-tick batch its commands join (the adapter shares its own); by
+            default, one through ``client``'s pool.
     """
 
-    def __init__(self, client: aioredis.Redis, settings: RedisSettings | None = None) -> None:
-        self._redis = client
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        settings: RedisSettings | None = None,
+        batcher: Batcher | None = None,
+    ) -> None:
         self._settings = settings or RedisSettings()
+        self._batch = batcher or Batcher(client, self._settings.retry(), wire=False)
         self._get = client.register_script(_GET)
         self._set_nx = client.register_script(_SET_NX)
 
@@ -66,62 +75,58 @@ class RedisCoordinationStore:
 
     async def increment(self, key: str, ttl: float) -> int:
         name = self._key(key)
-        async with translated(), self._redis.pipeline(transaction=True) as pipe:
-            pipe.incr(name)
-            pipe.pexpire(name, _ms(ttl))
-            value, _ = await pipe.execute()
+        async with translated():
+            value, _ = await self._batch.transaction([("INCR", name), ("PEXPIRE", name, _ms(ttl))])
         return int(value)
 
     async def set_if_not_exist(self, key: str, value: str, ttl: float) -> bool:
         keys = [self._key(key), self._key(_WRITER_PREFIX + key)]
         args: list[str | int] = [value, _ms(ttl), uuid.uuid4().hex, _WRITER_MS]
         async with translated():
-            return bool(await self._set_nx(keys=keys, args=args))
+            return bool(await self._batch.script(self._set_nx, keys, args))
 
     async def add_to_set(self, key: str, member: str, ttl: float) -> int:
         name = self._key(key)
-        async with translated(), self._redis.pipeline(transaction=True) as pipe:
-            pipe.sadd(name, member)
-            pipe.pexpire(name, _ms(ttl))
-            pipe.scard(name)
-            _, _, size = await pipe.execute()
+        async with translated():
+            _, _, size = await self._batch.transaction(
+                [("SADD", name, member), ("PEXPIRE", name, _ms(ttl)), ("SCARD", name)]
+            )
         return int(size)
 
     async def remove_from_set(self, key: str, member: str) -> int:
         name = self._key(key)
-        async with translated(), self._redis.pipeline(transaction=True) as pipe:
-            pipe.srem(name, member)
-            pipe.scard(name)
-            _, size = await pipe.execute()
+        async with translated():
+            _, size = await self._batch.transaction([("SREM", name, member), ("SCARD", name)])
         return int(size)
 
     async def members(self, key: str) -> set[str]:
         async with translated():
-            raw = await self._redis.smembers(self._key(key))
+            (raw,) = await self._batch.run([("SMEMBERS", self._key(key))])
         return {text(m) for m in raw}
 
     async def read(
         self, keys: Sequence[str], set_keys: Sequence[str]
     ) -> tuple[list[str | None], list[set[str]]]:
         # The keys read as strings are only ever strings, so plain GET does.
-        async with translated(), self._redis.pipeline(transaction=False) as pipe:
-            for key in keys:
-                pipe.get(self._key(key))
-            for key in set_keys:
-                pipe.smembers(self._key(key))
-            replies = await pipe.execute()
+        commands: list[Command] = [("GET", self._key(key)) for key in keys]
+        commands += [("SMEMBERS", self._key(key)) for key in set_keys]
+        if not commands:
+            return [], []
+        async with translated():
+            replies = await self._batch.run(commands)
         strings = [None if r is None else text(r) for r in replies[: len(keys)]]
         return strings, [{text(m) for m in r} for r in replies[len(keys) :]]
 
     async def extend_ttl(self, key: str, ttl: float) -> bool:
         async with translated():
-            return bool(await self._redis.pexpire(self._key(key), _ms(ttl)))
+            (done,) = await self._batch.run([("PEXPIRE", self._key(key), _ms(ttl))])
+        return bool(done)
 
     async def get(self, key: str) -> str | None:
         async with translated():
-            raw = await self._get(keys=[self._key(key)])
-        return None if raw is None else raw.decode()
+            raw = await self._batch.script(self._get, [self._key(key)], [])
+        return None if raw is None else text(raw)
 
     async def delete(self, key: str) -> None:
         async with translated():
-            await self._redis.delete(self._key(key))
+            await self._batch.run([("DEL", self._key(key))])

@@ -26,11 +26,11 @@ import uuid
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.asyncio.client import Pipeline
 from redis.exceptions import ResponseError
 
 from flowcraft.distributed import Delivery
 from flowcraft.distributed._protocols import Arrival
+from flowcraft_redis._batch import Batcher, Command
 from flowcraft_redis._errors import text, translated
 from flowcraft_redis._settings import RedisSettings
 
@@ -68,6 +68,7 @@ class StreamsQueue:
         lease: Seconds an entry may stay unacked and unrenewed before another worker takes it.
         batch: Most entries one read fetches.
         dead_letter_max: Approximate length the dead-letter stream is trimmed to.
+        batcher: The per-tick batch acks join (default: one through ``client``'s pool).
     """
 
     def __init__(
@@ -78,8 +79,10 @@ class StreamsQueue:
         lease: float = 30.0,
         batch: int = 16,
         dead_letter_max: int = 100_000,
+        batcher: Batcher | None = None,
     ) -> None:
         self._redis = client
+        self._batcher = batcher or Batcher(client, RedisSettings().retry(), wire=False)
         base = settings.queue_name
         self.stream = f"{base}:jobs"
         self.delayed = f"{base}:delayed"
@@ -222,44 +225,39 @@ class StreamsQueue:
         self._held.discard(delivery.handle)
         self._reserved.discard(delivery.handle)
 
-    def _remove(self, pipe: Pipeline, delivery: Delivery) -> None:
+    def _removal(self, delivery: Delivery) -> list[Command]:
         if self.is_reserved(delivery):
-            pipe.zrem(self.delayed, delivery.handle)
-        else:
-            pipe.xack(self.stream, GROUP, delivery.handle)
-            pipe.xdel(self.stream, delivery.handle)
+            return [("ZREM", self.delayed, delivery.handle)]
+        return [
+            ("XACK", self.stream, GROUP, delivery.handle),
+            ("XDEL", self.stream, delivery.handle),
+        ]
 
     async def ack(self, delivery: Delivery) -> None:
         """Remove a handled entry."""
         if not self.owns(delivery):
             return
-        async with translated(), self._redis.pipeline(transaction=True) as pipe:
-            self._remove(pipe, delivery)
-            await pipe.execute()
+        async with translated():
+            await self._batcher.transaction(self._removal(delivery))
         self.settled(delivery)
 
     async def dead_letter(self, delivery: Delivery, reason: str) -> None:
         """Move the entry to the dead-letter stream with ``reason``, in one transaction."""
-        async with translated(), self._redis.pipeline(transaction=True) as pipe:
-            pipe.xadd(
-                self.dead,
-                {"body": delivery.body, "reason": reason, "at": str(time.time())},
-                maxlen=self._dead_max,
-                approximate=True,
-            )
-            if self.owns(delivery):
-                self._remove(pipe, delivery)
-            await pipe.execute()
+        fields = ("body", delivery.body, "reason", reason, "at", str(time.time()))
+        commands: list[Command] = [("XADD", self.dead, "MAXLEN", "~", self._dead_max, "*", *fields)]
+        if self.owns(delivery):
+            commands += self._removal(delivery)
+        async with translated():
+            await self._batcher.transaction(commands)
         self.settled(delivery)
 
     async def release(self, delivery: Delivery) -> None:
         """Hand the job back now: a fresh entry replaces the held one."""
         if not self.owns(delivery):
             return
-        async with translated(), self._redis.pipeline(transaction=True) as pipe:
-            pipe.xadd(self.stream, {"body": delivery.body})
-            self._remove(pipe, delivery)
-            await pipe.execute()
+        commands: list[Command] = [("XADD", self.stream, "*", "body", delivery.body)]
+        async with translated():
+            await self._batcher.transaction(commands + self._removal(delivery))
         self.settled(delivery)
 
     async def extend_lease(self, delivery: Delivery, seconds: float) -> None:

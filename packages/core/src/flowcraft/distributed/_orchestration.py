@@ -73,7 +73,9 @@ class Orchestration:
     async def _enqueue(self, body: str, delay: float = 0.0) -> None:
         raise NotImplementedError
 
-    async def _publish_result(self, run_id: str, status: str) -> None:
+    async def _publish_result(
+        self, run_id: str, status: str, errors: list[FlowcraftError] | None = None
+    ) -> None:
         raise NotImplementedError
 
     async def _meta(self, run_id: str) -> tuple[str, str | None] | None:
@@ -348,7 +350,7 @@ class Orchestration:
         )
         if not won:
             return False
-        await self._publish_result(run_id, status)
+        await self._publish_result(run_id, status, list(errors or []))
         bus = self.event_bus
         if bus is not None and bus.wants("workflow:finish"):
             bus.emit("workflow:finish", {"executionId": run_id, "status": status})

@@ -141,8 +141,11 @@ class BaseDistributedAdapter(Orchestration, ABC):
         """Keep a job invisible for another ``seconds`` (the heartbeat calls this)."""
 
     @abstractmethod
-    async def _publish_result(self, run_id: str, status: str) -> None:
-        """Wake the clients waiting on ``run_id`` (the result is already stored)."""
+    async def _publish_result(
+        self, run_id: str, status: str, errors: list[FlowcraftError] | None = None
+    ) -> None:
+        """Wake the clients waiting on ``run_id`` (the result is already stored; ``errors``
+        are its errors when the caller knows them, None when they must be read)."""
 
     @abstractmethod
     async def _wait_for_publish(self, run_id: str, timeout: float) -> None:

@@ -122,7 +122,9 @@ class MemoryAdapter(BaseDistributedAdapter):
     async def _extend_lease(self, delivery: Delivery, seconds: float) -> None:
         self.backend.queue.extend(delivery.handle, seconds)
 
-    async def _publish_result(self, run_id: str, status: str) -> None:
+    async def _publish_result(
+        self, run_id: str, status: str, errors: list[FlowcraftError] | None = None
+    ) -> None:
         await self.backend.notify(run_id)
 
     async def _wait_for_publish(self, run_id: str, timeout: float) -> None:
