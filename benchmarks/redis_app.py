@@ -13,7 +13,6 @@ positive (so a chain of jobs costs what a chain of nodes costs the transport).
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import sys
 import time
@@ -68,15 +67,18 @@ app: dict[str, Any] = {
 async def _raw_worker(queue_name: str, concurrency: int) -> None:
     from bullmq import Queue, Worker
 
-    url = os.environ["REDIS_URL"]
-    queue = Queue(queue_name, {"connection": url})
+    from flowcraft_redis import RedisSettings
+
+    # The connection options the BullMQ transport gives bullmq, so both pay the same per command.
+    connection = RedisSettings.from_env().bullmq_connection()
+    queue = Queue(queue_name, {"connection": connection})
 
     async def process(job: Any, token: str) -> None:
         left = int(job.data.get("left", 0))
         if left > 0:
             await queue.add(RAW_JOB, {"left": left - 1}, RAW_JOB_OPTS)
 
-    worker = Worker(queue_name, process, {"connection": url, "concurrency": concurrency})
+    worker = Worker(queue_name, process, {"connection": connection, "concurrency": concurrency})
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)

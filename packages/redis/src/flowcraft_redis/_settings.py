@@ -8,6 +8,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection, parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError, TimeoutError
@@ -93,6 +94,21 @@ class RedisSettings:
             socket_keepalive=True,
             socket_keepalive_options=_KEEPALIVE,
         )
+
+    def bullmq_connection(self) -> dict[str, Any]:
+        """The ``connection`` option of bullmq's ``Queue`` and ``Worker`` for these settings:
+        the same server, socket timeout and keepalive as :meth:`client` (bullmq adds its own
+        retry policy)."""
+        parsed = dict(parse_url(self.url))
+        connection_class = parsed.pop("connection_class", None)
+        parsed["socket_timeout"] = self.socket_timeout or None
+        parsed["socket_connect_timeout"] = _CONNECT_TIMEOUT
+        if connection_class is UnixDomainSocketConnection:
+            parsed["unix_socket_path"] = parsed.pop("path")
+            return parsed
+        if connection_class is SSLConnection:
+            parsed["ssl"] = True
+        return {**parsed, "socket_keepalive": True, "socket_keepalive_options": _KEEPALIVE}
 
     def retry(self) -> Retry:
         """The reconnect policy: ``retries`` tries with jittered exponential back-off."""

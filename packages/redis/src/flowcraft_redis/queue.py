@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from typing import Any
 
@@ -31,10 +32,24 @@ from flowcraft_redis._settings import RedisSettings
 
 __all__ = ["BullMQQueue"]
 
+_log = logging.getLogger("flowcraft.redis")
+
 JOB_NAME = "executeNode"
 CLOSE_GRACE = 10.0
 """Seconds closing waits for jobs still being handled before it stops renewing their locks."""
 _RELEASE = object()
+
+
+async def _settled_start(consumer: BullWorker, run: asyncio.Future[None]) -> None:
+    for _ in range(int(CLOSE_GRACE / 0.01)):
+        if consumer.running or run.done():
+            return
+        await asyncio.sleep(0.01)
+
+
+def _log_run_failure(run: asyncio.Future[None]) -> None:
+    if not run.cancelled() and run.exception() is not None:
+        _log.error("the BullMQ worker stopped", exc_info=run.exception())
 
 
 class _Handle:
@@ -83,11 +98,12 @@ class BullMQQueue:
         self._closing: asyncio.Future[None] | None = None
         self._stopped = False
         self._failing: set[_Handle] = set()
+        self._run: asyncio.Future[None] | None = None
 
     def _queue(self) -> BullQueue:
         if self._producer is None:
             self._producer = BullQueue(
-                self._settings.queue_name, {"connection": self._settings.url}
+                self._settings.queue_name, {"connection": self._settings.bullmq_connection()}
             )
         return self._producer
 
@@ -120,15 +136,19 @@ class BullMQQueue:
                 self._settings.queue_name,
                 self._process,
                 {
-                    "connection": self._settings.url,
+                    "connection": self._settings.bullmq_connection(),
                     "concurrency": self._concurrency,
                     "lockDuration": self._lock_ms,
                     # Jobs of a dead worker come back once their lock expires.
                     "stalledInterval": self._lock_ms,
                     "maxStalledCount": 10,
+                    # Started below, as a task this queue keeps (see _settled_start).
+                    "autorun": False,
                 },
             )
             self._consumer.on("failed", self._on_failed)
+            self._run = asyncio.ensure_future(self._consumer.run())
+            self._run.add_done_callback(_log_run_failure)
         if self._stopped:
             return []
         out: list[Delivery] = []
@@ -199,7 +219,7 @@ class BullMQQueue:
         self._stopped = True
         consumer, self._consumer = self._consumer, None
         if consumer is not None:
-            self._abandoned = asyncio.ensure_future(consumer.close(force=True))
+            self._abandoned = asyncio.ensure_future(self._close_consumer(consumer, self._run, 0))
 
     def stop_receiving(self) -> None:
         """Stop fetching; jobs fetched but not yet handed to the adapter go back at once."""
@@ -208,17 +228,38 @@ class BullMQQueue:
         if consumer is None:
             return
         # BullMQ's close waits for the jobs still being handled, which get their verdicts later.
-        self._closing = asyncio.ensure_future(self._close_consumer(consumer))
+        self._closing = asyncio.ensure_future(self._close_consumer(consumer, self._run))
         while not self._inbox.empty():
             self._settle(self._inbox.get_nowait(), _RELEASE)
 
     @staticmethod
-    async def _close_consumer(consumer: BullWorker) -> None:
+    async def _close_consumer(
+        consumer: BullWorker, run: asyncio.Future[None] | None, grace: float = CLOSE_GRACE
+    ) -> None:
+        # A worker closed while its run() is still opening its connections would have them
+        # opened after the close, and never closed: let the start finish first.
+        if run is not None:
+            await _settled_start(consumer, run)
         try:
-            await asyncio.wait_for(asyncio.shield(consumer.close()), CLOSE_GRACE)
+            if grace <= 0:
+                raise TimeoutError
+            await asyncio.wait_for(asyncio.shield(consumer.close()), grace)
         except TimeoutError:
             # A job still held after the grace period comes back when its lock expires.
             await consumer.close(force=True)
+        # Fetches bullmq started before its close can still be queued on its connection, and
+        # reopen it after the close: let them end, then close the connections once more.
+        # asyncio.wait, not wait_for: a force-closed run ends cancelled, which must not
+        # cancel this close with it.
+        if run is not None:
+            await asyncio.wait([run], timeout=CLOSE_GRACE)
+        leftover = [task for task in getattr(consumer, "processing", ()) if not task.done()]
+        if leftover:
+            await asyncio.wait(leftover, timeout=CLOSE_GRACE)
+        for client in (getattr(consumer, "client", None), getattr(consumer, "bclient", None)):
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    await client.aclose()
 
     async def close(self) -> None:
         """Stop consuming and close connections; jobs not yet handled go back to the queue."""
