@@ -56,6 +56,11 @@ class Batcher:
         self._flushing: set[asyncio.Task[None]] = set()
         self._loaded: set[str] = set()
 
+    @property
+    def pipelined(self) -> bool:
+        """Whether batches go out on the batcher's own pipelined connection."""
+        return self._wire is not None
+
     async def run(self, commands: list[Command]) -> list[Any]:
         """The replies to ``commands``, sent with this tick's others.
 

@@ -36,11 +36,11 @@ __all__ = ["HopCommitter"]
 # target its fence, resolved and taken sets, then (Streams only) the stream, the delayed set and,
 # when a successor may be reserved, its arrival keys (final, version, result). ARGV[1]: JSON
 # {ttl, record, member, token, stream, entry, reserved, group, nset, reserve, lease, fields,
-# targets: [{member, source, mark, preds, body}]}; then nset field/value pairs for HSET, then the
-# fields to HDEL. Reply: {outcome, fired members, reserved job or false}; a reserved job is
-# {delayed-set entry, final, version, result, splices, taken marks, context fields}. The
-# receipt (kept a minute) makes a retry of the same call — the client retries when a
-# connection drops, even after the script ran — answer what the first did.
+# targets: [{member, source, mark, preds (how many), body}]}; then nset field/value pairs for
+# HSET, then the fields to HDEL. Reply: {outcome, fired members, reserved job or false}; a
+# reserved job is {delayed-set entry, final, version, result, splices, taken marks, context
+# fields}. The receipt (kept a minute) makes a retry of the same call — the client retries
+# when a connection drops, even after the script ran — answer what the first did.
 _COMMIT = """
 local meta = cjson.decode(ARGV[1])
 local ttl = meta.ttl
@@ -76,14 +76,8 @@ local fired = {}
 local reserved = false
 for i, t in ipairs(meta.targets) do
   local base = 7 + (i - 1) * 3
-  local complete = true
-  for _, pred in ipairs(t.preds) do
-    if redis.call('SISMEMBER', KEYS[base + 2], pred) == 0 then
-      complete = false
-      break
-    end
-  end
-  if complete then
+  -- Only predecessors ever join a target's resolved set, so counting them is enough.
+  if t.preds == 0 or redis.call('SCARD', KEYS[base + 2]) >= t.preds then
     redis.call('SADD', enq, t.member)
     if redis.call('SET', KEYS[base + 1], 'fired', 'NX', 'PX', ttl) then
       if i == meta.reserve then
@@ -180,7 +174,7 @@ class HopCommitter:
                     "member": target.member,
                     "source": target.source,
                     "mark": target.mark,
-                    "preds": list(target.preds),
+                    "preds": len(target.preds),
                     "body": target.body if stream is not None else "",
                 }
             )

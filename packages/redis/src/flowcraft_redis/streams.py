@@ -149,6 +149,14 @@ class StreamsQueue:
 
     async def _read_new(self, max_jobs: int, wait: float) -> list[Delivery]:
         try:
+            if self._batcher.pipelined:
+                # Under load there is nearly always something to read: try without blocking,
+                # in the tick's batch, before a blocking read (which must have a connection
+                # of its own).
+                command = ("XREADGROUP", "GROUP", GROUP, self.consumer, "COUNT", max_jobs)
+                (reply,) = await self._batcher.run([(*command, "STREAMS", self.stream, ">")])
+                if reply:
+                    return _deliveries(reply)
             reply = await self._redis.xreadgroup(
                 GROUP,
                 self.consumer,
@@ -162,12 +170,7 @@ class StreamsQueue:
             # The server lost the group (restarted without persistence): make it again.
             self._group_ready = False
             return []
-        streams: list[Any] = list(reply or ())
-        return [
-            Delivery(body=_body(fields), handle=text(entry))
-            for _, entries in streams
-            for entry, fields in entries
-        ]
+        return _deliveries(reply)
 
     async def _claim_stale(self, max_jobs: int) -> list[Delivery]:
         reply = await self._redis.xautoclaim(
@@ -314,8 +317,20 @@ class StreamsQueue:
                 await pipe.execute()
 
 
+def _deliveries(reply: Any) -> list[Delivery]:
+    """The entries of an XREADGROUP reply: [[stream, [[id, fields], ...]], ...]."""
+    return [
+        Delivery(body=_body(fields), handle=text(entry))
+        for _, entries in reply or ()
+        for entry, fields in entries
+    ]
+
+
 def _body(fields: Any) -> str:
     # A foreign producer may add entries without a body: they arrive empty and are rejected.
+    # redis-py answers the fields as a dict, the raw reply as a flat list.
+    if isinstance(fields, list):
+        fields = dict(zip(fields[::2], fields[1::2], strict=False))
     if not isinstance(fields, dict):
         return ""
     raw = fields.get(b"body", fields.get("body"))
