@@ -149,7 +149,9 @@ class RedisAdapter(_RedisBase):
     over at once); the arguments are :class:`_RedisBase`'s."""
 
     def _make_queue(self, concurrency: int) -> BullMQQueue:
-        queue = BullMQQueue(self.settings, concurrency=concurrency, lock_duration=self.lease)
+        queue = BullMQQueue(
+            self.settings, concurrency=concurrency, lock_duration=self.lease, batcher=self.batcher
+        )
         self._hops = HopCommitter(self.redis, self.settings, self.batcher, enqueue=queue.enqueue)
         return queue
 
