@@ -7,7 +7,6 @@ batch (``_batch.py``).
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Sequence
 
 import redis.asyncio as aioredis
@@ -15,6 +14,7 @@ import redis.asyncio as aioredis
 from flowcraft_redis._batch import Batcher, Command
 from flowcraft_redis._errors import text, translated
 from flowcraft_redis._settings import RedisSettings
+from flowcraft_redis._token import token
 
 __all__ = ["RedisCoordinationStore"]
 
@@ -81,7 +81,7 @@ class RedisCoordinationStore:
 
     async def set_if_not_exist(self, key: str, value: str, ttl: float) -> bool:
         keys = [self._key(key), self._key(_WRITER_PREFIX + key)]
-        args: list[str | int] = [value, _ms(ttl), uuid.uuid4().hex, _WRITER_MS]
+        args: list[str | int] = [value, _ms(ttl), token(), _WRITER_MS]
         async with translated():
             return bool(await self._batch.script(self._set_nx, keys, args))
 

@@ -14,7 +14,6 @@ marks, the successors' fences and counts, the done mark — in one script.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -27,6 +26,7 @@ from flowcraft_redis._arrival import arrival
 from flowcraft_redis._batch import Batcher
 from flowcraft_redis._errors import text, translated
 from flowcraft_redis._settings import RedisSettings
+from flowcraft_redis._token import token
 from flowcraft_redis.context import hash_writes
 from flowcraft_redis.streams import GROUP, StreamsQueue
 
@@ -193,7 +193,7 @@ class HopCommitter:
             "ttl": max(1, int(hop.ttl * 1000)),
             "record": hop.result_record,
             "member": hop.member,
-            "token": uuid.uuid4().hex,
+            "token": token(),
             "stream": stream is not None,
             "entry": entry,
             "reserved": stream is not None and stream.is_reserved(delivery),

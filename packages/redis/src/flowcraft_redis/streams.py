@@ -33,6 +33,7 @@ from flowcraft.distributed._protocols import Arrival
 from flowcraft_redis._batch import Batcher, Command
 from flowcraft_redis._errors import text, translated
 from flowcraft_redis._settings import RedisSettings
+from flowcraft_redis._token import token
 
 __all__ = ["StreamsQueue"]
 
@@ -108,7 +109,7 @@ class StreamsQueue:
         """Append a job, or schedule it ``delay`` seconds from now."""
         async with translated():
             if delay > 0:
-                entry = f"{uuid.uuid4().hex}|{body}"
+                entry = f"{token()}|{body}"
                 await self._delay(keys=[self.delayed], args=[int(delay * 1000), entry, "NX"])
             else:
                 await self._redis.xadd(self.stream, {"body": body})

@@ -24,7 +24,8 @@ class Keys:
     namespace: str = "flowcraft"
 
     def _k(self, *parts: object) -> str:
-        return ":".join((self.namespace, *map(str, parts)))
+        # On every hop's path: parts are nearly always strings already.
+        return self.namespace + ":" + ":".join([p if type(p) is str else str(p) for p in parts])
 
     @property
     def runs(self) -> str:
