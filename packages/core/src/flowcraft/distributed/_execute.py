@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +29,7 @@ from flowcraft.runtime._routing import input_from_edges
 if TYPE_CHECKING:
     from flowcraft.distributed.adapter import BaseDistributedAdapter
 
-__all__ = ["Every", "Outcome", "Prefetch", "execute_node", "failure_error", "prefetch_keys"]
+__all__ = ["Outcome", "Prefetch", "execute_node", "failure_error", "prefetch_keys"]
 
 _log = logging.getLogger("flowcraft.distributed")
 INPUTS = "_inputs."
@@ -166,44 +166,6 @@ async def _input(
     return value, data, [{"op": "set", "key": INPUTS + node_id, "value": value}], taken
 
 
-class Every:
-    """Runs ``action`` every ``interval`` seconds while a job runs (its lease renewal, its
-    check for a cancelled run), until :meth:`stop`.
-
-    A timer rather than a task per job: most jobs end before the first tick, and a stopped
-    timer needs no cancellation (which a store driver could swallow, keeping a task alive).
-    The next tick is armed when the action ends, so slow actions never pile up; a failing one
-    is logged and the job it serves is unaffected.
-    """
-
-    __slots__ = ("_action", "_interval", "_loop", "_name", "_stopped", "_timer")
-
-    def __init__(
-        self, interval: float, action: Callable[[], Coroutine[Any, Any, None]], name: str
-    ) -> None:
-        self._action = action
-        self._interval = interval
-        self._name = name
-        self._loop = asyncio.get_running_loop()
-        self._stopped = False
-        self._timer = self._loop.call_later(interval, self._tick)
-
-    def _tick(self) -> None:
-        task = self._loop.create_task(self._action(), name=self._name)
-        task.add_done_callback(self._done)
-
-    def _done(self, task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            _log.warning("%s failed", task.get_name(), exc_info=task.exception())
-        if not self._stopped:
-            self._timer = self._loop.call_later(self._interval, self._tick)
-
-    def stop(self) -> None:
-        """No further ticks (one under way finishes on its own)."""
-        self._stopped = True
-        self._timer.cancel()
-
-
 def failure_error(payload: JobPayload, exc: BaseException) -> FlowcraftError:
     """``exc`` as the typed error a failed job reports (ids filled in from the job)."""
     return _as_error(payload, exc)
@@ -295,7 +257,7 @@ async def execute_node(
         if not signal.is_set() and await adapter.coordination.get(final) is not None:
             signal.set()
 
-    watcher = Every(adapter.cancel_poll, watch, "cancellation watcher")
+    watching = adapter._watches.add(watch)
     try:
         with running_job(job):
             result = await _invoke(adapter, ctx, spec, payload)
@@ -305,7 +267,7 @@ async def execute_node(
         await _failed(adapter, payload, spec, _as_error(payload, exc), role)
         return None
     finally:
-        watcher.stop()
+        adapter._watches.remove(watching)
     if run.child is not None and run.paused is not None:
         await start_child(adapter, payload, run.paused, *run.child)
         return None

@@ -21,7 +21,6 @@ import orjson
 from flowcraft.blueprint import Blueprint, EdgeDefinition
 from flowcraft.context import OUTPUTS
 from flowcraft.distributed._execute import (
-    Every,
     Outcome,
     Prefetch,
     execute_node,
@@ -39,6 +38,7 @@ from flowcraft.distributed._orchestration import (
 )
 from flowcraft.distributed._protocols import ContextStore, CoordinationStore, Delivery, JobPayload
 from flowcraft.distributed._subflow import child_awaits, child_run_id, subflow_job
+from flowcraft.distributed._ticker import Ticker
 from flowcraft.errors import ExpressionError, FlowcraftError, ResumeError, SerializationError
 from flowcraft.evaluator import Evaluator, SafeEvaluator
 from flowcraft.events import EventBus
@@ -113,6 +113,8 @@ class BaseDistributedAdapter(Orchestration, ABC):
         self.cancel_poll = cancel_poll
         self.hooks: list[RunHooks] = list(hooks or [])
         self._graphs: dict[tuple[str, frozenset[str]], Graph] = {}
+        self._renewals = Ticker(lease / 3, "lease heartbeat")
+        self._watches = Ticker(cancel_poll, "cancellation watcher")
 
     # ----------------------------------------------------------------- backend hooks
 
@@ -444,14 +446,14 @@ class BaseDistributedAdapter(Orchestration, ABC):
         async def renew() -> None:
             await self._extend_lease(delivery, self.lease)
 
-        heartbeat = Every(self.lease / 3, renew, "lease heartbeat")
+        heartbeat = self._renewals.add(renew)
         try:
             await self._handle(delivery, payload, follow)
         except JobRejected as exc:
             await self._reject(delivery, payload.run_id, exc.message)
             return
         finally:
-            heartbeat.stop()
+            self._renewals.remove(heartbeat)
         if not delivery.settled:
             await self._ack(delivery)
         bus = self.event_bus
