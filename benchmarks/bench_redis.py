@@ -202,14 +202,7 @@ def child_env(**extra: str) -> dict[str, str]:
 
 def namespace(url: str) -> RedisSettings:
     """Settings for one case: a queue and key prefixes no other case shares."""
-    tag = f"b{uuid.uuid4().hex[:10]}"
-    return RedisSettings(
-        url=url,
-        queue_name=f"bench-{tag}",
-        state_prefix=f"{tag}:workflow:state:",
-        status_prefix=f"{tag}:workflow:status:",
-        coordination_prefix=f"{tag}:",
-    )
+    return RedisSettings(url=url).namespaced(f"b{uuid.uuid4().hex[:10]}")
 
 
 def drop_keys(url: str, tag: str) -> None:

@@ -26,14 +26,7 @@ class Deployment:
     """One test's share of the server: a queue and key namespace of its own."""
 
     def __init__(self, url: str, lease: float) -> None:
-        tag = uuid.uuid4().hex[:8]
-        self.settings = RedisSettings(
-            url=url,
-            queue_name=f"flowcraft-queue-{tag}",
-            state_prefix=f"t{tag}:workflow:state:",
-            status_prefix=f"t{tag}:workflow:status:",
-            coordination_prefix=f"t{tag}:",
-        )
+        self.settings = RedisSettings(url=url).namespaced(f"t{uuid.uuid4().hex[:8]}")
         self.lease = lease
         self.adapters: list[RedisAdapter] = []
 

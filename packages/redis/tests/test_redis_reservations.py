@@ -46,14 +46,7 @@ def gated(flow_id: str, gate: asyncio.Event, calls: list[str]) -> Flow:
 class Deployment:
     def __init__(self, url: str, flow: Flow, lease: float) -> None:
         tag = f"t{uuid.uuid4().hex[:8]}"
-        self.settings = RedisSettings(
-            url=url,
-            queue_name=f"{tag}-queue",
-            state_prefix=f"{tag}:state:",
-            status_prefix=f"{tag}:status:",
-            coordination_prefix=f"{tag}:",
-            lease_seconds=lease,
-        )
+        self.settings = RedisSettings(url=url, lease_seconds=lease).namespaced(tag)
         self.flow = flow
         self.adapters: list[RedisStreamsAdapter] = []
         self.workers: list[Worker] = []

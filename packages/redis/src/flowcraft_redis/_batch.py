@@ -18,9 +18,10 @@ from redis.asyncio.retry import Retry
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
+from flowcraft_redis._settings import RedisSettings
 from flowcraft_redis._wire import wire_for
 
-__all__ = ["Batcher", "Command", "pairs"]
+__all__ = ["BatchedStore", "Batcher", "Command", "pairs"]
 
 Command = tuple[Any, ...]
 """One command's name and arguments."""
@@ -152,3 +153,24 @@ class Batcher:
 
         replies: list[Any] = await self._retry.call_with_retry(attempt, dropped)
         return replies
+
+
+class BatchedStore:
+    """Base of the Redis stores: their key layout and the batch their commands join.
+
+    Args:
+        client: A ``redis.asyncio`` client (not closed by the store).
+        settings: Key layout.
+        batcher: The per-tick batch its commands join (the adapter shares its own); by
+            default, one through ``client``'s pool.
+    """
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        settings: RedisSettings | None = None,
+        batcher: Batcher | None = None,
+    ) -> None:
+        self._client = client
+        self._settings = settings or RedisSettings()
+        self._batch = batcher or Batcher(client, self._settings.retry(), wire=False)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -93,6 +93,18 @@ class RedisSettings:
             socket_connect_timeout=_CONNECT_TIMEOUT,
             socket_keepalive=True,
             socket_keepalive_options=_KEEPALIVE,
+        )
+
+    def namespaced(self, tag: str) -> RedisSettings:
+        """These settings with a queue and key prefixes of their own, ``tag`` in each: for
+        deployments, tests or benchmarks that share one server and must not see each other's
+        jobs or runs. Every key then contains ``tag``."""
+        return replace(
+            self,
+            queue_name=f"{self.queue_name}-{tag}",
+            state_prefix=f"{tag}:{self.state_prefix}",
+            status_prefix=f"{tag}:{self.status_prefix}",
+            coordination_prefix=f"{tag}:{self.coordination_prefix}",
         )
 
     def bullmq_connection(self) -> dict[str, Any]:

@@ -10,13 +10,11 @@ from collections.abc import Iterable
 from typing import Any
 
 import orjson
-import redis.asyncio as aioredis
 
 from flowcraft.errors import SerializationError
 from flowcraft.node import PatchOperation
-from flowcraft_redis._batch import Batcher, Command, pairs
+from flowcraft_redis._batch import BatchedStore, Command, pairs
 from flowcraft_redis._errors import text, translated
-from flowcraft_redis._settings import RedisSettings
 
 __all__ = ["RedisContextStore", "decode_fields", "hash_writes"]
 
@@ -67,24 +65,9 @@ def decode_fields(keys: list[str], values: list[Any]) -> dict[str, Any]:
     return {k: _decode(v) for k, v in zip(keys, values, strict=True) if v is not None}
 
 
-class RedisContextStore:
-    """A :class:`~flowcraft.distributed.ContextStore` on Redis hashes.
-
-    Args:
-        client: A ``redis.asyncio`` client (not closed by this store).
-        settings: Key layout.
-        batcher: The per-tick batch its commands join (the adapter shares its own); by
-            default, one through ``client``'s pool.
-    """
-
-    def __init__(
-        self,
-        client: aioredis.Redis,
-        settings: RedisSettings | None = None,
-        batcher: Batcher | None = None,
-    ) -> None:
-        self._settings = settings or RedisSettings()
-        self._batch = batcher or Batcher(client, self._settings.retry(), wire=False)
+class RedisContextStore(BatchedStore):
+    """A :class:`~flowcraft.distributed.ContextStore` on Redis hashes (arguments: those of
+    :class:`~flowcraft_redis._batch.BatchedStore`)."""
 
     def _key(self, run_id: str) -> str:
         return self._settings.state_key(run_id)

@@ -8,12 +8,12 @@ batch (``_batch.py``).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import cached_property
 
-import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
 
-from flowcraft_redis._batch import Batcher, Command
+from flowcraft_redis._batch import BatchedStore, Command
 from flowcraft_redis._errors import text, translated
-from flowcraft_redis._settings import RedisSettings
 from flowcraft_redis._token import token
 
 __all__ = ["RedisCoordinationStore"]
@@ -49,26 +49,18 @@ def _ms(ttl: float) -> int:
     return max(1, int(ttl * 1000))
 
 
-class RedisCoordinationStore:
-    """A :class:`~flowcraft.distributed.CoordinationStore` on plain Redis keys.
+class RedisCoordinationStore(BatchedStore):
+    """A :class:`~flowcraft.distributed.CoordinationStore` on plain Redis keys; every key gets
+    ``settings.coordination_prefix`` (arguments: those of
+    :class:`~flowcraft_redis._batch.BatchedStore`)."""
 
-    Args:
-        client: A ``redis.asyncio`` client (not closed by this store).
-        settings: Key layout; every key gets ``settings.coordination_prefix``.
-        batcher: The per-tick batch its commands join (the adapter shares its own); by
-            default, one through ``client``'s pool.
-    """
+    @cached_property
+    def _get(self) -> AsyncScript:
+        return self._client.register_script(_GET)
 
-    def __init__(
-        self,
-        client: aioredis.Redis,
-        settings: RedisSettings | None = None,
-        batcher: Batcher | None = None,
-    ) -> None:
-        self._settings = settings or RedisSettings()
-        self._batch = batcher or Batcher(client, self._settings.retry(), wire=False)
-        self._get = client.register_script(_GET)
-        self._set_nx = client.register_script(_SET_NX)
+    @cached_property
+    def _set_nx(self) -> AsyncScript:
+        return self._client.register_script(_SET_NX)
 
     def _key(self, key: str) -> str:
         return self._settings.coordination_key(key)
