@@ -75,9 +75,8 @@ def _pixels(data: bytes) -> tuple[int, int, list[tuple[int, ...]]]:
 @pytest.mark.parametrize("renderer", ["cairosvg", "chromium"])
 def test_graph_png_with_each_renderer(renderer: PngRenderer, tmp_path: Path) -> None:
     if not _available(renderer):
-        pytest.skip(
-            f"{renderer} is not installed here (pip install cairosvg; apt-get install chromium)"
-        )
+        why = f"{renderer} is not installed here (pip install cairosvg; apt-get install chromium)"
+        pytest.skip(reason=why)
     out = tmp_path / "graph.png"
     args = ["graph", "cli_sample:flow", "--format", "png", "--renderer", renderer, "-o", str(out)]
     result = CliRunner().invoke(cli, args)
@@ -92,7 +91,8 @@ def test_graph_png_with_each_renderer(renderer: PngRenderer, tmp_path: Path) -> 
 
 def test_graph_png_to_stdout_with_the_default_renderer() -> None:
     if not (_available("cairosvg") or _available("chromium")):
-        pytest.skip("no PNG renderer installed (pip install cairosvg, or apt-get install chromium)")
+        why = "no PNG renderer installed (pip install cairosvg, or apt-get install chromium)"
+        pytest.skip(reason=why)
     result = CliRunner().invoke(cli, ["graph", "cli_sample:flow", "--format", "png"])
     assert result.exit_code == 0, result.stderr
     assert result.stdout_bytes.startswith(b"\x89PNG\r\n\x1a\n")

@@ -204,7 +204,7 @@ def redis_url() -> Iterator[str]:
     pytest.importorskip("redis", reason="the redis client comes with flowcraft-redis")
     server = shutil.which("redis-server")
     if server is None:
-        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+        pytest.skip(reason="redis-server is not installed (apt-get install redis-server)")
     port = _free_port()
     process = subprocess.Popen(
         [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],

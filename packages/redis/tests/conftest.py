@@ -64,9 +64,10 @@ def ts_client() -> TsClient:
     """The TS client script, its npm packages installed on first use."""
     node, npm = shutil.which("node"), shutil.which("npm")
     if node is None or npm is None:
-        pytest.skip(
+        why = (
             "Node.js (`node` and `npm`) is not installed, so the TS-client interop tests"
             " cannot run the BullMQ client script; install Node.js 18+ to run them"
         )
+        pytest.skip(reason=why)
     install_ts_client(npm)
     return TsClient(node)
