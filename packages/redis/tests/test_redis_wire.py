@@ -9,11 +9,11 @@ import pytest
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import ResponseError
+from redis.exceptions import BusyLoadingError, NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from flowcraft_redis._batch import Batcher
-from flowcraft_redis._wire import wire_for
+from flowcraft_redis._wire import _error, wire_for
 
 
 def batcher(client: aioredis.Redis, retries: int = 3) -> Batcher:
@@ -97,3 +97,37 @@ def test_tls_and_credential_providers_keep_redis_py() -> None:
     assert wire_for(tls.connection_class, tls.connection_kwargs) is None
     plain = aioredis.Redis.from_url("redis://u:p@127.0.0.1:6380/2").connection_pool
     assert wire_for(plain.connection_class, plain.connection_kwargs) is not None
+
+
+class _Loading:
+    """A wire to a server replaying its data after a restart: it answers LOADING twice."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def execute(self, commands: list[tuple[object, ...]]) -> list[object]:
+        self.calls += 1
+        if self.calls <= 2:
+            return [_error("LOADING Redis is loading the dataset in memory") for _ in commands]
+        return [b"PONG" for _ in commands]
+
+    def close(self) -> None:
+        pass
+
+
+async def test_a_server_still_loading_is_waited_for_like_a_dropped_connection() -> None:
+    client = aioredis.Redis.from_url("redis://127.0.0.1:1/0")  # never connected: no wire used
+    batch = batcher(client, retries=3)
+    loading = _Loading()
+    batch._wire = loading  # type: ignore[assignment]
+    try:
+        assert await batch.run([("PING",)]) == [b"PONG"]
+        assert loading.calls == 3
+    finally:
+        await client.aclose()
+
+
+def test_error_replies_get_redis_py_classes() -> None:
+    assert isinstance(_error("LOADING Redis is loading"), BusyLoadingError)
+    assert isinstance(_error("NOSCRIPT No matching script"), NoScriptError)
+    assert type(_error("WRONGTYPE Operation against a key")) is ResponseError

@@ -16,7 +16,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError
+from redis.exceptions import ConnectionError, NoScriptError
 
 from flowcraft_redis._settings import RedisSettings
 from flowcraft_redis._wire import wire_for
@@ -146,7 +146,13 @@ class Batcher:
                 return list(await pipe.execute(raise_on_error=False))
 
         async def attempt() -> list[Any]:
-            return await wire.execute(commands)
+            replies = await wire.execute(commands)
+            for reply in replies:
+                # A server still loading its data after a restart refuses every command:
+                # retry the batch with back-off, as redis-py retries a command.
+                if isinstance(reply, ConnectionError):
+                    raise reply
+            return replies
 
         async def dropped(error: Exception) -> None:
             wire.close()

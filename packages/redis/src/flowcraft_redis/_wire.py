@@ -20,12 +20,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import hiredis
-from redis.exceptions import (
-    AuthenticationError,
-    ConnectionError,
-    NoScriptError,
-    ResponseError,
-)
+from redis._parsers.base import BaseParser
+from redis.exceptions import AuthenticationError, ConnectionError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 __all__ = ["Wire", "wire_for"]
@@ -35,8 +31,10 @@ _Batch = tuple[int, list[Any], asyncio.Future[list[Any]]]
 
 
 def _error(message: str) -> ResponseError:
-    # The classes redis-py's parser gives the error replies the batcher reacts to.
-    return NoScriptError(message) if message.startswith("NOSCRIPT") else ResponseError(message)
+    # The classes redis-py's parser gives error replies: LOADING (a restarted server replaying
+    # its data) is a BusyLoadingError, which is a ConnectionError and so retried.
+    error: ResponseError = BaseParser.parse_error(message)  # type: ignore[no-untyped-call]
+    return error
 
 
 class _Protocol(asyncio.Protocol):
