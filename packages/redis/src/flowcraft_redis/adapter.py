@@ -110,6 +110,9 @@ class _RedisBase(BaseDistributedAdapter):
     async def _extend_lease(self, delivery: Delivery, seconds: float) -> None:
         await self.queue.extend_lease(delivery, seconds)
 
+    async def _unsettled(self, delivery: Delivery) -> None:
+        await self.queue.unsettled(delivery, self.lease)
+
     async def _read_job(
         self, run_id: str, keys: list[str], set_keys: list[str], context_keys: list[str] | None
     ) -> tuple[list[str | None], list[set[str]], dict[str, Any]]:

@@ -194,8 +194,9 @@ class BullMQQueue:
             Delivery(body=body, handle=handle, delivery_count=1 + attempts + stalled)
         )
         verdict = await handle.verdict
-        if verdict is _RELEASE:
-            await job.moveToDelayed(int(time.time() * 1000), token)
+        if verdict is _RELEASE or isinstance(verdict, float):
+            due = time.time() + (verdict if isinstance(verdict, float) else 0.0)
+            await job.moveToDelayed(int(due * 1000), token)
             raise DelayedError()
         if isinstance(verdict, str):
             raise UnrecoverableError(verdict)
@@ -232,6 +233,14 @@ class BullMQQueue:
     async def release(self, delivery: Delivery) -> None:
         """Hand the job back to the queue now."""
         self._settle(delivery, _RELEASE)
+
+    async def unsettled(self, delivery: Delivery, seconds: float) -> None:
+        """Hand a job whose handling failed back to the queue, due in ``seconds``.
+
+        BullMQ renews the lock as long as the processor waits for a verdict, so a job left
+        without one would never come back.
+        """
+        self._settle(delivery, float(seconds))
 
     async def extend_lease(self, delivery: Delivery, seconds: float) -> None:
         """Nothing to do: BullMQ renews the lock of every job its processor holds."""

@@ -264,6 +264,10 @@ class StreamsQueue:
             await self._batcher.transaction(commands + self._removal(delivery))
         self.settled(delivery)
 
+    async def unsettled(self, delivery: Delivery, seconds: float) -> None:
+        """Nothing to do: an entry (or reservation) nobody renews is taken over after the
+        lease."""
+
     async def extend_lease(self, delivery: Delivery, seconds: float) -> None:
         """Reset the entry's idle time so that no other worker takes it over."""
         if not self.owns(delivery):

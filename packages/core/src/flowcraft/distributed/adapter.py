@@ -138,6 +138,14 @@ class BaseDistributedAdapter(Orchestration, ABC):
     async def _release(self, delivery: Delivery) -> None:
         """Make a job visible again now (a worker shutting down hands it back)."""
 
+    async def _unsettled(self, delivery: Delivery) -> None:
+        """A job whose handling failed in the backend was left unacked: make it deliverable
+        again after the lease.
+
+        The default does nothing, for queues where an unrenewed lease runs out by itself. A
+        queue whose client renews the lease as long as the job is held must hand it back here.
+        """
+
     @abstractmethod
     async def _extend_lease(self, delivery: Delivery, seconds: float) -> None:
         """Keep a job invisible for another ``seconds`` (the heartbeat calls this)."""

@@ -161,6 +161,10 @@ class Worker:
                 if not isinstance(exc, ConnectionFailed):
                     # Not acked: the queue redelivers it after the lease.
                     _log.exception("job failed in the backend; it will be redelivered")
+                    try:
+                        await self.adapter._unsettled(delivery)
+                    except Exception:
+                        _log.exception("could not hand a failed job back to the queue")
                     return
                 # Handling is idempotent, so the job is tried again here once the backend is
                 # back: a queue that renews leases while its job is held would never hand
