@@ -168,10 +168,15 @@ def ci(session: nox.Session) -> None:
     session.run("ruff", "format", "--check", ".")
     session.run("mypy")
     _ensure_chromium(session)
-    session.run("pytest", "tests", "-q")
-    for backend in BACKENDS:
-        session.run("pytest", "contract-tests", "--backend", backend, "-q")
-    session.run(*REDIS_TESTS)
-    session.run("pytest", "contract-tests/smoke", "-q", "-p", "no:cacheprovider", "--timeout=900")
-    session.run("python", "examples/content_moderation.py")
-    session.run("python", "-m", "flowcraft_services", "down")
+    try:
+        session.run("pytest", "tests", "-q")
+        for backend in BACKENDS:
+            session.run("pytest", "contract-tests", "--backend", backend, "-q")
+        session.run(*REDIS_TESTS)
+        session.run(
+            "pytest", "contract-tests/smoke", "-q", "-p", "no:cacheprovider", "--timeout=900"
+        )
+        session.run("python", "examples/content_moderation.py")
+    finally:
+        # Also after a failure: what the tests started is stopped, by PID.
+        session.run("python", "-m", "flowcraft_services", "down")
