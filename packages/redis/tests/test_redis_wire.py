@@ -12,7 +12,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import BusyLoadingError, NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from flowcraft_redis._batch import Batcher
+from flowcraft_redis._batch import EAGER_CALLERS, Batcher
 from flowcraft_redis._wire import _error, wire_for
 
 
@@ -20,7 +20,7 @@ def batcher(client: aioredis.Redis, retries: int = 3) -> Batcher:
     return Batcher(client, Retry(NoBackoff(), retries))
 
 
-async def test_commands_of_one_tick_share_a_batch_and_answer_their_callers(
+async def test_commands_of_one_tick_go_in_batches_and_answer_their_callers(
     redis_url: str,
 ) -> None:
     client = aioredis.Redis.from_url(redis_url)
@@ -32,6 +32,52 @@ async def test_commands_of_one_tick_share_a_batch_and_answer_their_callers(
         assert replies == [[f"v{i}".encode(), f"w{i}".encode()] for i in range(50)]
     finally:
         batch.close()
+        await client.aclose()
+
+
+class _Recording:
+    """A connected wire that answers at once and records the size of each batch written."""
+
+    def __init__(self) -> None:
+        self.batches: list[int] = []
+
+    def send(self, commands: list[tuple[object, ...]]) -> asyncio.Future[list[object]]:
+        self.batches.append(len(commands))
+        future: asyncio.Future[list[object]] = asyncio.get_running_loop().create_future()
+        future.set_result([command[1] for command in commands])
+        return future
+
+    async def execute(
+        self, commands: list[tuple[object, ...]], sent: asyncio.Future[list[object]]
+    ) -> list[object]:
+        return await sent
+
+    def close(self) -> None:
+        pass
+
+
+async def test_a_batch_goes_out_once_it_holds_enough_callers_the_rest_at_the_end_of_the_tick() -> (
+    None
+):
+    # So Redis works on the first jobs' commands while the worker computes the others'.
+    client = aioredis.Redis.from_url("redis://127.0.0.1:1/0")  # never connected
+    batch = batcher(client)
+    wire = _Recording()
+    batch._wire = wire  # type: ignore[assignment]
+    seen: list[int] = []
+
+    async def caller(i: int) -> list[object]:
+        seen.append(len(wire.batches))  # batches written before this caller queued its own
+        return await batch.run([("ECHO", f"v{i}")])
+
+    try:
+        count = EAGER_CALLERS * 2 + 1
+        replies = await asyncio.gather(*(caller(i) for i in range(count)))
+        assert replies == [[f"v{i}"] for i in range(count)]
+        assert wire.batches == [EAGER_CALLERS, EAGER_CALLERS, 1]
+        # All the callers ran in one tick, and the full batches went out in it.
+        assert seen == [i // EAGER_CALLERS for i in range(count)]
+    finally:
         await client.aclose()
 
 
@@ -105,7 +151,10 @@ class _Loading:
     def __init__(self) -> None:
         self.calls = 0
 
-    async def execute(self, commands: list[tuple[object, ...]]) -> list[object]:
+    def send(self, commands: list[tuple[object, ...]]) -> None:
+        return None  # as if not connected yet: execute sends
+
+    async def execute(self, commands: list[tuple[object, ...]], sent: None) -> list[object]:
         self.calls += 1
         if self.calls <= 2:
             return [_error("LOADING Redis is loading the dataset in memory") for _ in commands]

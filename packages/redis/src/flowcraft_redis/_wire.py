@@ -37,6 +37,10 @@ def _error(message: str) -> ResponseError:
     return error
 
 
+def _pack(commands: Sequence[Sequence[Any]]) -> bytes:
+    return b"".join(hiredis.pack_command(tuple(command)) for command in commands)
+
+
 class _Protocol(asyncio.Protocol):
     def __init__(self) -> None:
         self._reader = hiredis.Reader(replyError=_error)
@@ -114,26 +118,40 @@ class Wire:
         self._protocol: _Protocol | None = None
         self._connecting: asyncio.Future[_Protocol] | None = None
 
-    async def execute(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
-        """Send ``commands`` in order and return their replies (an error reply is returned as
-        a ``ResponseError``, not raised).
+    def send(self, commands: Sequence[Sequence[Any]]) -> asyncio.Future[list[Any]] | None:
+        """Write ``commands`` now if connected: the future of their replies (as from
+        :meth:`execute`, which takes it). None when not connected."""
+        protocol = self._protocol
+        if protocol is None or protocol.lost is not None:
+            return None
+        return protocol.send(_pack(commands), len(commands))
+
+    async def execute(
+        self,
+        commands: Sequence[Sequence[Any]],
+        sent: asyncio.Future[list[Any]] | None = None,
+    ) -> list[Any]:
+        """Send ``commands`` in order, unless ``sent`` (from :meth:`send`) says they were,
+        and return their replies (an error reply is returned as a ``ResponseError``, not
+        raised).
 
         Raises:
             redis.exceptions.ConnectionError: The connection failed or dropped before every
                 reply arrived; some commands may have run.
         """
-        protocol = self._protocol
-        if protocol is None or protocol.lost is not None:
-            protocol = await self._connect()
-        data = b"".join(hiredis.pack_command(tuple(command)) for command in commands)
-        replies = protocol.send(data, len(commands))
+        if sent is None:
+            protocol = self._protocol
+            if protocol is None or protocol.lost is not None:
+                protocol = await self._connect()
+            sent = protocol.send(_pack(commands), len(commands))
         if self._timeout is None:
-            return await replies
+            return await sent
         try:
             async with asyncio.timeout(self._timeout):
-                return await replies
+                return await sent
         except TimeoutError as exc:
-            self._close(protocol)
+            # Replies still to come could no longer be matched to their batches.
+            self.close()
             raise RedisTimeoutError("Timeout reading from Redis") from exc
 
     async def _connect(self) -> _Protocol:
@@ -170,8 +188,7 @@ class Wire:
             if self._db:
                 setup.append(("SELECT", self._db))
             if setup:
-                data = b"".join(hiredis.pack_command(command) for command in setup)
-                for reply in await protocol.send(data, len(setup)):
+                for reply in await protocol.send(_pack(setup), len(setup)):
                     if isinstance(reply, ResponseError):
                         self._close(protocol)
                         raise AuthenticationError(str(reply))
