@@ -505,15 +505,17 @@ class BaseDistributedAdapter(Orchestration, ABC):
             result_key = self.keys.result(run_id, node_id, iteration)
         # Everything the job needs to know about its run and its input, in one read: the
         # input keys come from the static graph, so they are used only if nothing was spliced.
-        read = self._arrival_read(blueprint, run_id, node_id, iteration, result_key, role)
         arrival = delivery.arrival
         if arrival is None:
+            read = self._arrival_read(blueprint, run_id, node_id, iteration, result_key, role)
+            context_keys = read.context_keys
             arrival = await self._read_job(
-                run_id, list(read.keys), list(read.set_keys), _listed(read.context_keys)
+                run_id, list(read.keys), list(read.set_keys), _listed(context_keys)
             )
+        else:
+            context_keys = _context_keys(blueprint, node_id, role)
         (final, meta, stored), (emitters, taken), data = arrival
         graph = await self.graph_of(run_id, blueprint, emitters)
-        context_keys = read.context_keys
         read_keys = None if context_keys is None or emitters else frozenset(context_keys)
         spec = graph.nodes.get(node_id)
         if spec is None:
@@ -564,11 +566,10 @@ class BaseDistributedAdapter(Orchestration, ABC):
         result_key: str,
         role: str,
     ) -> ArrivalRead:
-        static = graph_of_blueprint(blueprint).nodes.get(node_id)
         return ArrivalRead(
             keys=(self.keys.final(run_id), self.keys.meta(run_id), result_key),
             set_keys=(self.keys.dynamic(run_id), self.keys.taken(run_id, node_id, iteration)),
-            context_keys=prefetch_keys(static) if static is not None and not role else None,
+            context_keys=_context_keys(blueprint, node_id, role),
         )
 
     async def _run_job(self, job: _Job) -> None:
@@ -838,6 +839,12 @@ class _Job:
     prefetch: Prefetch
     follow: bool
     """Whether the worker takes a successor the backend reserves for it (``Delivery.next``)."""
+
+
+def _context_keys(blueprint: Blueprint, node_id: str, role: str) -> list[str] | None:
+    # What a job reads of the context when it arrives: its input's keys in the static graph.
+    static = graph_of_blueprint(blueprint).nodes.get(node_id)
+    return prefetch_keys(static) if static is not None and not role else None
 
 
 def _listed(keys: Sequence[str] | None) -> list[str] | None:
