@@ -38,6 +38,8 @@ async def test_commands_of_one_tick_go_in_batches_and_answer_their_callers(
 class _Recording:
     """A connected wire that answers at once and records the size of each batch written."""
 
+    timeout = None
+
     def __init__(self) -> None:
         self.batches: list[int] = []
 

@@ -17,6 +17,7 @@ redis-py pipeline.
 from __future__ import annotations
 
 import asyncio
+import functools
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -132,7 +133,28 @@ class Batcher:
         commands = [command for queued, _ in batch for command in queued]
         # Written now, not when the flushing task first runs: that would be after the rest
         # of the tick's jobs have run.
-        sent = self._wire.send(commands) if self._wire is not None else None
+        wire = self._wire
+        sent = wire.send(commands) if wire is not None else None
+        if sent is not None and wire is not None and wire.timeout is None:
+            # The common case needs no task: the replies are handed out as they arrive.
+            sent.add_done_callback(functools.partial(self._arrived, batch, commands))
+        else:
+            self._flush_later(batch, commands, sent)
+
+    def _arrived(
+        self, batch: _Queued, commands: list[Command], sent: asyncio.Future[list[Any]]
+    ) -> None:
+        if not sent.cancelled() and sent.exception() is None:
+            replies = sent.result()
+            if not any(isinstance(reply, ConnectionError) for reply in replies):
+                _answer(batch, replies)
+                return
+        # A dropped connection or a server still loading: the task retries the batch.
+        self._flush_later(batch, commands, sent)
+
+    def _flush_later(
+        self, batch: _Queued, commands: list[Command], sent: asyncio.Future[list[Any]] | None
+    ) -> None:
         task = asyncio.ensure_future(self._flush(batch, commands, sent))
         self._flushing.add(task)
         task.add_done_callback(self._flushing.discard)
@@ -154,11 +176,7 @@ class Batcher:
                 if not future.done():
                     future.set_exception(exc)
             return
-        start = 0
-        for queued, future in batch:
-            if not future.done():
-                future.set_result(list(replies[start : start + len(queued)]))
-            start += len(queued)
+        _answer(batch, replies)
 
     async def _send(
         self, commands: list[Command], sent: asyncio.Future[list[Any]] | None
@@ -186,6 +204,14 @@ class Batcher:
 
         replies: list[Any] = await self._retry.call_with_retry(attempt, dropped)
         return replies
+
+
+def _answer(batch: _Queued, replies: list[Any]) -> None:
+    start = 0
+    for queued, future in batch:
+        if not future.done():
+            future.set_result(replies[start : start + len(queued)])
+        start += len(queued)
 
 
 class BatchedStore:

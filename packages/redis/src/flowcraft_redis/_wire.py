@@ -113,7 +113,8 @@ class Wire:
         self._db = db
         self._auth = (username, password)
         self._connect_timeout = connect_timeout
-        self._timeout = timeout
+        self.timeout = timeout
+        """Seconds a batch may wait for its replies (None: no limit)."""
         self._keepalive = dict(keepalive or {})
         self._protocol: _Protocol | None = None
         self._connecting: asyncio.Future[_Protocol] | None = None
@@ -144,10 +145,10 @@ class Wire:
             if protocol is None or protocol.lost is not None:
                 protocol = await self._connect()
             sent = protocol.send(_pack(commands), len(commands))
-        if self._timeout is None:
+        if self.timeout is None:
             return await sent
         try:
-            async with asyncio.timeout(self._timeout):
+            async with asyncio.timeout(self.timeout):
                 return await sent
         except TimeoutError as exc:
             # Replies still to come could no longer be matched to their batches.
