@@ -1,4 +1,5 @@
-"""The batcher's pipelined connection: order, errors, reconnects, database and timeouts."""
+"""The batcher's pipelined connection: order, errors, reconnects, database and timeouts; and
+bullmq's client, which sends its scripts on it."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from redis.backoff import NoBackoff
 from redis.exceptions import BusyLoadingError, NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from flowcraft_redis import RedisSettings
 from flowcraft_redis._batch import EAGER_CALLERS, Batcher
+from flowcraft_redis._scripts_client import ScriptsClient
 from flowcraft_redis._wire import _error, wire_for
 
 
@@ -182,3 +185,37 @@ def test_error_replies_get_redis_py_classes() -> None:
     assert isinstance(_error("LOADING Redis is loading"), BusyLoadingError)
     assert isinstance(_error("NOSCRIPT No matching script"), NoScriptError)
     assert type(_error("WRONGTYPE Operation against a key")) is ResponseError
+
+
+async def test_bullmqs_client_sends_scripts_in_batches_and_the_rest_through_redis_py(
+    redis_url: str,
+) -> None:
+    client = ScriptsClient(RedisSettings(url=redis_url))
+    key = f"scripts-{uuid.uuid4().hex}"
+    script = client.register_script("return redis.call('INCRBY', KEYS[1], ARGV[1])")
+    try:
+        assert client._scripts.pipelined
+        sent: list[int] = []
+        send = client._scripts._wire.send  # type: ignore[union-attr]
+
+        def counting(commands: list[tuple[object, ...]]) -> asyncio.Future[list[object]] | None:
+            sent.append(len(commands))
+            return send(commands)
+
+        client._scripts._wire.send = counting  # type: ignore[union-attr,method-assign]
+        await client.script_flush()
+        # The first call meets NOSCRIPT on the wire; redis-py's Script loads it and retries.
+        assert await script(keys=[key], args=[1]) == 1
+        assert await asyncio.gather(*(script(keys=[key], args=[1]) for _ in range(3))) == [
+            2,
+            3,
+            4,
+        ]
+        assert sum(sent) == 5 and len(sent) < 5  # the three concurrent calls shared a batch
+        # Replies are decoded as bullmq expects; other commands, blocking ones too, work.
+        assert await client.get(key) == "4"
+        await client.rpush(key + ":list", "x")
+        assert await client.blpop([key + ":list"], timeout=1) == (key + ":list", "x")
+    finally:
+        await client.delete(key, key + ":list")
+        await client.aclose()

@@ -14,6 +14,7 @@ them on a new connection, as redis-py would: every script sent here is safe to r
 from __future__ import annotations
 
 import asyncio
+import functools
 import socket
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -42,8 +43,12 @@ def _pack(commands: Sequence[Sequence[Any]]) -> bytes:
 
 
 class _Protocol(asyncio.Protocol):
-    def __init__(self) -> None:
-        self._reader = hiredis.Reader(replyError=_error)
+    def __init__(self, encoding: str | None = None) -> None:
+        self._reader = (
+            hiredis.Reader(replyError=_error)
+            if encoding is None
+            else hiredis.Reader(replyError=_error, encoding=encoding)
+        )
         self._waiting: deque[_Batch] = deque()
         self.transport: asyncio.Transport | None = None
         self.lost: Exception | None = None
@@ -94,6 +99,8 @@ class Wire:
         timeout: Seconds a batch may wait for its replies (the connection is then closed, as
             its later replies could no longer be matched); None waits as long as it takes.
         keepalive: TCP keepalive options (``socket.TCP_*`` → value) for TCP connections.
+        encoding: Decode bulk replies to ``str`` with it (a client with
+            ``decode_responses``); None returns ``bytes``.
     """
 
     def __init__(
@@ -108,6 +115,7 @@ class Wire:
         connect_timeout: float = 5.0,
         timeout: float | None = None,
         keepalive: Mapping[int, int] | None = None,
+        encoding: str | None = None,
     ) -> None:
         self._address = (host, port, path)
         self._db = db
@@ -116,6 +124,7 @@ class Wire:
         self.timeout = timeout
         """Seconds a batch may wait for its replies (None: no limit)."""
         self._keepalive = dict(keepalive or {})
+        self._protocol_factory = functools.partial(_Protocol, encoding)
         self._protocol: _Protocol | None = None
         self._connecting: asyncio.Future[_Protocol] | None = None
 
@@ -172,9 +181,11 @@ class Wire:
         host, port, path = self._address
         async with asyncio.timeout(self._connect_timeout):
             if path is not None:
-                _, protocol = await loop.create_unix_connection(_Protocol, path)
+                _, protocol = await loop.create_unix_connection(self._protocol_factory, path)
             else:
-                transport, protocol = await loop.create_connection(_Protocol, host, port)
+                transport, protocol = await loop.create_connection(
+                    self._protocol_factory, host, port
+                )
                 sock = transport.get_extra_info("socket")
                 if sock is not None and self._keepalive:
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
@@ -222,6 +233,9 @@ def wire_for(connection_class: type, kwargs: Mapping[str, Any]) -> Wire | None:
         "password": kwargs.get("password"),
         "connect_timeout": float(kwargs.get("socket_connect_timeout") or 5.0),
         "timeout": float(timeout) if timeout else None,
+        "encoding": str(kwargs.get("encoding") or "utf-8")
+        if kwargs.get("decode_responses")
+        else None,
     }
     if connection_class is UnixDomainSocketConnection:
         return Wire(path=str(kwargs["path"]), **common)

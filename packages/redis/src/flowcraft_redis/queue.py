@@ -30,6 +30,7 @@ from bullmq.custom_errors import DelayedError, UnrecoverableError
 from flowcraft.distributed import Delivery
 from flowcraft_redis._batch import Batcher
 from flowcraft_redis._errors import translated
+from flowcraft_redis._scripts_client import ScriptsClient
 from flowcraft_redis._settings import RedisSettings
 
 __all__ = ["BullMQQueue"]
@@ -158,7 +159,7 @@ class BullMQQueue:
                 self._settings.queue_name,
                 self._process,
                 {
-                    "connection": self._settings.bullmq_connection(),
+                    "connection": ScriptsClient(self._settings),
                     "concurrency": self._concurrency,
                     "lockDuration": self._lock_ms,
                     # Jobs of a dead worker come back once their lock expires.
