@@ -5,9 +5,11 @@ the TypeScript anchor (``chain20``, ``fan20``), with explicit ``uses`` keys as i
 ``shared.mjs``. The first and last node of each shape return the wall-clock time they finished,
 so the harness can tell hop latency and how long the client took to see the end.
 
-``python -m benchmarks.redis_app QUEUE CONCURRENCY`` is the raw BullMQ baseline: a bullmq
+``python -m benchmarks.redis_app QUEUE CONCURRENCY CLIENT`` is the raw BullMQ baseline: a bullmq
 ``Worker`` whose processor does nothing, except re-adding the job while its ``left`` counter is
-positive (so a chain of jobs costs what a chain of nodes costs the transport).
+positive (so a chain of jobs costs what a chain of nodes costs the transport). CLIENT is
+``stock`` (bullmq's own redis-py client) or ``scripts`` (the client the BullMQ transport gives
+bullmq, which sends its Lua scripts on Flowcraft's pipelined connection).
 """
 
 from __future__ import annotations
@@ -64,21 +66,28 @@ app: dict[str, Any] = {
 }
 
 
-async def _raw_worker(queue_name: str, concurrency: int) -> None:
+async def _raw_worker(queue_name: str, concurrency: int, client: str) -> None:
     from bullmq import Queue, Worker
 
     from flowcraft_redis import RedisSettings
+    from flowcraft_redis._scripts_client import ScriptsClient
 
-    # The connection options the BullMQ transport gives bullmq, so both pay the same per command.
-    connection = RedisSettings.from_env().bullmq_connection()
-    queue = Queue(queue_name, {"connection": connection})
+    settings = RedisSettings.from_env()
+
+    # "stock": bullmq's own client, with the connection options the BullMQ transport uses;
+    # "scripts": the client the transport gives bullmq's worker, so both pay the same per
+    # command and the difference is Flowcraft's orchestration.
+    def connection() -> Any:
+        return ScriptsClient(settings) if client == "scripts" else settings.bullmq_connection()
+
+    queue = Queue(queue_name, {"connection": connection()})
 
     async def process(job: Any, token: str) -> None:
         left = int(job.data.get("left", 0))
         if left > 0:
             await queue.add(RAW_JOB, {"left": left - 1}, RAW_JOB_OPTS)
 
-    worker = Worker(queue_name, process, {"connection": connection, "concurrency": concurrency})
+    worker = Worker(queue_name, process, {"connection": connection(), "concurrency": concurrency})
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -89,4 +98,4 @@ async def _raw_worker(queue_name: str, concurrency: int) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(_raw_worker(sys.argv[1], int(sys.argv[2])))
+    asyncio.run(_raw_worker(sys.argv[1], int(sys.argv[2]), sys.argv[3]))
