@@ -11,6 +11,7 @@ import uuid
 from typing import Any
 
 import pytest
+import redis
 
 from flowcraft import NodeContext, create_flow
 from flowcraft.distributed import Client, Worker
@@ -61,3 +62,47 @@ async def test_a_job_failing_in_the_backend_is_handled_again_after_the_lease(
     assert len(failures) == 1  # the first hop failed once, then went through
     assert result.status == "completed"
     assert result.context["_outputs.b"] == "ab"
+
+
+@pytest.mark.parametrize("kind", [RedisAdapter, RedisStreamsAdapter], ids=["bullmq", "streams"])
+async def test_a_job_failing_in_the_backend_every_time_is_dead_lettered_and_fails_its_run(
+    redis_url: str, kind: type[RedisAdapter] | type[RedisStreamsAdapter]
+) -> None:
+    settings = RedisSettings(url=redis_url, lease_seconds=1.0).namespaced(
+        f"e{uuid.uuid4().hex[:8]}"
+    )
+    blueprint = FLOW.to_blueprint()
+    options: dict[str, Any] = {
+        "registry": FLOW.function_registry,
+        "blueprints": {blueprint.id: blueprint},
+    }
+    worker_adapter, client_adapter = kind(settings, **options), kind(settings, **options)
+    commit = worker_adapter._commit_hop
+    failures: list[str] = []
+
+    async def failing_for_b(delivery: Any, hop: Any) -> Any:
+        if hop.member.startswith('["b"'):
+            failures.append(hop.member)
+            raise AdapterError("redis error: WRONGTYPE (injected)")
+        return await commit(delivery, hop)
+
+    worker_adapter._commit_hop = failing_for_b  # type: ignore[method-assign]
+    worker = Worker(worker_adapter, concurrency=2, receive_wait=0.05, max_deliveries=3)
+    worker.start()
+    try:
+        result = await Client(client_adapter).run(blueprint.id, {}, timeout=T)
+    finally:
+        await worker.stop(timeout=2)
+        await worker_adapter.close()
+        await client_adapter.close()
+    # Streams: a reserved job comes back as a new stream entry, whose count starts again.
+    assert 3 <= len(failures) <= 4
+    assert result.status == "failed"
+    assert "WRONGTYPE" in result.errors[0].message
+    assert "max_deliveries" in result.errors[0].message
+    with redis.Redis.from_url(redis_url) as raw:
+        if kind is RedisStreamsAdapter:
+            letters = raw.xrange(f"{settings.queue_name}:dead")
+            assert len(letters) == 1 and b"WRONGTYPE" in letters[0][1][b"reason"]
+        else:
+            assert raw.zcard(f"bull:{settings.queue_name}:failed") == 1

@@ -138,13 +138,22 @@ def _backend_options(f: Callable[..., Any]) -> Callable[..., Any]:
     show_default=True,
     help="Seconds running jobs get to finish on SIGTERM/SIGINT.",
 )
-def worker(backend: str, app: str, concurrency: int, grace: float) -> None:
+@click.option(
+    "--max-deliveries",
+    type=click.IntRange(min=1),
+    default=10,
+    show_default=True,
+    envvar="FLOWCRAFT_MAX_DELIVERIES",
+    help="Deliveries of a job after which it is dead-lettered and its run failed"
+    " (env: FLOWCRAFT_MAX_DELIVERIES).",
+)
+def worker(backend: str, app: str, concurrency: int, grace: float, max_deliveries: int) -> None:
     """Serve jobs of a distributed backend until SIGTERM or SIGINT (then stop gracefully)."""
     adapter = _adapter(backend, app, concurrency)
     logging.basicConfig(level=logging.INFO)
 
     async def serve() -> None:
-        running = Worker(adapter, concurrency=concurrency)
+        running = Worker(adapter, concurrency=concurrency, max_deliveries=max_deliveries)
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -189,11 +189,13 @@ class BullMQQueue:
         self._open.add(handle)
         handle.verdict.add_done_callback(lambda _: self._open.discard(handle))
         body = orjson.dumps(job.data).decode()
+        # attemptsStarted counts every start, also after a hand-back (moveToDelayed), which
+        # attemptsMade does not; older job records only have the other two.
+        started = int(getattr(job, "attemptsStarted", 0) or 0)
         attempts = int(getattr(job, "attemptsMade", 0) or 0)
         stalled = int(getattr(job, "stalledCounter", 0) or 0)
-        await self._inbox.put(
-            Delivery(body=body, handle=handle, delivery_count=1 + attempts + stalled)
-        )
+        count = max(started, 1 + attempts + stalled)
+        await self._inbox.put(Delivery(body=body, handle=handle, delivery_count=count))
         verdict = await handle.verdict
         if verdict is _RELEASE or isinstance(verdict, float):
             due = time.time() + (verdict if isinstance(verdict, float) else 0.0)

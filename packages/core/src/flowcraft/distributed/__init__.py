@@ -7,7 +7,11 @@ adapter. :mod:`flowcraft.memory` is the in-process reference backend.
 
 from flowcraft.distributed._current import CurrentJob, current_job
 from flowcraft.distributed._protocols import ContextStore, CoordinationStore, Delivery, JobPayload
-from flowcraft.distributed.adapter import BaseDistributedAdapter, JobRejected
+from flowcraft.distributed.adapter import (
+    BaseDistributedAdapter,
+    DeliveryLimitExceeded,
+    JobRejected,
+)
 from flowcraft.distributed.client import Client
 from flowcraft.distributed.reconciler import Reconciler, ReconcileStats
 from flowcraft.distributed.worker import Worker
@@ -27,5 +31,6 @@ __all__ = [
     "Worker",
     "current_job",
     # Errors
+    "DeliveryLimitExceeded",
     "JobRejected",
 ]

@@ -59,6 +59,11 @@ class JobRejected(FlowcraftError):
     """A job cannot be run (malformed, unknown blueprint or node, version mismatch)."""
 
 
+class DeliveryLimitExceeded(JobRejected):
+    """A job was delivered more times than the worker's ``max_deliveries`` without being
+    handled: each time its handling failed in the backend, or its worker died."""
+
+
 class BaseDistributedAdapter(Orchestration, ABC):
     """The orchestration of distributed runs over a backend's queue and stores.
 
@@ -471,11 +476,21 @@ class BaseDistributedAdapter(Orchestration, ABC):
                 {**payload.to_dict(), "duration": time.monotonic() - started, "success": True},
             )
 
-    async def _reject(self, delivery: Delivery, run_id: str | None, reason: str) -> None:
+    async def _give_up(self, delivery: Delivery, reason: str) -> None:
+        """Dead-letter a job delivered too often, and fail its run with the reason."""
+        await self._reject(delivery, _run_id_of(delivery.body), reason, DeliveryLimitExceeded)
+
+    async def _reject(
+        self,
+        delivery: Delivery,
+        run_id: str | None,
+        reason: str,
+        kind: type[JobRejected] = JobRejected,
+    ) -> None:
         _log.error("rejecting job: %s", reason)
         await self._dead_letter(delivery, reason)
         if run_id:
-            error = JobRejected(reason, run_id=run_id, is_fatal=True)
+            error = kind(reason, run_id=run_id, is_fatal=True)
             await self.publish_final(run_id, "failed", [error])
         bus = self.event_bus
         if bus is not None and bus.wants("job:failed"):

@@ -36,6 +36,11 @@ class Worker:
         concurrency: Jobs handled at once.
         receive_wait: Seconds one receive call may block waiting for a job.
         timer_interval: Seconds between scans for due sleep timers.
+        max_deliveries: Deliveries of one job after which it is dead-lettered and its run
+            failed with :class:`~flowcraft.distributed.DeliveryLimitExceeded`: its handling
+            kept failing in the backend (not a lost connection, which is waited out), or its
+            worker kept dying. Without a limit such a job would come back once per lease
+            forever.
     """
 
     def __init__(
@@ -45,8 +50,10 @@ class Worker:
         concurrency: int = 8,
         receive_wait: float = 0.2,
         timer_interval: float = 0.2,
+        max_deliveries: int = 10,
     ) -> None:
         self.adapter = adapter
+        self.max_deliveries = max(1, max_deliveries)
         self.concurrency = max(1, concurrency)
         self.receive_wait = receive_wait
         self.timer_interval = timer_interval
@@ -150,6 +157,14 @@ class Worker:
             followed += 1
 
     async def _handle_one(self, delivery: Delivery, follow: bool) -> None:
+        if delivery.delivery_count > self.max_deliveries:
+            await self._give_up(
+                delivery,
+                f"delivered {delivery.delivery_count} times without being handled (the"
+                f" worker's max_deliveries is {self.max_deliveries}): its handling kept"
+                " failing in the backend, or its worker kept dying",
+            )
+            return
         pause = self.receive_wait
         while True:
             try:
@@ -159,6 +174,14 @@ class Worker:
                 if _cancel_pending():
                     raise asyncio.CancelledError from exc
                 if not isinstance(exc, ConnectionFailed):
+                    if delivery.delivery_count >= self.max_deliveries:
+                        await self._give_up(
+                            delivery,
+                            f"handling failed in the backend on each of"
+                            f" {delivery.delivery_count} deliveries (the worker's"
+                            f" max_deliveries), last with {type(exc).__name__}: {exc}",
+                        )
+                        return
                     # Not acked: the queue redelivers it after the lease.
                     _log.exception("job failed in the backend; it will be redelivered")
                     try:
@@ -172,6 +195,13 @@ class Worker:
                 _log.warning("backend unreachable handling a job (%s); retry in %.2f s", exc, pause)
                 await asyncio.sleep(pause)
                 pause = min(_BACKOFF_MAX, pause * 2)
+
+    async def _give_up(self, delivery: Delivery, reason: str) -> None:
+        try:
+            await self.adapter._give_up(delivery, reason)
+        except Exception:
+            # Not dead-lettered: it comes back after the lease, and is given up on again.
+            _log.exception("could not dead-letter a job delivered too often")
 
     async def _timers(self) -> None:
         while not self._stopping:
