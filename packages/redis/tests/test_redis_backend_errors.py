@@ -1,4 +1,5 @@
-"""A job whose handling fails in the backend (not a lost connection) comes back after the lease.
+"""A job whose handling fails in the backend (not a lost connection) comes back after the lease,
+and is given up on after the worker's ``max_deliveries``.
 
 On Streams the entry is simply not renewed and is taken over. BullMQ renews a job's lock for as
 long as the processor holds it, so the adapter must hand the job back itself: before that, such
@@ -8,6 +9,7 @@ a job stayed locked, and its run stuck, for as long as the worker lived.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -16,6 +18,7 @@ import redis
 from flowcraft import NodeContext, create_flow
 from flowcraft.distributed import Client, Worker
 from flowcraft.errors import AdapterError
+from flowcraft.result import WorkflowResult
 from flowcraft_redis import RedisAdapter, RedisSettings, RedisStreamsAdapter
 
 T = 20.0
@@ -28,10 +31,17 @@ async def step(ctx: NodeContext) -> str:
 FLOW = create_flow("flaky-backend").node("a", step).node("b", step).edge("a", "b")
 
 
-@pytest.mark.parametrize("kind", [RedisAdapter, RedisStreamsAdapter], ids=["bullmq", "streams"])
-async def test_a_job_failing_in_the_backend_is_handled_again_after_the_lease(
-    redis_url: str, kind: type[RedisAdapter] | type[RedisStreamsAdapter]
-) -> None:
+Kind = type[RedisAdapter] | type[RedisStreamsAdapter]
+KINDS = pytest.mark.parametrize(
+    "kind", [RedisAdapter, RedisStreamsAdapter], ids=["bullmq", "streams"]
+)
+
+
+async def run_with_failing_hops(
+    redis_url: str, kind: Kind, fails: Callable[[str, list[str]], bool], **worker: Any
+) -> tuple[WorkflowResult, list[str], RedisSettings]:
+    """Run FLOW with a worker whose hop commits raise a store error (not a lost connection)
+    when ``fails(member, failures so far)``; the result, the failed hops, the settings."""
     settings = RedisSettings(url=redis_url, lease_seconds=1.0).namespaced(
         f"e{uuid.uuid4().hex[:8]}"
     )
@@ -44,57 +54,43 @@ async def test_a_job_failing_in_the_backend_is_handled_again_after_the_lease(
     commit = worker_adapter._commit_hop
     failures: list[str] = []
 
-    async def failing_once(delivery: Any, hop: Any) -> Any:
-        if not failures:
+    async def failing(delivery: Any, hop: Any) -> Any:
+        if fails(hop.member, failures):
             failures.append(hop.member)
             raise AdapterError("redis error: WRONGTYPE (injected)")
         return await commit(delivery, hop)
 
-    worker_adapter._commit_hop = failing_once  # type: ignore[method-assign]
-    worker = Worker(worker_adapter, concurrency=2, receive_wait=0.05)
-    worker.start()
+    worker_adapter._commit_hop = failing  # type: ignore[method-assign]
+    running = Worker(worker_adapter, concurrency=2, receive_wait=0.05, **worker)
+    running.start()
     try:
         result = await Client(client_adapter).run(blueprint.id, {}, timeout=T)
     finally:
-        await worker.stop(timeout=2)
+        await running.stop(timeout=2)
         await worker_adapter.close()
         await client_adapter.close()
+    return result, failures, settings
+
+
+@KINDS
+async def test_a_job_failing_in_the_backend_is_handled_again_after_the_lease(
+    redis_url: str, kind: Kind
+) -> None:
+    result, failures, _ = await run_with_failing_hops(
+        redis_url, kind, lambda member, failures: not failures
+    )
     assert len(failures) == 1  # the first hop failed once, then went through
     assert result.status == "completed"
     assert result.context["_outputs.b"] == "ab"
 
 
-@pytest.mark.parametrize("kind", [RedisAdapter, RedisStreamsAdapter], ids=["bullmq", "streams"])
+@KINDS
 async def test_a_job_failing_in_the_backend_every_time_is_dead_lettered_and_fails_its_run(
-    redis_url: str, kind: type[RedisAdapter] | type[RedisStreamsAdapter]
+    redis_url: str, kind: Kind
 ) -> None:
-    settings = RedisSettings(url=redis_url, lease_seconds=1.0).namespaced(
-        f"e{uuid.uuid4().hex[:8]}"
+    result, failures, settings = await run_with_failing_hops(
+        redis_url, kind, lambda member, _: member.startswith('["b"'), max_deliveries=3
     )
-    blueprint = FLOW.to_blueprint()
-    options: dict[str, Any] = {
-        "registry": FLOW.function_registry,
-        "blueprints": {blueprint.id: blueprint},
-    }
-    worker_adapter, client_adapter = kind(settings, **options), kind(settings, **options)
-    commit = worker_adapter._commit_hop
-    failures: list[str] = []
-
-    async def failing_for_b(delivery: Any, hop: Any) -> Any:
-        if hop.member.startswith('["b"'):
-            failures.append(hop.member)
-            raise AdapterError("redis error: WRONGTYPE (injected)")
-        return await commit(delivery, hop)
-
-    worker_adapter._commit_hop = failing_for_b  # type: ignore[method-assign]
-    worker = Worker(worker_adapter, concurrency=2, receive_wait=0.05, max_deliveries=3)
-    worker.start()
-    try:
-        result = await Client(client_adapter).run(blueprint.id, {}, timeout=T)
-    finally:
-        await worker.stop(timeout=2)
-        await worker_adapter.close()
-        await client_adapter.close()
     # Streams: a reserved job comes back as a new stream entry, whose count starts again.
     assert 3 <= len(failures) <= 4
     assert result.status == "failed"
