@@ -9,6 +9,7 @@ checks, cancellation and the one final result — lives here and in ``_orchestra
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from abc import ABC, abstractmethod
@@ -49,7 +50,7 @@ from flowcraft.result import WorkflowResult
 from flowcraft.runtime._graph import Graph, NodeSpec
 from flowcraft.runtime._routing import condition_holds, routing_edges, select_edges
 
-__all__ = ["BaseDistributedAdapter", "JobRejected"]
+__all__ = ["BaseDistributedAdapter", "DeliveryLimitExceeded", "JobRejected"]
 
 _log = logging.getLogger("flowcraft.distributed")
 _UNSET: Any = object()
@@ -250,21 +251,34 @@ class BaseDistributedAdapter(Orchestration, ABC):
         if await self.coordination.get(self.keys.meta(run_id)) is None:
             await self.context.patch(run_id, ops)
         meta = orjson.dumps([blueprint_id, blueprint.version]).decode()
-        await self.coordination.set_if_not_exist(self.keys.meta(run_id), meta, self.ttl)
-        await self.coordination.add_to_set(self.keys.runs, run_id, self.ttl)
-        # Every start job counts as in flight before any is enqueued, or the first to finish
-        # would see an empty frontier and end the run.
-        starts = [job_id(node, 0) for node in graph.start_nodes]
-        for member in starts:
-            await self.coordination.add_to_set(self.keys.enqueued(run_id), member, self.ttl)
-        for node in graph.start_nodes:
-            job = JobPayload(
-                run_id=run_id,
-                blueprint_id=blueprint_id,
-                node_id=node,
-                trace_context=info.trace_context or None,
+        enqueued = self.keys.enqueued(run_id)
+        # Independent writes, made concurrently: one round trip instead of one each (a
+        # backend that batches sends them together). Every start job counts as in flight
+        # before any is enqueued, or the first to finish would see an empty frontier and end
+        # the run.
+        await asyncio.gather(
+            self.coordination.set_if_not_exist(self.keys.meta(run_id), meta, self.ttl),
+            self.coordination.add_to_set(self.keys.runs, run_id, self.ttl),
+            *(
+                self.coordination.add_to_set(enqueued, job_id(node, 0), self.ttl)
+                for node in graph.start_nodes
+            ),
+        )
+        await asyncio.gather(
+            *(
+                self.enqueue_job(
+                    JobPayload(
+                        run_id=run_id,
+                        blueprint_id=blueprint_id,
+                        node_id=node,
+                        trace_context=info.trace_context or None,
+                    ),
+                    job_id(node, 0),
+                    fence=self.keys.fire(run_id, node, 0),
+                )
+                for node in graph.start_nodes
             )
-            await self.enqueue_job(job, job_id(node, 0), fence=self.keys.fire(run_id, node, 0))
+        )
         return run_id
 
     async def wait_result(self, run_id: str, timeout: float | None = None) -> WorkflowResult:
