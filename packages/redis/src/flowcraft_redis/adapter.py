@@ -164,6 +164,9 @@ class RedisStreamsAdapter(_RedisBase):
     (``concurrency``: most entries one read fetches; the worker's free slots bound it too); the
     arguments are :class:`_RedisBase`'s."""
 
+    # Queued successors carry their arrival read, which the stream read makes (streams.py).
+    _reads_ahead = True
+
     def _make_queue(self, concurrency: int) -> StreamsQueue:
         queue = StreamsQueue(
             self.redis, self.settings, lease=self.lease, batch=concurrency, batcher=self.batcher

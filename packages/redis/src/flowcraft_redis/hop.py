@@ -21,7 +21,7 @@ import orjson
 import redis.asyncio as aioredis
 
 from flowcraft.distributed import Delivery
-from flowcraft.distributed._hop import Hop, HopCommit
+from flowcraft.distributed._hop import ArrivalRead, Hop, HopCommit
 from flowcraft_redis._arrival import arrival
 from flowcraft_redis._batch import Batcher
 from flowcraft_redis._errors import text, translated
@@ -36,11 +36,12 @@ __all__ = ["HopCommitter"]
 # target its fence, resolved and taken sets, then (Streams only) the stream, the delayed set and,
 # when a successor may be reserved, its arrival keys (final, version, result). ARGV[1]: JSON
 # {ttl, record, member, token, stream, entry, reserved, group, nset, reserve, lease, fields,
-# targets: [{member, source, mark, preds (how many), body}]}; then nset field/value pairs for
-# HSET, then the fields to HDEL. Reply: {outcome, fired members, reserved job or false}; a
-# reserved job is {delayed-set entry, final, version, result, splices, taken marks, context
-# fields}. The receipt (kept a minute) makes a retry of the same call — the client retries
-# when a connection drops, even after the script ran — answer what the first did.
+# targets: [{member, source, mark, preds (how many), body, read (JSON, see streams._RECEIVE)}]};
+# then nset field/value pairs for HSET, then the fields to HDEL. Reply: {outcome, fired
+# members, reserved job or false}; a reserved job is {delayed-set entry, final, version,
+# result, splices, taken marks, context fields}. The receipt (kept a minute) makes a retry of
+# the same call — the client retries when a connection drops, even after the script ran —
+# answer what the first did.
 _COMMIT = """
 local meta = cjson.decode(ARGV[1])
 local ttl = meta.ttl
@@ -91,6 +92,8 @@ for i, t in ipairs(meta.targets) do
         reserved = {entry, redis.call('GET', KEYS[after + 3]), redis.call('GET', KEYS[after + 4]),
           redis.call('GET', KEYS[after + 5]), redis.call('SMEMBERS', KEYS[6]),
           redis.call('SMEMBERS', KEYS[base + 3]), fields}
+      elseif stream and t.read ~= '' then
+        redis.call('XADD', stream, '*', 'body', t.body, 'read', t.read)
       elseif stream then
         redis.call('XADD', stream, '*', 'body', t.body)
       end
@@ -149,6 +152,18 @@ class HopCommitter:
         self._batcher = batcher
         self._script = client.register_script(_COMMIT)
 
+    def _read(self, hop: Hop, read: ArrivalRead) -> str:
+        # Stored beside a queued job (its entry's ``read`` field), for the stream read to make.
+        key = self._settings.coordination_key
+        return orjson.dumps(
+            {
+                "k": [key(k) for k in read.keys],
+                "s": [key(k) for k in read.set_keys],
+                "h": self._settings.state_key(hop.run_id),
+                "f": list(dict.fromkeys(read.context_keys or ())),
+            }
+        ).decode()
+
     async def commit(self, delivery: Delivery, hop: Hop) -> HopCommit | None:
         """Apply ``hop`` (and, on Streams, ack ``delivery``); None when the delivery is not
         this transport's (a job handed in by hand)."""
@@ -169,6 +184,7 @@ class HopCommitter:
         targets: list[dict[str, Any]] = []
         for target in hop.targets:
             keys += [key(target.fence), key(target.resolved), key(target.taken)]
+            read = target.arrival
             targets.append(
                 {
                     "member": target.member,
@@ -176,6 +192,7 @@ class HopCommitter:
                     "mark": target.mark,
                     "preds": len(target.preds),
                     "body": target.body if stream is not None else "",
+                    "read": "" if stream is None or read is None else self._read(hop, read),
                 }
             )
         reserve, fields = 0, []
@@ -184,7 +201,7 @@ class HopCommitter:
             keys += [stream.stream, stream.delayed]
             if stream.reserving:
                 for index, target in enumerate(hop.targets, 1):
-                    if target.arrival is not None:
+                    if target.reserve and target.arrival is not None:
                         reserve, read = index, target.arrival
                         keys += [key(k) for k in read.keys]
                         fields = list(dict.fromkeys(read.context_keys or ()))

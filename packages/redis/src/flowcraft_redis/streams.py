@@ -2,8 +2,9 @@
 
 Layout (``<queue>`` is ``RedisSettings.queue_name``):
 
-* ``<queue>:jobs`` — the stream; each entry has one field, ``body``, the job's JSON text.
-  Consumer group ``flowcraft``; a worker process is one consumer.
+* ``<queue>:jobs`` — the stream; each entry has a field ``body``, the job's JSON text, and, when
+  a hop queued it, ``read``: the keys the job reads on arrival, which the stream read then
+  reads with it. Consumer group ``flowcraft``; a worker process is one consumer.
 * ``<queue>:delayed`` — sorted set of jobs not yet due, scored by due time (server clock, ms),
   each member ``<32 hex>|<body>``. A successor the hop step reserved for the worker that ran its
   predecessor waits here too, due when its lease runs out: the worker renews it while handling
@@ -25,11 +26,13 @@ import time
 import uuid
 from typing import Any
 
+import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from flowcraft.distributed import Delivery
 from flowcraft.distributed._protocols import Arrival
+from flowcraft_redis._arrival import arrival
 from flowcraft_redis._batch import Batcher, Command
 from flowcraft_redis._errors import text, translated
 from flowcraft_redis._settings import RedisSettings
@@ -57,6 +60,45 @@ for _, entry in ipairs(due) do
   redis.call('XADD', KEYS[2], '*', 'body', string.sub(entry, 34))
 end
 return #due
+"""
+
+# A batch of new entries, and the arrival read of each job whose entry names one in its field
+# ``read`` (written by the hop that queued it: {k: string keys, s: set keys, h: the run's state
+# hash, f: its fields}). The keys come from the entries, so they cannot be declared: the
+# backend runs on one Redis server, not a cluster. A read that cannot be made (a foreign or
+# damaged field) is left to the job. ARGV: group, consumer, count. Reply per entry: {id, body,
+# read or false, values (strings, member lists, field values) or false}.
+_RECEIVE = """
+local reply = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', ARGV[3],
+  'STREAMS', KEYS[1], '>')
+if not reply then return {} end
+local function read_arrival(read)
+  local r = cjson.decode(read)
+  local got = {}
+  for _, k in ipairs(r.k) do got[#got + 1] = redis.call('GET', k) end
+  for _, k in ipairs(r.s) do got[#got + 1] = redis.call('SMEMBERS', k) end
+  local values = {}
+  if #r.f > 0 then values = redis.call('HMGET', r.h, unpack(r.f)) end
+  got[#got + 1] = values
+  return got
+end
+local out = {}
+for i, entry in ipairs(reply[1][2]) do
+  local fields, body, read, got = entry[2], false, false, false
+  for j = 1, #fields, 2 do
+    if fields[j] == 'body' then
+      body = fields[j + 1]
+    elseif fields[j] == 'read' then
+      read = fields[j + 1]
+    end
+  end
+  if read then
+    local ok, values = pcall(read_arrival, read)
+    if ok then got = values else read = false end
+  end
+  out[i] = {entry[1], body, read, got}
+end
+return out
 """
 
 
@@ -94,6 +136,7 @@ class StreamsQueue:
         self._batch = max(1, batch)
         self._delay = client.register_script(_DELAY)
         self._promote = client.register_script(_PROMOTE)
+        self._receive = client.register_script(_RECEIVE)
         self._group_ready = False
         self._next_promote = 0.0
         self._next_claim = 0.0
@@ -153,11 +196,11 @@ class StreamsQueue:
             if self._batcher.pipelined:
                 # Under load there is nearly always something to read: try without blocking,
                 # in the tick's batch, before a blocking read (which must have a connection
-                # of its own).
-                command = ("XREADGROUP", "GROUP", GROUP, self.consumer, "COUNT", max_jobs)
-                (reply,) = await self._batcher.run([(*command, "STREAMS", self.stream, ">")])
-                if reply:
-                    return _deliveries(reply)
+                # of its own). The jobs' arrival reads come with it.
+                args = [GROUP, self.consumer, max_jobs]
+                received = await self._batcher.script(self._receive, [self.stream], args)
+                if received:
+                    return _received(received)
             reply = await self._redis.xreadgroup(
                 GROUP,
                 self.consumer,
@@ -329,6 +372,18 @@ def _deliveries(reply: Any) -> list[Delivery]:
         for _, entries in reply or ()
         for entry, fields in entries
     ]
+
+
+def _received(reply: Any) -> list[Delivery]:
+    """The deliveries of a _RECEIVE reply, with the arrival reads it made."""
+    out: list[Delivery] = []
+    for entry, body, read, values in reply:
+        got = None
+        if read and values:
+            fields = orjson.loads(read)["f"]
+            got = arrival(values, [str(f) for f in fields], 3)
+        out.append(Delivery(body=text(body) if body else "", handle=text(entry), arrival=got))
+    return out
 
 
 def _body(fields: Any) -> str:

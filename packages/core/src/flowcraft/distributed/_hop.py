@@ -15,6 +15,10 @@ one successor for it (``HopTarget.arrival``): the backend then leases that job t
 instead of queueing it, reads what the job reads on arrival in the same step, and hands it back
 as ``HopCommit.next``. A chain then costs one round trip per hop. The lease keeps it safe: a
 worker that dies holding the job loses it to the queue when the lease runs out.
+
+A backend that can deliver a queued job together with what it reads on arrival (its stream read
+and the job's reads in one server-side step) sets ``_reads_ahead``: every target then carries
+its arrival read, for the backend to store beside the job it queues.
 """
 
 from __future__ import annotations
@@ -56,8 +60,10 @@ class HopTarget:
         preds: Every predecessor that must have resolved before it fires; empty for an
             ``any`` join, which fires on its first taken edge.
         body: The successor's job JSON.
-        arrival: Set on at most one target: the job this worker takes next if the backend
-            can reserve it (and what that job reads on arrival); the rest are queued.
+        arrival: What the successor's job reads on arrival: set on the target to reserve,
+            and on every target when the backend reads ahead (``_reads_ahead``).
+        reserve: Set on at most one target: the job this worker takes next if the backend
+            can reserve it; the rest are queued.
     """
 
     member: str
@@ -69,6 +75,7 @@ class HopTarget:
     preds: Sequence[str]
     body: str
     arrival: ArrivalRead | None = None
+    reserve: bool = False
 
 
 @dataclass(frozen=True, slots=True)

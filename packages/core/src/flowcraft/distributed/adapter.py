@@ -179,6 +179,10 @@ class BaseDistributedAdapter(Orchestration, ABC):
         data = await self.context.get_many(run_id, context_keys) if context_keys else {}
         return strings, sets, data
 
+    _reads_ahead = False
+    """Whether the backend delivers queued jobs with their arrival read (then every hop target
+    carries it, see ``_hop.py``)."""
+
     async def _commit_hop(self, delivery: Delivery, hop: Hop) -> HopCommit | None:
         """Apply ``hop`` in one atomic step (see :class:`~flowcraft.distributed._hop.Hop`).
 
@@ -688,8 +692,9 @@ class BaseDistributedAdapter(Orchestration, ABC):
             target_iter = self.target_iteration(graph, node_id, edge.target, iteration)
             position = graph.out_edges[node_id].index(index)
             successor = self.successor_payload(payload, edge.target, target_iter)
+            reserve = job.follow and not targets
             arrival = None
-            if job.follow and not targets:
+            if reserve or self._reads_ahead:
                 result_key = self.keys.result(run_id, edge.target, target_iter)
                 arrival = self._arrival_read(
                     job.blueprint, run_id, edge.target, target_iter, result_key, ""
@@ -705,6 +710,7 @@ class BaseDistributedAdapter(Orchestration, ABC):
                     preds=() if target.join_any else tuple(target.preds),
                     body=successor.to_json(),
                     arrival=arrival,
+                    reserve=reserve,
                 )
             )
         return Hop(
