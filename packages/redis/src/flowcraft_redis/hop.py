@@ -185,6 +185,8 @@ class HopCommitter:
         for target in hop.targets:
             keys += [key(target.fence), key(target.resolved), key(target.taken)]
             read = target.arrival
+            # A queued job's entry carries its read; a reserved one gets it in the reply.
+            queued = stream is not None and read is not None and not target.reserve
             targets.append(
                 {
                     "member": target.member,
@@ -192,7 +194,7 @@ class HopCommitter:
                     "mark": target.mark,
                     "preds": len(target.preds),
                     "body": target.body if stream is not None else "",
-                    "read": "" if stream is None or read is None else self._read(hop, read),
+                    "read": self._read(hop, read) if queued and read is not None else "",
                 }
             )
         reserve, fields = 0, []
