@@ -8,6 +8,7 @@ other jobs arriving in the same tick.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -18,22 +19,51 @@ from flowcraft_redis._errors import text
 from flowcraft_redis._settings import RedisSettings
 from flowcraft_redis.context import decode_fields
 
-__all__ = ["ArrivalReader", "arrival"]
+__all__ = ["READ_ARRIVAL", "ArrivalReader", "arrival", "arrival_keys"]
+
+READ_ARRIVAL = """
+local function read_arrival(strings, sets, hash, fields)
+  local got = {}
+  for _, k in ipairs(strings) do got[#got + 1] = redis.call('GET', k) end
+  for _, k in ipairs(sets) do got[#got + 1] = redis.call('SMEMBERS', k) end
+  local values = {}
+  if #fields > 0 then values = redis.call('HMGET', hash, unpack(fields)) end
+  got[#got + 1] = values
+  return got
+end
+"""
+"""Lua: a job's arrival read (missing strings and fields come back as nil), as :func:`arrival`
+decodes it. This script, the hop's (for the successor it reserves) and the stream read's (for
+the jobs it takes) make it."""
 
 # KEYS: the string keys, the set keys, then the state hash. ARGV: how many string keys, how
-# many set keys, then the hash fields. Missing strings and fields come back as nil.
-_READ = """
+# many set keys, then the hash fields.
+_READ = (
+    READ_ARRIVAL
+    + """
 local strings, sets = tonumber(ARGV[1]), tonumber(ARGV[2])
-local out = {}
-for i = 1, strings do out[i] = redis.call('GET', KEYS[i]) end
-for i = strings + 1, strings + sets do out[i] = redis.call('SMEMBERS', KEYS[i]) end
-if #ARGV > 2 then
-  out[strings + sets + 1] = redis.call('HMGET', KEYS[strings + sets + 1], unpack(ARGV, 3))
-else
-  out[strings + sets + 1] = {}
-end
-return out
+return read_arrival({unpack(KEYS, 1, strings)}, {unpack(KEYS, strings + 1, strings + sets)},
+  KEYS[strings + sets + 1], {unpack(ARGV, 3)})
 """
+)
+
+
+def arrival_keys(
+    settings: RedisSettings,
+    run_id: str,
+    keys: Sequence[str],
+    set_keys: Sequence[str],
+    context_keys: Sequence[str] | None,
+) -> tuple[list[str], list[str], str, list[str]]:
+    """The Redis names of an arrival read: its string keys, its set keys, the run's state hash
+    and the hash fields (once each)."""
+    key = settings.coordination_key
+    return (
+        [key(k) for k in keys],
+        [key(k) for k in set_keys],
+        settings.state_key(run_id),
+        list(dict.fromkeys(context_keys or ())),
+    )
 
 
 class ArrivalReader:
@@ -48,14 +78,13 @@ class ArrivalReader:
         self, run_id: str, keys: list[str], set_keys: list[str], context_keys: list[str]
     ) -> Arrival:
         """Coordination ``keys`` and ``set_keys`` and the present ``context_keys`` of the run."""
-        key = self._settings.coordination_key
-        fields = list(dict.fromkeys(context_keys))
-        reply = await self._batcher.script(
-            self._script,
-            [*map(key, keys), *map(key, set_keys), self._settings.state_key(run_id)],
-            [len(keys), len(set_keys), *fields],
+        strings, sets, state, fields = arrival_keys(
+            self._settings, run_id, keys, set_keys, context_keys
         )
-        return arrival(reply, fields, len(keys))
+        reply = await self._batcher.script(
+            self._script, [*strings, *sets, state], [len(strings), len(sets), *fields]
+        )
+        return arrival(reply, fields, len(strings))
 
 
 def arrival(reply: Any, fields: list[str], strings: int = 3) -> Arrival:

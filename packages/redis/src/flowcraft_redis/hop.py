@@ -22,7 +22,7 @@ import redis.asyncio as aioredis
 
 from flowcraft.distributed import Delivery
 from flowcraft.distributed._hop import ArrivalRead, Hop, HopCommit
-from flowcraft_redis._arrival import arrival
+from flowcraft_redis._arrival import READ_ARRIVAL, arrival, arrival_keys
 from flowcraft_redis._batch import Batcher
 from flowcraft_redis._errors import text, translated
 from flowcraft_redis._settings import RedisSettings
@@ -42,7 +42,9 @@ __all__ = ["HopCommitter"]
 # result, splices, taken marks, context fields}. The receipt (kept a minute) makes a retry of
 # the same call — the client retries when a connection drops, even after the script ran —
 # answer what the first did.
-_COMMIT = """
+_COMMIT = (
+    READ_ARRIVAL
+    + """
 local meta = cjson.decode(ARGV[1])
 local ttl = meta.ttl
 if redis.call('EXISTS', KEYS[1]) == 1 then
@@ -87,11 +89,9 @@ for i, t in ipairs(meta.targets) do
         local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
         local entry = meta.token .. '|' .. t.body
         redis.call('ZADD', delayed, ms + meta.lease, entry)
-        local fields = {}
-        if #meta.fields > 0 then fields = redis.call('HMGET', KEYS[2], unpack(meta.fields)) end
-        reserved = {entry, redis.call('GET', KEYS[after + 3]), redis.call('GET', KEYS[after + 4]),
-          redis.call('GET', KEYS[after + 5]), redis.call('SMEMBERS', KEYS[6]),
-          redis.call('SMEMBERS', KEYS[base + 3]), fields}
+        -- Its set keys are the run's splices and its own taken marks, both among KEYS.
+        reserved = {entry, unpack(read_arrival({KEYS[after + 3], KEYS[after + 4],
+          KEYS[after + 5]}, {KEYS[6], KEYS[base + 3]}, KEYS[2], meta.fields))}
       elseif stream and t.read ~= '' then
         redis.call('XADD', stream, '*', 'body', t.body, 'read', t.read)
       elseif stream then
@@ -124,6 +124,7 @@ end
 redis.call('SET', KEYS[7], cjson.encode({token = meta.token, out = out}), 'PX', 60000)
 return out
 """
+)
 
 
 class HopCommitter:
@@ -154,15 +155,10 @@ class HopCommitter:
 
     def _read(self, hop: Hop, read: ArrivalRead) -> str:
         # Stored beside a queued job (its entry's ``read`` field), for the stream read to make.
-        key = self._settings.coordination_key
-        return orjson.dumps(
-            {
-                "k": [key(k) for k in read.keys],
-                "s": [key(k) for k in read.set_keys],
-                "h": self._settings.state_key(hop.run_id),
-                "f": list(dict.fromkeys(read.context_keys or ())),
-            }
-        ).decode()
+        strings, sets, state, fields = arrival_keys(
+            self._settings, hop.run_id, read.keys, read.set_keys, read.context_keys
+        )
+        return orjson.dumps({"k": strings, "s": sets, "h": state, "f": fields}).decode()
 
     async def commit(self, delivery: Delivery, hop: Hop) -> HopCommit | None:
         """Apply ``hop`` (and, on Streams, ack ``delivery``); None when the delivery is not
@@ -197,7 +193,8 @@ class HopCommitter:
                     "read": self._read(hop, read) if queued and read is not None else "",
                 }
             )
-        reserve, fields = 0, []
+        reserve = 0
+        fields: list[str] = []
         entry = delivery.handle if stream is not None else ""
         if stream is not None:
             keys += [stream.stream, stream.delayed]
@@ -205,8 +202,10 @@ class HopCommitter:
                 for index, target in enumerate(hop.targets, 1):
                     if target.reserve and target.arrival is not None:
                         reserve, read = index, target.arrival
-                        keys += [key(k) for k in read.keys]
-                        fields = list(dict.fromkeys(read.context_keys or ()))
+                        strings, _, _, fields = arrival_keys(
+                            self._settings, hop.run_id, read.keys, (), read.context_keys
+                        )
+                        keys += strings
                         break
         meta = {
             "ttl": max(1, int(hop.ttl * 1000)),

@@ -32,7 +32,7 @@ from redis.exceptions import ResponseError
 
 from flowcraft.distributed import Delivery
 from flowcraft.distributed._protocols import Arrival
-from flowcraft_redis._arrival import arrival
+from flowcraft_redis._arrival import READ_ARRIVAL, arrival
 from flowcraft_redis._batch import Batcher, Command
 from flowcraft_redis._errors import text, translated
 from flowcraft_redis._settings import RedisSettings
@@ -68,19 +68,15 @@ return #due
 # backend runs on one Redis server, not a cluster. A read that cannot be made (a foreign or
 # damaged field) is left to the job. ARGV: group, consumer, count. Reply per entry: {id, body,
 # read or false, values (strings, member lists, field values) or false}.
-_RECEIVE = """
+_RECEIVE = (
+    READ_ARRIVAL
+    + """
 local reply = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', ARGV[3],
   'STREAMS', KEYS[1], '>')
 if not reply then return {} end
-local function read_arrival(read)
+local function read_entry(read)
   local r = cjson.decode(read)
-  local got = {}
-  for _, k in ipairs(r.k) do got[#got + 1] = redis.call('GET', k) end
-  for _, k in ipairs(r.s) do got[#got + 1] = redis.call('SMEMBERS', k) end
-  local values = {}
-  if #r.f > 0 then values = redis.call('HMGET', r.h, unpack(r.f)) end
-  got[#got + 1] = values
-  return got
+  return read_arrival(r.k, r.s, r.h, r.f)
 end
 local out = {}
 for i, entry in ipairs(reply[1][2]) do
@@ -93,13 +89,14 @@ for i, entry in ipairs(reply[1][2]) do
     end
   end
   if read then
-    local ok, values = pcall(read_arrival, read)
+    local ok, values = pcall(read_entry, read)
     if ok then got = values else read = false end
   end
   out[i] = {entry[1], body, read, got}
 end
 return out
 """
+)
 
 
 class StreamsQueue:
