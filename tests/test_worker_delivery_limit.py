@@ -9,7 +9,7 @@ from typing import Any
 
 from flowcraft import NodeContext, create_flow
 from flowcraft.distributed import Client, Delivery, Worker
-from flowcraft.errors import AdapterError
+from flowcraft.errors import AdapterError, DeliveryLimitExceeded
 from flowcraft.memory import MemoryAdapter, MemoryBackend
 
 
@@ -54,6 +54,7 @@ async def test_a_job_failing_in_the_backend_on_every_delivery_fails_its_run_name
     assert adapter.failures == 3
     assert result.status == "failed"
     (error,) = result.errors
+    assert isinstance(error, DeliveryLimitExceeded)  # typed, as the worker raised it
     assert "3 deliveries" in error.message and "WRONGTYPE" in error.message
     (letter,) = backend.queue.dead_letters
     assert '"nodeId":"b"' in letter.body.replace(" ", "")
@@ -84,5 +85,6 @@ async def test_a_job_delivered_more_often_than_the_limit_is_not_run_again() -> N
     result = await client.wait(run_id, timeout=5)
     assert ran == []
     assert result.status == "failed"
+    assert isinstance(result.errors[0], DeliveryLimitExceeded)
     assert "delivered 6 times" in result.errors[0].message
     assert len(backend.queue.dead_letters) == 1

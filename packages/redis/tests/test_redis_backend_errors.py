@@ -17,7 +17,7 @@ import redis
 
 from flowcraft import NodeContext, create_flow
 from flowcraft.distributed import Client, Worker
-from flowcraft.errors import AdapterError
+from flowcraft.errors import AdapterError, DeliveryLimitExceeded
 from flowcraft.result import WorkflowResult
 from flowcraft_redis import RedisAdapter, RedisSettings, RedisStreamsAdapter
 
@@ -94,6 +94,7 @@ async def test_a_job_failing_in_the_backend_every_time_is_dead_lettered_and_fail
     # Streams: a reserved job comes back as a new stream entry, whose count starts again.
     assert 3 <= len(failures) <= 4
     assert result.status == "failed"
+    assert isinstance(result.errors[0], DeliveryLimitExceeded)
     assert "WRONGTYPE" in result.errors[0].message
     assert "max_deliveries" in result.errors[0].message
     with redis.Redis.from_url(redis_url) as raw:

@@ -12,9 +12,11 @@ __all__ = [
     "AdapterError",
     "BlueprintError",
     "ConnectionFailed",
+    "DeliveryLimitExceeded",
     "ExpressionError",
     "FlowcraftError",
     "ImplementationNotFound",
+    "JobRejected",
     "NodeExecutionError",
     "NodeTimeoutError",
     "ResumeError",
@@ -118,3 +120,12 @@ class AdapterError(FlowcraftError):
 
 class ConnectionFailed(AdapterError):
     """A backend could not be reached."""
+
+
+class JobRejected(FlowcraftError):
+    """A job cannot be run (malformed, unknown blueprint or node, version mismatch)."""
+
+
+class DeliveryLimitExceeded(JobRejected):
+    """A job was delivered more times than the worker's ``max_deliveries`` without being
+    handled: each time its handling failed in the backend, or its worker died."""

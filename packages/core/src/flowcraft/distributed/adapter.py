@@ -40,7 +40,14 @@ from flowcraft.distributed._orchestration import (
 from flowcraft.distributed._protocols import ContextStore, CoordinationStore, Delivery, JobPayload
 from flowcraft.distributed._subflow import child_awaits, child_run_id, subflow_job
 from flowcraft.distributed._ticker import Ticker
-from flowcraft.errors import ExpressionError, FlowcraftError, ResumeError, SerializationError
+from flowcraft.errors import (
+    DeliveryLimitExceeded,
+    ExpressionError,
+    FlowcraftError,
+    JobRejected,
+    ResumeError,
+    SerializationError,
+)
 from flowcraft.evaluator import Evaluator, SafeEvaluator
 from flowcraft.events import EventBus
 from flowcraft.hooks import RunHooks, RunInfo, call_before_run
@@ -54,15 +61,6 @@ __all__ = ["BaseDistributedAdapter", "DeliveryLimitExceeded", "JobRejected"]
 
 _log = logging.getLogger("flowcraft.distributed")
 _UNSET: Any = object()
-
-
-class JobRejected(FlowcraftError):
-    """A job cannot be run (malformed, unknown blueprint or node, version mismatch)."""
-
-
-class DeliveryLimitExceeded(JobRejected):
-    """A job was delivered more times than the worker's ``max_deliveries`` without being
-    handled: each time its handling failed in the backend, or its worker died."""
 
 
 class BaseDistributedAdapter(Orchestration, ABC):
