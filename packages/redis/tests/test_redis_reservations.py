@@ -1,9 +1,10 @@
-"""Streams transport: a hop step reserves one successor for the worker that ran its node.
+"""Streams transport: a hop step hands the worker that ran its node the job it runs next.
 
-The reserved job waits in the delayed set, due when its lease runs out, instead of in the
-stream: the worker handles it next without fetching it, renews it while it runs and removes it
-when done. These tests look at the keys while a reserved job runs, then kill and stop workers
-holding one.
+It reserves one successor: the reserved job waits in the delayed set, due when its lease runs
+out, instead of in the stream: the worker handles it next without fetching it, renews it while
+it runs and removes it when done. A hop that reserves nothing (a branch whose join is not
+complete) takes the stream's next entry instead, as a receive would. These tests look at the
+keys while a reserved job runs, count receives, then kill and stop workers holding such jobs.
 """
 
 from __future__ import annotations
@@ -43,6 +44,23 @@ def gated(flow_id: str, gate: asyncio.Event, calls: list[str]) -> Flow:
     )
 
 
+def fan(flow_id: str, gate: asyncio.Event, calls: list[str]) -> Flow:
+    """``a`` → ``b``, ``c``, ``d`` → ``j``; ``c`` waits for ``gate`` the first time it runs."""
+
+    async def step(ctx: NodeContext) -> Any:
+        calls.append(ctx.node_id)
+        if ctx.node_id == "c" and calls.count("c") == 1:
+            await gate.wait()
+        return ctx.input if ctx.node_id == "j" else ctx.node_id
+
+    flow = create_flow(flow_id)
+    for node in "abcdj":
+        flow.node(node, step)
+    for branch in "bcd":
+        flow.edge("a", branch).edge(branch, "j")
+    return flow
+
+
 class Deployment:
     def __init__(self, url: str, flow: Flow, lease: float) -> None:
         tag = f"t{uuid.uuid4().hex[:8]}"
@@ -62,8 +80,8 @@ class Deployment:
         self.adapters.append(adapter)
         return adapter
 
-    def worker(self) -> Worker:
-        worker = Worker(self.adapter(), concurrency=4, receive_wait=0.05)
+    def worker(self, concurrency: int = 4) -> Worker:
+        worker = Worker(self.adapter(), concurrency=concurrency, receive_wait=0.05)
         worker.start()
         self.workers.append(worker)
         return worker
@@ -174,3 +192,45 @@ async def test_a_stopping_worker_hands_its_reservation_back(redis_url: str) -> N
         result = await client.wait(run_id, timeout=T)
         assert result.status == "completed"
         assert result.context["_outputs.c"] == "abc"
+
+
+async def test_a_branch_hop_takes_the_next_queued_branch(redis_url: str) -> None:
+    gate, calls = asyncio.Event(), []
+    gate.set()
+    async with deployed(redis_url, fan("takes", gate, calls)) as d:
+        client = Client(d.adapter())
+        worker = d.worker(concurrency=1)
+        received: list[int] = []
+        receive = worker.adapter._receive
+
+        async def counting(max_jobs: int, wait: float) -> Any:
+            deliveries = await receive(max_jobs, wait)
+            received.append(len(deliveries))
+            return deliveries
+
+        worker.adapter._receive = counting  # type: ignore[method-assign]
+        result = await client.run("takes", {}, timeout=T)
+        assert result.status == "completed", result.errors
+        assert result.context["_outputs.j"] == {"b": "b", "c": "c", "d": "d"}
+        # a's hop reserves b and queues c and d; b's hop takes c, c's takes d, d's reserves j:
+        # the only job received is the client's start job.
+        assert sum(received) == 1
+        assert calls == ["a", "b", "c", "d", "j"]
+        await settled(d)
+
+
+async def test_a_killed_workers_taken_job_is_taken_over(redis_url: str) -> None:
+    gate, calls = asyncio.Event(), []
+    async with deployed(redis_url, fan("taken-killed", gate, calls), lease=0.5) as d:
+        client = Client(d.adapter())
+        victim = d.worker(concurrency=1)
+        run_id = await client.start("taken-killed", {})
+        await running(calls, "c")  # taken by b's hop
+        victim.kill()  # dies holding c: it stays pending in the group until its lease ends
+        assert await d.queued() == 2  # c (pending) and d
+        d.worker()
+        result = await client.wait(run_id, timeout=T)
+        assert result.status == "completed", result.errors
+        assert result.context["_outputs.j"] == {"b": "b", "c": "c", "d": "d"}
+        assert sorted(calls) == ["a", "b", "c", "c", "d", "j"]
+        await settled(d)

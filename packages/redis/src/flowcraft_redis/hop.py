@@ -22,28 +22,30 @@ import redis.asyncio as aioredis
 
 from flowcraft.distributed import Delivery
 from flowcraft.distributed._hop import ArrivalRead, Hop, HopCommit
-from flowcraft_redis._arrival import READ_ARRIVAL, arrival, arrival_keys
+from flowcraft_redis._arrival import arrival, arrival_keys
 from flowcraft_redis._batch import Batcher
 from flowcraft_redis._errors import text, translated
 from flowcraft_redis._settings import RedisSettings
 from flowcraft_redis._token import token
 from flowcraft_redis.context import hash_writes
-from flowcraft_redis.streams import GROUP, StreamsQueue
+from flowcraft_redis.streams import GROUP, READ_ENTRIES, StreamsQueue
 
 __all__ = ["HopCommitter"]
 
 # KEYS: result, state hash, enqueued, done, pending, dynamic, this commit's receipt, then per
 # target its fence, resolved and taken sets, then (Streams only) the stream, the delayed set and,
 # when a successor may be reserved, its arrival keys (final, version, result). ARGV[1]: JSON
-# {ttl, record, member, token, stream, entry, reserved, group, nset, reserve, lease, fields,
-# targets: [{member, source, mark, preds (how many), body, read (JSON, see streams._RECEIVE)}]};
-# then nset field/value pairs for HSET, then the fields to HDEL. Reply: {outcome, fired
-# members, reserved job or false}; a reserved job is {delayed-set entry, final, version,
-# result, splices, taken marks, context fields}. The receipt (kept a minute) makes a retry of
-# the same call — the client retries when a connection drops, even after the script ran —
-# answer what the first did.
+# {ttl, record, member, token, stream, entry, reserved, group, consumer, take, nset, reserve,
+# lease, fields, targets: [{member, source, mark, preds (how many), body, read (JSON, see
+# streams.READ_ENTRIES)}]}; then nset field/value pairs for HSET, then the fields to HDEL.
+# Reply: {outcome, fired members, reserved job or false, taken entry or false}; a reserved job
+# is {delayed-set entry, final, version, result, splices, taken marks, context fields}; with
+# ``take`` and no job reserved, the next new entry of the stream is read for the consumer (as
+# streams.READ_ENTRIES answers it). The receipt (kept a minute) makes a retry of the same call
+# — the client retries when a connection drops, even after the script ran — answer what the
+# first did.
 _COMMIT = (
-    READ_ARRIVAL
+    READ_ENTRIES
     + """
 local meta = cjson.decode(ARGV[1])
 local ttl = meta.ttl
@@ -110,7 +112,13 @@ redis.call('SADD', done, meta.member)
 redis.call('SADD', enq, meta.member)
 redis.call('PEXPIRE', done, ttl)
 redis.call('PEXPIRE', enq, ttl)
-local out = {'committed', fired, reserved}
+local taken = false
+if meta.take and not reserved then
+  -- Under pcall: a stream that cannot be read (its group lost) must not fail an applied hop.
+  local ok, entries = pcall(read_entries, stream, meta.group, meta.consumer, 1)
+  if ok and entries[1] then taken = entries[1] end
+end
+local out = {'committed', fired, reserved, taken}
 if redis.call('SCARD', done) >= redis.call('SCARD', enq) then
   out[1] = 'quiescent'
 elseif not stream then
@@ -216,6 +224,8 @@ class HopCommitter:
             "entry": entry,
             "reserved": stream is not None and stream.is_reserved(delivery),
             "group": GROUP,
+            "consumer": stream.consumer if stream is not None else "",
+            "take": stream is not None and hop.follow and stream.reserving,
             "nset": len(sets),
             "reserve": reserve,
             "lease": stream.lease_ms if stream is not None else 0,
@@ -228,20 +238,24 @@ class HopCommitter:
         args += deletes
         async with translated():
             reply = await self._batcher.script(self._script, keys, args)
-        outcome, fired, reserved = text(reply[0]), [text(m) for m in reply[1]], reply[2]
+        outcome, fired, reserved, *rest = reply
+        outcome, fired, taken = text(outcome), [text(m) for m in fired], rest and rest[0]
         if outcome == "slow":
             return HopCommit("slow")
         if self._enqueue is not None:
             bodies = {t.member: t.body for t in hop.targets}
             for member in fired:
                 await self._enqueue(bodies[member])
+        nxt = None
+        if stream is not None:
+            if reserved:
+                nxt = stream.reserved(text(reserved[0]), arrival(reserved[1:], fields))
+            elif taken:
+                nxt = stream.taken(taken)
         if outcome == "committed":
-            nxt = None
             if stream is not None:
                 stream.settled(delivery)
-                if reserved:
-                    nxt = stream.reserved(text(reserved[0]), arrival(reserved[1:], fields))
             return HopCommit("committed", fired, nxt)
         if outcome == "quiescent":
-            return HopCommit("quiescent", fired)
+            return HopCommit("quiescent", fired, nxt)
         return HopCommit("applied", fired)

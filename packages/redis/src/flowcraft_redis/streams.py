@@ -62,41 +62,47 @@ end
 return #due
 """
 
-# A batch of new entries, and the arrival read of each job whose entry names one in its field
-# ``read`` (written by the hop that queued it: {k: string keys, s: set keys, h: the run's state
-# hash, f: its fields}). The keys come from the entries, so they cannot be declared: the
-# backend runs on one Redis server, not a cluster. A read that cannot be made (a foreign or
-# damaged field) is left to the job. ARGV: group, consumer, count. Reply per entry: {id, body,
-# read or false, values (strings, member lists, field values) or false}.
-_RECEIVE = (
+# Lua: ``read_entries`` takes up to ``count`` new entries for ``consumer``, each with the arrival
+# read its field ``read`` names (written by the hop that queued it: {k: string keys, s: set keys,
+# h: the run's state hash, f: its fields}). The keys come from the entries, so they cannot be
+# declared: the backend runs on one Redis server, not a cluster. A read that cannot be made (a
+# foreign or damaged field) is left to the job. Per entry: {id, body, read or false, values
+# (strings, member lists, field values) or false}. The stream read makes it, and so does the hop
+# step for the job its worker takes next.
+READ_ENTRIES = (
     READ_ARRIVAL
     + """
-local reply = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', ARGV[3],
-  'STREAMS', KEYS[1], '>')
-if not reply then return {} end
 local function read_entry(read)
   local r = cjson.decode(read)
   return read_arrival(r.k, r.s, r.h, r.f)
 end
-local out = {}
-for i, entry in ipairs(reply[1][2]) do
-  local fields, body, read, got = entry[2], false, false, false
-  for j = 1, #fields, 2 do
-    if fields[j] == 'body' then
-      body = fields[j + 1]
-    elseif fields[j] == 'read' then
-      read = fields[j + 1]
+local function read_entries(stream, group, consumer, count)
+  local reply = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', count,
+    'STREAMS', stream, '>')
+  local out = {}
+  if not reply then return out end
+  for i, entry in ipairs(reply[1][2]) do
+    local fields, body, read, got = entry[2], false, false, false
+    for j = 1, #fields, 2 do
+      if fields[j] == 'body' then
+        body = fields[j + 1]
+      elseif fields[j] == 'read' then
+        read = fields[j + 1]
+      end
     end
+    if read then
+      local ok, values = pcall(read_entry, read)
+      if ok then got = values else read = false end
+    end
+    out[i] = {entry[1], body, read, got}
   end
-  if read then
-    local ok, values = pcall(read_entry, read)
-    if ok then got = values else read = false end
-  end
-  out[i] = {entry[1], body, read, got}
+  return out
 end
-return out
 """
 )
+
+# A batch of new entries with their arrival reads. ARGV: group, consumer, count.
+_RECEIVE = READ_ENTRIES + "return read_entries(KEYS[1], ARGV[1], ARGV[2], ARGV[3])\n"
 
 
 class StreamsQueue:
@@ -197,7 +203,7 @@ class StreamsQueue:
                 args = [GROUP, self.consumer, max_jobs]
                 received = await self._batcher.script(self._receive, [self.stream], args)
                 if received:
-                    return _received(received)
+                    return [_received(entry) for entry in received]
             reply = await self._redis.xreadgroup(
                 GROUP,
                 self.consumer,
@@ -253,6 +259,12 @@ class StreamsQueue:
         self._held.add(entry)
         self._reserved.add(entry)
         return Delivery(body=entry[33:], handle=entry, arrival=arrival)
+
+    def taken(self, entry: Any) -> Delivery:
+        """The delivery of an entry a hop step read for this consumer (``read_entries``)."""
+        delivery = _received(entry)
+        self._held.add(delivery.handle)
+        return delivery
 
     def is_reserved(self, delivery: Delivery) -> bool:
         """Whether ``delivery`` is a reservation (settled in the delayed set, not the stream)."""
@@ -371,16 +383,14 @@ def _deliveries(reply: Any) -> list[Delivery]:
     ]
 
 
-def _received(reply: Any) -> list[Delivery]:
-    """The deliveries of a _RECEIVE reply, with the arrival reads it made."""
-    out: list[Delivery] = []
-    for entry, body, read, values in reply:
-        got = None
-        if read and values:
-            fields = orjson.loads(read)["f"]
-            got = arrival(values, [str(f) for f in fields], 3)
-        out.append(Delivery(body=text(body) if body else "", handle=text(entry), arrival=got))
-    return out
+def _received(reply: Any) -> Delivery:
+    """The delivery of one ``read_entries`` entry, with the arrival read made for it."""
+    entry, body, read, values = reply
+    got = None
+    if read and values:
+        fields = orjson.loads(read)["f"]
+        got = arrival(values, [str(f) for f in fields], 3)
+    return Delivery(body=text(body) if body else "", handle=text(entry), arrival=got)
 
 
 def _body(fields: Any) -> str:

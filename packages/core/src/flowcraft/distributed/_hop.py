@@ -14,7 +14,10 @@ A worker that will have a free slot once the hop is done may also ask the backen
 one successor for it (``HopTarget.arrival``): the backend then leases that job to the worker
 instead of queueing it, reads what the job reads on arrival in the same step, and hands it back
 as ``HopCommit.next``. A chain then costs one round trip per hop. The lease keeps it safe: a
-worker that dies holding the job loses it to the queue when the lease runs out.
+worker that dies holding the job loses it to the queue when the lease runs out. When the hop
+reserves nothing (a fan's branch whose join is not complete, a run's last node), a backend may
+instead hand the worker the next job of its queue in the same step (``Hop.follow``): a fan's
+branches then cost one round trip each too, not a hop and a receive.
 
 A backend that can deliver a queued job together with what it reads on arrival (its stream read
 and the job's reads in one server-side step) sets ``_reads_ahead``: every target then carries
@@ -104,6 +107,9 @@ class Hop:
     pending: str
     dynamic: str
     ttl: float
+    follow: bool = False
+    """Whether the worker takes a job next: when the hop reserves no successor, the backend may
+    deliver it one from its queue in the same step, as ``HopCommit.next``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +121,8 @@ class HopCommit:
             job as usual), ``quiescent`` (applied, not acked: the run may be over) or ``slow``
             (nothing applied: take the generic path).
         fired: Members of the targets whose jobs this step enqueued (or reserved).
-        next: The reserved successor, delivered to this worker with its arrival read.
+        next: The job this worker handles next, with its arrival read: the reserved
+            successor, or (``Hop.follow``) a job taken from the queue.
     """
 
     outcome: Literal["committed", "applied", "quiescent", "slow"]

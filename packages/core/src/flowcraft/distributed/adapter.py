@@ -723,6 +723,7 @@ class BaseDistributedAdapter(Orchestration, ABC):
             pending=self.keys.pending(run_id),
             dynamic=self.keys.dynamic(run_id),
             ttl=self.ttl,
+            follow=job.follow,
         )
 
     @staticmethod
