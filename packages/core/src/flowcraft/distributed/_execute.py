@@ -86,7 +86,7 @@ async def _taken(
     return taken
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen, as the hop's classes (see _hop.py)
 class Prefetch:
     """What the adapter read for a job when it arrived, so the node's input needs no reads.
 

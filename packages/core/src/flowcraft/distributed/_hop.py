@@ -35,8 +35,11 @@ from flowcraft.node import PatchOperation
 
 __all__ = ["ArrivalRead", "Hop", "HopCommit", "HopTarget"]
 
+# Not frozen: a frozen dataclass's __init__ sets each field through object.__setattr__, several
+# times slower, and every hop builds these.
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(slots=True)
 class ArrivalRead:
     """What a job reads when it arrives (the arguments of ``_read_job``).
 
@@ -51,7 +54,7 @@ class ArrivalRead:
     context_keys: Sequence[str] | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class HopTarget:
     """One successor of the hop's node.
 
@@ -81,7 +84,7 @@ class HopTarget:
     reserve: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Hop:
     """Everything a finished node changes, for the backend to apply all-or-nothing.
 
@@ -112,7 +115,7 @@ class Hop:
     deliver it one from its queue in the same step, as ``HopCommit.next``."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class HopCommit:
     """What the backend did with a hop.
 

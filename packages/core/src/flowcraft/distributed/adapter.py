@@ -54,7 +54,7 @@ from flowcraft.hooks import RunHooks, RunInfo, call_before_run
 from flowcraft.middleware import Middleware
 from flowcraft.node import NodeResult, PatchOperation
 from flowcraft.result import WorkflowResult
-from flowcraft.runtime._graph import Graph, NodeSpec
+from flowcraft.runtime._graph import Graph, NodeSpec, graph_for
 from flowcraft.runtime._routing import condition_holds, routing_edges, select_edges
 
 __all__ = ["BaseDistributedAdapter", "DeliveryLimitExceeded", "JobRejected"]
@@ -844,8 +844,6 @@ class BaseDistributedAdapter(Orchestration, ABC):
 
 def graph_of_blueprint(blueprint: Blueprint) -> Graph:
     """The static graph of a blueprint."""
-    from flowcraft.runtime._graph import graph_for
-
     return graph_for(blueprint)
 
 
@@ -856,7 +854,7 @@ def _parse_meta(raw: str | None) -> tuple[str, str | None] | None:
     return str(blueprint_id), version
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen, as the hop's classes (see _hop.py)
 class _Job:
     """One delivery being handled, with what was read about its run when it arrived."""
 
