@@ -2,7 +2,7 @@
 
 Usage: python benchmarks/bench_redis.py [--transports redis,redis-streams] [--runs 50]
        [--reps 3] [--workers 1,2] [--concurrency 8] [--single 10] [--no-raw] [--no-ts]
-       [--ts-reps 2] [--out FILE]
+       [--out FILE]
 
 For each transport (an entry point of ``flowcraft.adapters``; one that cannot be loaded is
 reported as missing): ``--runs`` concurrent runs of ``chain20`` and of ``fan20`` (1 → 20 → 1),
@@ -11,8 +11,10 @@ and key namespace: node executions/s and run latency p50/p95. Then single runs o
 with one worker: per-hop latency, the completion latency the client sees (last node finished →
 ``client.wait`` returned), with a 1 KB and with a 1 MB context. In the same session: raw BullMQ
 (bullmq's Python worker, no-op jobs, no Flowcraft) and, where Node.js is present, the TypeScript
-anchor's ``dist-bench.mjs``. Figures are medians over ``--reps``; ratios are taken only against
-baselines measured in this run. Writes JSON to ``--out`` and a markdown summary beside it.
+anchor's ``dist-bench.mjs``, one of its repetitions after each of ours of the same
+configuration (the VM's speed drifts within minutes). Figures are medians over ``--reps``;
+ratios are taken only against baselines measured in this run, against TS only against its
+interleaved repetitions. Writes JSON to ``--out`` and a markdown summary beside it.
 
 Redis: ``REDIS_URL`` if set, else the server of ``flowcraft_services`` (stopped at the end if
 this run started it). The anchor gets a private redis-server: it FLUSHALLs before every rep.
@@ -326,21 +328,38 @@ async def flowcraft_case(
 
 
 async def bench_transport(
-    name: str, factory: Factory, url: str, redis_pid: int | None, args: argparse.Namespace
+    name: str,
+    factory: Factory,
+    url: str,
+    redis_pid: int | None,
+    args: argparse.Namespace,
+    anchor: Anchor | None,
 ) -> dict[str, Any]:
     out: dict[str, Any] = {"throughput": {}, "single": {}}
     for workers in args.workers:
         for shape in SHAPES:
 
-            async def body(client: Client, pids: list[int], shape: str = shape) -> Any:
+            async def body(
+                client: Client, pids: list[int], shape: str = shape, workers: int = workers
+            ) -> Any:
                 # Warm-up: imports, graph caches and connection pools of every worker.
                 await batch(client, shape, min(args.runs, 10), pids, redis_pid)
-                calls = command_calls(url)
-                reps = [
-                    await batch(client, shape, args.runs, pids, redis_pid) for _ in range(args.reps)
-                ]
-                calls = command_calls(url) - calls
-                return summarise(reps, calls, args.runs * NODE_COUNT[shape] * args.reps)
+                reps, ts_reps, calls = [], [], Counter[str]()
+                for _ in range(args.reps):
+                    before = command_calls(url)
+                    reps.append(await batch(client, shape, args.runs, pids, redis_pid))
+                    calls += command_calls(url) - before
+                    if anchor is not None:
+                        # Our workers idle meanwhile, blocked in their queue reads.
+                        ts_reps.append(
+                            await asyncio.to_thread(anchor.rep, workers, shape, args.runs)
+                        )
+                stats = summarise(reps, calls, args.runs * NODE_COUNT[shape] * args.reps)
+                if ts_reps:
+                    stats["ts_node_execs_per_s"] = statistics.median(
+                        r["node_execs_per_s"] for r in ts_reps
+                    )
+                return stats
 
             stats = await flowcraft_case(
                 name, factory, url, workers, args.concurrency, f"{shape}-w{workers}", body
@@ -353,7 +372,12 @@ async def bench_transport(
                 f"  CPU µs/node: workers {stats['worker_cpu_us_per_node']:5.0f}"
                 f" redis {stats['redis_cpu_us_per_node']:4.0f}"
                 f" client {stats['client_cpu_us_per_node']:4.0f}"
-                f"  redis commands/node {stats['redis_commands_per_node']:4.0f}",
+                f"  redis commands/node {stats['redis_commands_per_node']:4.0f}"
+                + (
+                    f"  | TS, interleaved: {stats['ts_node_execs_per_s']:6.0f}"
+                    if "ts_node_execs_per_s" in stats
+                    else ""
+                ),
                 flush=True,
             )
 
@@ -491,16 +515,59 @@ async def bench_raw_bullmq(url: str, redis_pid: int | None, args: argparse.Names
 # ---------------------------------------------------------------------------- the TS anchor
 
 
-def bench_ts(args: argparse.Namespace) -> dict[str, Any] | None:
-    """dist-bench.mjs of the anchor, as its run-all.sh drives it, against a private Redis."""
-    node = prepare_anchor()
+class Anchor:
+    """The anchor's dist-bench.mjs, one repetition at a time, against a private Redis.
+
+    Its repetitions are interleaved with ours (see ``bench_transport``): this VM's speed drifts
+    by up to ±50 % within minutes, so a baseline measured minutes apart from the figure it
+    divides could make either look better than it is.
+    """
+
+    def __init__(self, node: str, work: Path) -> None:
+        self._node = node
+        self._work = work
+        self.reps: dict[str, list[dict[str, Any]]] = {}
+        """Every repetition run, by configuration (``chain20-w1`` …, ``single``)."""
+
+    def rep(self, workers: int, shape: str, runs: int) -> dict[str, Any]:
+        """One repetition: ``runs`` runs of ``shape`` on ``workers`` fresh TS workers."""
+        command = [self._node, "bench/dist-bench.mjs", "--workers", str(workers)]
+        command += ["--shape", shape, "--runs", str(runs), "--reps", "1"]
+        proc = subprocess.run(command, cwd=self._work, check=True, capture_output=True, text=True)
+        line = next(x for x in proc.stdout.splitlines() if x.startswith("JSON "))
+        (rep,) = json.loads(line[5:])["results"]
+        if rep["finished"] != runs or rep["bad"]:
+            raise RuntimeError(f"TS anchor runs failed:\n{proc.stdout}")
+        key = f"{shape}-w{workers}" if runs > 1 else "single"
+        self.reps.setdefault(key, []).append(rep)
+        return dict(rep)
+
+    def summary(self) -> dict[str, Any]:
+        """Medians over every repetition of each configuration."""
+        out: dict[str, Any] = {}
+        for key, reps in self.reps.items():
+            out[key] = stats = {
+                "node_execs_per_s": statistics.median(r["node_execs_per_s"] for r in reps),
+                "p50_ms": statistics.median(r["p50_ms"] for r in reps),
+                "p95_ms": statistics.median(r["p95_ms"] for r in reps),
+                "reps": reps,
+            }
+            if key == "single":
+                stats["latency_per_node_ms"] = stats["p50_ms"] / NODE_COUNT[CHAIN]
+        return out
+
+
+@contextlib.contextmanager
+def ts_anchor(enabled: bool) -> Iterator[Anchor | None]:
+    """The anchor, installed and pointed at a private Redis; None if disabled or no Node.js."""
+    node = prepare_anchor() if enabled else None
     if node is None:
-        return None
+        yield None
+        return
     # dist-bench.mjs runs bench/worker.mjs from its working directory and reads ../redis.pid;
     # node_modules is found in ANCHOR_WORK, a parent directory.
     work = ANCHOR_WORK / "dist"
     shutil.copytree(ANCHOR_WORK / "bench", work / "bench", dirs_exist_ok=True)
-    out: dict[str, Any] = {}
     with private_redis(work / "redis.pid") as port:
         # The anchor hard-codes 127.0.0.1:6390, which another process may hold; point the copy
         # at our server instead.
@@ -510,53 +577,18 @@ def bench_ts(args: argparse.Namespace) -> dict[str, Any] | None:
         target = work / "bench" / "shared.mjs"
         target.unlink()  # copied read-only from the anchor
         target.write_text(shared.replace("port: 6390", f"port: {port}"))
-        configs = [(w, shape, args.runs, args.ts_reps) for w in args.workers for shape in SHAPES]
-        configs.append((1, CHAIN, 1, max(3, args.ts_reps)))
-        for workers, shape, runs, reps in configs:
-            proc = subprocess.run(
-                [
-                    node,
-                    "bench/dist-bench.mjs",
-                    "--workers",
-                    str(workers),
-                    "--shape",
-                    shape,
-                    "--runs",
-                    str(runs),
-                    "--reps",
-                    str(reps),
-                ],
-                cwd=work,
-                check=True,
-                capture_output=True,
-                text=True,
-            )
-            line = next(x for x in proc.stdout.splitlines() if x.startswith("JSON "))
-            reps_data = json.loads(line[5:])["results"]
-            if any(r["finished"] != runs or r["bad"] for r in reps_data):
-                raise RuntimeError(f"TS anchor runs failed:\n{proc.stdout}")
-            key = f"{shape}-w{workers}" if runs > 1 else "single"
-            out[key] = stats = {
-                "node_execs_per_s": statistics.median(r["node_execs_per_s"] for r in reps_data),
-                "p50_ms": statistics.median(r["p50_ms"] for r in reps_data),
-                "p95_ms": statistics.median(r["p95_ms"] for r in reps_data),
-                "reps": reps_data,
-            }
-            if runs == 1:
-                stats["latency_per_node_ms"] = stats["p50_ms"] / NODE_COUNT[CHAIN]
-                print(
-                    f"TS anchor      single chain20: run {stats['p50_ms']:6.1f} ms"
-                    f" ({stats['latency_per_node_ms']:5.2f}/node; client polls every 5 ms)",
-                    flush=True,
-                )
-            else:
-                print(
-                    f"TS anchor      {shape} W={workers}: node-exec/s"
-                    f" {stats['node_execs_per_s']:6.0f}  run p50 {stats['p50_ms']:6.1f}"
-                    f" p95 {stats['p95_ms']:6.1f} ms",
-                    flush=True,
-                )
-    return out
+        yield Anchor(node, work)
+
+
+def bench_ts_single(anchor: Anchor) -> None:
+    for _ in range(3):
+        anchor.rep(1, CHAIN, 1)
+    p50 = statistics.median(r["p50_ms"] for r in anchor.reps["single"])
+    print(
+        f"TS anchor      single chain20: run {p50:6.1f} ms"
+        f" ({p50 / NODE_COUNT[CHAIN]:5.2f}/node; client polls every 5 ms)",
+        flush=True,
+    )
 
 
 # ------------------------------------------------------------------------- ratios and report
@@ -581,8 +613,8 @@ def ratios(report: dict[str, Any]) -> dict[str, Any]:
                 base = raw[f"w{workers}-scripts"]
                 r["vs_raw_scripts_drain"] = stats["node_execs_per_s"] / base["drain_jobs_per_s"]
                 r["vs_raw_scripts_chain"] = stats["node_execs_per_s"] / base["chain_jobs_per_s"]
-            if key in ts:
-                r["vs_ts"] = stats["node_execs_per_s"] / ts[key]["node_execs_per_s"]
+            if "ts_node_execs_per_s" in stats:
+                r["vs_ts"] = stats["node_execs_per_s"] / stats["ts_node_execs_per_s"]
             mine[key] = r
         single = data["single"]["1KB"]
         if "single" in ts:
@@ -660,6 +692,8 @@ def markdown(report: dict[str, Any], args: argparse.Namespace) -> str:
         f"- {args.runs} concurrent runs per repetition, median of {args.reps} repetitions;"
         f" worker concurrency {args.concurrency} (the TS worker's is 5); CPU is user + system"
         " per node execution, summed over worker processes.",
+        "- ÷ TS: over the TS repetitions of the same configuration run right after each of"
+        " ours (one per repetition of ours); the TS rows give the medians of all of them.",
         "",
         "| transport | shape | workers | node exec/s | run p50 / p95 ms | completion seen p50 ms"
         " | CPU µs/node workers / redis | Redis cmds/node | ÷ raw BullMQ drained / chained"
@@ -740,7 +774,11 @@ def csv_ints(text: str) -> list[int]:
 
 
 async def bench_all(
-    url: str, redis_pid: int | None, args: argparse.Namespace, report: dict[str, Any]
+    url: str,
+    redis_pid: int | None,
+    args: argparse.Namespace,
+    report: dict[str, Any],
+    anchor: Anchor | None,
 ) -> None:
     for name in args.transports:
         factory = load_transport(name)
@@ -748,9 +786,14 @@ async def bench_all(
             print(f"{name:14s} missing: {factory}", flush=True)
             report["transports"][name] = {"missing": f"missing ({factory})"}
             continue
-        report["transports"][name] = await bench_transport(name, factory, url, redis_pid, args)
+        report["transports"][name] = await bench_transport(
+            name, factory, url, redis_pid, args, anchor
+        )
     if args.raw:
         report["raw_bullmq"] = await bench_raw_bullmq(url, redis_pid, args)
+    if anchor is not None:
+        bench_ts_single(anchor)
+        report["ts"] = anchor.summary()
 
 
 def main() -> None:
@@ -770,12 +813,6 @@ def main() -> None:
     parser.add_argument("--single", type=int, default=10, help="single runs per context size")
     parser.add_argument("--no-raw", dest="raw", action="store_false", help="skip raw BullMQ")
     parser.add_argument("--no-ts", dest="ts", action="store_false", help="skip the TS anchor")
-    parser.add_argument(
-        "--ts-reps",
-        type=int,
-        default=2,
-        help="repetitions per TS configuration (each restarts its workers, ~8 s)",
-    )
     parser.add_argument("--out", type=Path, default=HERE / "results" / "redis.json")
     args = parser.parse_args()
 
@@ -789,12 +826,10 @@ def main() -> None:
         "transports": {},
     }
     print(f"{report['machine']}; load average {report['load_average']}", flush=True)
-    with redis_server() as (url, provided):
+    with redis_server() as (url, provided), ts_anchor(args.ts) as anchor:
         report["redis_version"], redis_pid = server_facts(url)
         report["redis"] = provided
-        asyncio.run(bench_all(url, redis_pid, args, report))
-    if args.ts:
-        report["ts"] = bench_ts(args)
+        asyncio.run(bench_all(url, redis_pid, args, report, anchor))
     report["elapsed_s"] = time.monotonic() - began
     report["ratios"] = ratios(report)
     text = markdown(report, args)

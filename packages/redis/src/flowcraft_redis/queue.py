@@ -175,8 +175,12 @@ class BullMQQueue:
         if self._stopped:
             return []
         out: list[Delivery] = []
-        with contextlib.suppress(TimeoutError):
-            out.append(await asyncio.wait_for(self._inbox.get(), wait))
+        if self._inbox.empty():
+            # wait_for makes a task and a timer: only worth it when there is nothing to take.
+            with contextlib.suppress(TimeoutError):
+                out.append(await asyncio.wait_for(self._inbox.get(), wait))
+        else:
+            out.append(self._inbox.get_nowait())
         while out and len(out) < max_jobs and not self._inbox.empty():
             out.append(self._inbox.get_nowait())
         return out
