@@ -67,4 +67,4 @@ class ResultChannel:
             # Short blocks: the caller loops until its deadline, and no wake token is lost.
             popped = await self._redis.blpop([wake], timeout=min(max(timeout, 0.01), 2.0))
             if popped is not None:
-                await self._redis.rpush(wake, b"1")
+                await self._batch.run([("RPUSH", wake, b"1")])

@@ -158,7 +158,7 @@ class StreamsQueue:
                 entry = f"{token()}|{body}"
                 await self._delay(keys=[self.delayed], args=[int(delay * 1000), entry, "NX"])
             else:
-                await self._redis.xadd(self.stream, {"body": body})
+                await self._batcher.run([("XADD", self.stream, "*", "body", body)])
 
     # ----------------------------------------------------------------- consuming
 
