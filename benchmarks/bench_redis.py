@@ -11,8 +11,8 @@ and key namespace: node executions/s and run latency p50/p95. Then single runs o
 with one worker: per-hop latency, the completion latency the client sees (last node finished →
 ``client.wait`` returned), with a 1 KB and with a 1 MB context. In the same session: raw BullMQ
 (bullmq's Python worker, no-op jobs, no Flowcraft) and, where Node.js is present, the TypeScript
-anchor's ``dist-bench.mjs``, one of its repetitions after each of ours of the same
-configuration (the VM's speed drifts within minutes). Figures are medians over ``--reps``;
+anchor's ``dist-bench.mjs``: a repetition of each baseline right after each of ours of the
+same configuration (the VM's speed drifts within minutes). Figures are medians over ``--reps``;
 ratios are taken only against baselines measured in this run, against TS only against its
 interleaved repetitions. Writes JSON to ``--out`` and a markdown summary beside it.
 
@@ -25,7 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import itertools
+import functools
 import json
 import math
 import os
@@ -39,7 +39,7 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -327,59 +327,95 @@ async def flowcraft_case(
         drop_keys(url, settings.coordination_prefix.rstrip(":"))
 
 
+@dataclass
+class Baselines:
+    """The baselines whose repetitions follow each of ours (each None when not measured)."""
+
+    anchor: Anchor | None
+    raw: RawBullmq | None
+
+
+RawRep = Callable[[], Awaitable[Any]]
+
+
+async def throughput(
+    client: Client,
+    pids: list[int],
+    *,
+    shape: str,
+    workers: int,
+    url: str,
+    redis_pid: int | None,
+    args: argparse.Namespace,
+    raw_rep: RawRep | None,
+    anchor: Anchor | None,
+) -> dict[str, Any]:
+    """``--reps`` repetitions of ``--runs`` runs, each followed by one of every baseline."""
+    # Warm-up: imports, graph caches and connection pools of every worker.
+    await batch(client, shape, min(args.runs, 10), pids, redis_pid)
+    reps, ts_reps, raw_reps, calls = [], [], [], Counter[str]()
+    for _ in range(args.reps):
+        before = command_calls(url)
+        reps.append(await batch(client, shape, args.runs, pids, redis_pid))
+        calls += command_calls(url) - before
+        # Our workers idle meanwhile, blocked in their queue reads.
+        if raw_rep is not None:
+            raw_reps.append(await raw_rep())
+        if anchor is not None:
+            ts_reps.append(await asyncio.to_thread(anchor.rep, workers, shape, args.runs))
+    stats = summarise(reps, calls, args.runs * NODE_COUNT[shape] * args.reps)
+    if ts_reps:
+        stats["ts_node_execs_per_s"] = statistics.median(r["node_execs_per_s"] for r in ts_reps)
+    if raw_reps:
+        stats["raw_jobs_per_s"] = {
+            case: {
+                mode: statistics.median(r[case][mode]["jobs_per_s"] for r in raw_reps)
+                for mode in modes
+            }
+            for case, modes in raw_reps[0].items()
+        }
+    return stats
+
+
 async def bench_transport(
     name: str,
     factory: Factory,
     url: str,
     redis_pid: int | None,
     args: argparse.Namespace,
-    anchor: Anchor | None,
+    baselines: Baselines,
 ) -> dict[str, Any]:
     out: dict[str, Any] = {"throughput": {}, "single": {}}
     for workers in args.workers:
-        for shape in SHAPES:
-
-            async def body(
-                client: Client, pids: list[int], shape: str = shape, workers: int = workers
-            ) -> Any:
-                # Warm-up: imports, graph caches and connection pools of every worker.
-                await batch(client, shape, min(args.runs, 10), pids, redis_pid)
-                reps, ts_reps, calls = [], [], Counter[str]()
-                for _ in range(args.reps):
-                    before = command_calls(url)
-                    reps.append(await batch(client, shape, args.runs, pids, redis_pid))
-                    calls += command_calls(url) - before
-                    if anchor is not None:
-                        # Our workers idle meanwhile, blocked in their queue reads.
-                        ts_reps.append(
-                            await asyncio.to_thread(anchor.rep, workers, shape, args.runs)
-                        )
-                stats = summarise(reps, calls, args.runs * NODE_COUNT[shape] * args.reps)
-                if ts_reps:
-                    stats["ts_node_execs_per_s"] = statistics.median(
-                        r["node_execs_per_s"] for r in ts_reps
-                    )
-                return stats
-
-            stats = await flowcraft_case(
-                name, factory, url, workers, args.concurrency, f"{shape}-w{workers}", body
-            )
-            out["throughput"][f"{shape}-w{workers}"] = stats
-            print(
-                f"{name:14s} {shape} W={workers}: node-exec/s {stats['node_execs_per_s']:6.0f}"
-                f"  run p50 {stats['p50_ms']:6.1f} p95 {stats['p95_ms']:6.1f} ms"
-                f"  completion seen p50 {stats['completion_p50_ms']:5.1f} ms"
-                f"  CPU µs/node: workers {stats['worker_cpu_us_per_node']:5.0f}"
-                f" redis {stats['redis_cpu_us_per_node']:4.0f}"
-                f" client {stats['client_cpu_us_per_node']:4.0f}"
-                f"  redis commands/node {stats['redis_commands_per_node']:4.0f}"
-                + (
-                    f"  | TS, interleaved: {stats['ts_node_execs_per_s']:6.0f}"
-                    if "ts_node_execs_per_s" in stats
-                    else ""
-                ),
-                flush=True,
-            )
+        async with contextlib.AsyncExitStack() as stack:
+            raw_rep = None
+            if baselines.raw is not None:
+                raw_rep = await stack.enter_async_context(baselines.raw.serving(workers))
+            for shape in SHAPES:
+                body = functools.partial(
+                    throughput,
+                    shape=shape,
+                    workers=workers,
+                    url=url,
+                    redis_pid=redis_pid,
+                    args=args,
+                    raw_rep=raw_rep,
+                    anchor=baselines.anchor,
+                )
+                stats = await flowcraft_case(
+                    name, factory, url, workers, args.concurrency, f"{shape}-w{workers}", body
+                )
+                out["throughput"][f"{shape}-w{workers}"] = stats
+                print(
+                    f"{name:14s} {shape} W={workers}: node-exec/s {stats['node_execs_per_s']:6.0f}"
+                    f"  run p50 {stats['p50_ms']:6.1f} p95 {stats['p95_ms']:6.1f} ms"
+                    f"  completion seen p50 {stats['completion_p50_ms']:5.1f} ms"
+                    f"  CPU µs/node: workers {stats['worker_cpu_us_per_node']:5.0f}"
+                    f" redis {stats['redis_cpu_us_per_node']:4.0f}"
+                    f" client {stats['client_cpu_us_per_node']:4.0f}"
+                    f"  redis commands/node {stats['redis_commands_per_node']:4.0f}",
+                    flush=True,
+                )
 
     async def singles(client: Client, pids: list[int]) -> Any:
         for _ in range(3):
@@ -459,57 +495,86 @@ RAW_CLIENTS = {"stock": "", "scripts": "-scripts"}
 """bullmq's own client, and the transport's (``ScriptsClient``); the suffix of their cases."""
 
 
-async def bench_raw_bullmq(url: str, redis_pid: int | None, args: argparse.Namespace) -> Any:
-    """bullmq's Python worker on no-op jobs: a queue drained, and chains of re-added jobs; on
-    bullmq's own client and on the one the BullMQ transport gives it."""
-    from bullmq import Queue
+class RawBullmq:
+    """bullmq's Python worker on no-op jobs, on bullmq's own client and on the one the BullMQ
+    transport gives it, one repetition at a time (interleaved with ours, as the anchor's)."""
 
-    out: dict[str, Any] = {}
-    for workers, client in itertools.product(args.workers, RAW_CLIENTS):
+    def __init__(self, url: str, redis_pid: int | None, args: argparse.Namespace) -> None:
+        self._url = url
+        self._redis_pid = redis_pid
+        self._args = args
+        self.reps: dict[str, dict[str, list[dict[str, float]]]] = {}
+        """Every repetition, by case (``w1``, ``w1-scripts`` …) and mode (drain, chain)."""
+
+    @contextlib.asynccontextmanager
+    async def serving(self, workers: int) -> AsyncIterator[Callable[[], Awaitable[Any]]]:
+        """Worker processes of both clients; yields a function running one repetition of each
+        (a drained queue, then chains), which returns ``{case: {mode: figures}}``."""
+        from bullmq import Queue
+
+        args, url = self._args, self._url
         tag = f"b{uuid.uuid4().hex[:10]}"
-        queue_name = f"bench-raw-{tag}"
-        command = [sys.executable, "-m", "benchmarks.redis_app", queue_name, str(args.concurrency)]
-        command.append(client)
-        env = child_env(REDIS_URL=url)
-        case = f"w{workers}" + RAW_CLIENTS[client]
-        procs = await start_workers(command, workers, env, f"raw-bullmq-{case}")
-        queue = Queue(queue_name, {"connection": url})
+        procs: list[subprocess.Popen[bytes]] = []
+        cases: list[tuple[str, Any, list[int | None], str]] = []
         counter = aioredis.Redis.from_url(url)
-        done_key = f"bull:{queue_name}:completed"
-        pids: list[int | None] = [*(p.pid for p in procs), redis_pid]
         try:
-            await raw_rate(url, queue, counter, done_key, pids, 50, 0)
-            drain = [
-                await raw_rate(url, queue, counter, done_key, pids, args.runs * 20, 0)
-                for _ in range(args.reps)
-            ]
-            chain = [
-                await raw_rate(url, queue, counter, done_key, pids, args.runs, 19)
-                for _ in range(args.reps)
-            ]
+            for client, suffix in RAW_CLIENTS.items():
+                queue_name = f"bench-raw-{tag}{suffix}"
+                command = [sys.executable, "-m", "benchmarks.redis_app", queue_name]
+                command += [str(args.concurrency), client]
+                case = f"w{workers}{suffix}"
+                mine = await start_workers(command, workers, child_env(REDIS_URL=url), case)
+                procs += mine
+                queue = Queue(queue_name, {"connection": url})
+                pids: list[int | None] = [*(p.pid for p in mine), self._redis_pid]
+                cases.append((case, queue, pids, f"bull:{queue_name}:completed"))
+                await raw_rate(url, queue, counter, cases[-1][3], pids, 50, 0)  # warm-up
+
+            async def rep() -> Any:
+                out: dict[str, Any] = {}
+                for case, queue, pids, done_key in cases:
+                    figures = {
+                        "drain": await raw_rate(
+                            url, queue, counter, done_key, pids, args.runs * 20, 0
+                        ),
+                        "chain": await raw_rate(url, queue, counter, done_key, pids, args.runs, 19),
+                    }
+                    for mode, value in figures.items():
+                        self.reps.setdefault(case, {}).setdefault(mode, []).append(value)
+                    out[case] = figures
+                return out
+
+            yield rep
         finally:
-            await queue.close()
+            for _, queue, _, _ in cases:
+                await queue.close()
             await counter.aclose()
             stop_workers(procs)
             drop_keys(url, tag)
-        stats: dict[str, Any] = {"drain_reps": drain, "chain_reps": chain}
-        for mode, reps in (("drain", drain), ("chain", chain)):
-            for key in reps[0]:
-                stats[f"{mode}_{key}"] = statistics.median(r[key] for r in reps)
-        out[case] = stats
-        print(
-            f"raw bullmq{RAW_CLIENTS[client]:8s} W={workers}: no-op jobs/s drained"
-            f" {stats['drain_jobs_per_s']:6.0f}"
-            f" (CPU µs/job workers {stats['drain_worker_cpu_us_per_job']:4.0f}"
-            f" redis {stats['drain_redis_cpu_us_per_job']:3.0f};"
-            f" {stats['drain_redis_commands_per_job']:.0f} Redis commands/job)"
-            f" | as {args.runs} chains of 20"
-            f" re-added jobs {stats['chain_jobs_per_s']:6.0f}"
-            f" (CPU µs/job workers {stats['chain_worker_cpu_us_per_job']:4.0f}"
-            f" redis {stats['chain_redis_cpu_us_per_job']:3.0f})",
-            flush=True,
-        )
-    return out
+
+    def summary(self) -> dict[str, Any]:
+        """Medians over every repetition of each case, printed."""
+        out: dict[str, Any] = {}
+        for case, modes in self.reps.items():
+            stats: dict[str, Any] = {f"{mode}_reps": reps for mode, reps in modes.items()}
+            for mode, reps in modes.items():
+                for key in reps[0]:
+                    stats[f"{mode}_{key}"] = statistics.median(r[key] for r in reps)
+            out[case] = stats
+            workers, _, client = case[1:].partition("-")
+            print(
+                f"raw bullmq{'-' + client if client else '':8s} W={workers}: no-op jobs/s drained"
+                f" {stats['drain_jobs_per_s']:6.0f}"
+                f" (CPU µs/job workers {stats['drain_worker_cpu_us_per_job']:4.0f}"
+                f" redis {stats['drain_redis_cpu_us_per_job']:3.0f};"
+                f" {stats['drain_redis_commands_per_job']:.0f} Redis commands/job)"
+                f" | as {self._args.runs} chains of 20"
+                f" re-added jobs {stats['chain_jobs_per_s']:6.0f}"
+                f" (CPU µs/job workers {stats['chain_worker_cpu_us_per_job']:4.0f}"
+                f" redis {stats['chain_redis_cpu_us_per_job']:3.0f})",
+                flush=True,
+            )
+        return out
 
 
 # ---------------------------------------------------------------------------- the TS anchor
@@ -596,7 +661,7 @@ def bench_ts_single(anchor: Anchor) -> None:
 
 def ratios(report: dict[str, Any]) -> dict[str, Any]:
     """Each transport's throughput over the baselines, configuration by configuration."""
-    raw, ts = report.get("raw_bullmq") or {}, report.get("ts") or {}
+    ts = report.get("ts") or {}
     out: dict[str, Any] = {}
     for name, data in report["transports"].items():
         if "throughput" not in data:
@@ -605,14 +670,12 @@ def ratios(report: dict[str, Any]) -> dict[str, Any]:
         for key, stats in data["throughput"].items():
             workers = key.rsplit("-w", 1)[1]
             r: dict[str, float] = {}
-            if f"w{workers}" in raw:
-                base = raw[f"w{workers}"]
-                r["vs_raw_drain"] = stats["node_execs_per_s"] / base["drain_jobs_per_s"]
-                r["vs_raw_chain"] = stats["node_execs_per_s"] / base["chain_jobs_per_s"]
-            if f"w{workers}-scripts" in raw:
-                base = raw[f"w{workers}-scripts"]
-                r["vs_raw_scripts_drain"] = stats["node_execs_per_s"] / base["drain_jobs_per_s"]
-                r["vs_raw_scripts_chain"] = stats["node_execs_per_s"] / base["chain_jobs_per_s"]
+            interleaved = stats.get("raw_jobs_per_s", {})
+            for suffix, label in (("", "vs_raw"), ("-scripts", "vs_raw_scripts")):
+                if f"w{workers}{suffix}" in interleaved:
+                    base = interleaved[f"w{workers}{suffix}"]
+                    r[f"{label}_drain"] = stats["node_execs_per_s"] / base["drain"]
+                    r[f"{label}_chain"] = stats["node_execs_per_s"] / base["chain"]
             if "ts_node_execs_per_s" in stats:
                 r["vs_ts"] = stats["node_execs_per_s"] / stats["ts_node_execs_per_s"]
             mine[key] = r
@@ -692,8 +755,8 @@ def markdown(report: dict[str, Any], args: argparse.Namespace) -> str:
         f"- {args.runs} concurrent runs per repetition, median of {args.reps} repetitions;"
         f" worker concurrency {args.concurrency} (the TS worker's is 5); CPU is user + system"
         " per node execution, summed over worker processes.",
-        "- ÷ TS: over the TS repetitions of the same configuration run right after each of"
-        " ours (one per repetition of ours); the TS rows give the medians of all of them.",
+        "- ÷ raw BullMQ and ÷ TS: over their repetitions run right after each of ours (of the"
+        " same worker count, and for TS the same shape); their rows give the medians of all.",
         "",
         "| transport | shape | workers | node exec/s | run p50 / p95 ms | completion seen p50 ms"
         " | CPU µs/node workers / redis | Redis cmds/node | ÷ raw BullMQ drained / chained"
@@ -780,6 +843,7 @@ async def bench_all(
     report: dict[str, Any],
     anchor: Anchor | None,
 ) -> None:
+    baselines = Baselines(anchor, RawBullmq(url, redis_pid, args) if args.raw else None)
     for name in args.transports:
         factory = load_transport(name)
         if isinstance(factory, str):
@@ -787,10 +851,10 @@ async def bench_all(
             report["transports"][name] = {"missing": f"missing ({factory})"}
             continue
         report["transports"][name] = await bench_transport(
-            name, factory, url, redis_pid, args, anchor
+            name, factory, url, redis_pid, args, baselines
         )
-    if args.raw:
-        report["raw_bullmq"] = await bench_raw_bullmq(url, redis_pid, args)
+    if baselines.raw is not None:
+        report["raw_bullmq"] = baselines.raw.summary()
     if anchor is not None:
         bench_ts_single(anchor)
         report["ts"] = anchor.summary()
