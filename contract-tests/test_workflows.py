@@ -439,6 +439,41 @@ async def test_loop_nested_in_a_loop(harness: Harness) -> None:
     assert result.context["_outputs.done"] == 2
 
 
+async def test_a_loop_body_side_branch_runs_once_per_iteration(harness: Harness) -> None:
+    """``side -> side2`` leaves the body without leading back to the controller: every
+    iteration runs it once."""
+
+    async def count(ctx: NodeContext) -> int:
+        n = int(await ctx.context.get("k", 0)) + 1
+        await ctx.context.set("k", n)
+        return n
+
+    async def tally(ctx: NodeContext) -> Any:
+        key = f"runs.{ctx.node_id}"
+        await ctx.context.set(key, int(await ctx.context.get(key, 0)) + 1)
+        return ctx.input
+
+    flow = (
+        create_flow("loop-side")
+        .node("s", count)
+        .node("e", echo)
+        .node("side", tally)
+        .node("side2", tally)
+        .node("after", echo)
+        .edge("s", "e")
+        .edge("s", "side")
+        .edge("side", "side2")
+        .loop("lp", start_node_id="s", end_node_id="e", condition='context["k"] < 4')
+        .edge("lp", "after")
+    )
+    harness.add(flow)
+    harness.worker()
+    result = await harness.client.run("loop-side", {"k": 0}, timeout=T)
+    assert result.status == "completed", result.errors
+    assert (result.context["runs.side"], result.context["runs.side2"]) == (4, 4)
+    assert result.context["_outputs.after"] == 4
+
+
 async def test_join_of_an_inner_loop_exit_and_a_side_branch_stalls(harness: Harness) -> None:
     """A known limitation (docs/distributed.md, Loops): jobs carry one loop iteration, so the join
     sees the inner loop's exit and the side branch at different iterations. In memory this run

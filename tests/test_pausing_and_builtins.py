@@ -321,6 +321,42 @@ async def test_multi_node_loop_body_with_a_branch() -> None:
     assert result.context["_outputs.exit"] == "bye"
 
 
+@pytest.mark.parametrize("concurrency", [1, 2, 3, 10])
+async def test_a_loop_body_side_branch_runs_once_per_iteration(concurrency: int) -> None:
+    # The side branch (side -> side2) does not lead back to the controller: before, the next
+    # iteration reset the body while side2 was still queued, which then ran with no input or
+    # not at all.
+    async def count(ctx: NodeContext) -> int:
+        n = int(await ctx.context.get("k", 0)) + 1
+        await ctx.context.set("k", n)
+        return n
+
+    seen: list[tuple[str, Any]] = []
+
+    async def record(ctx: NodeContext) -> Any:
+        seen.append((ctx.node_id, ctx.input))
+        return ctx.input
+
+    flow = (
+        create_flow("loop-side")
+        .node("s", count)
+        .node("e", record)
+        .node("side", record)
+        .node("side2", record)
+        .node("after", record)
+        .edge("s", "e")
+        .edge("s", "side")
+        .edge("side", "side2")
+        .loop("lp", start_node_id="s", end_node_id="e", condition='context["k"] < 4')
+        .edge("lp", "after")
+    )
+    result = await flow.run(FlowRuntime(concurrency=concurrency), {"k": 0})
+    assert result.status == "completed", result.errors
+    assert [value for node, value in seen if node == "side"] == [1, 2, 3, 4]
+    assert [value for node, value in seen if node == "side2"] == [1, 2, 3, 4]
+    assert result.context["_outputs.after"] == 4
+
+
 async def test_dynamic_nodes_are_spliced_after_their_emitter() -> None:
     async def spawn(ctx: NodeContext) -> NodeResult:
         return NodeResult(

@@ -108,6 +108,8 @@ class Run:
         # Fallback id -> (rescued primary, the primary's input), one entry per pending rescue.
         self._rescues: dict[str, deque[tuple[str, Any]]] = {}
         self._ready: deque[str] = deque()
+        # Loop controllers that continued while their body still ran: (spec, result, rescues).
+        self._continuing: dict[str, tuple[NodeSpec, NodeResult, str | None]] = {}
         self._active = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._done: asyncio.Future[None] | None = None
@@ -175,6 +177,8 @@ class Run:
                     ready.clear()
                     break
                 await self._run_node(ready.popleft())
+                if self._continuing:
+                    self._resume_loops()
                 if len(ready) > 1:
                     self._spawn(1)
         except asyncio.CancelledError:
@@ -422,9 +426,19 @@ class Run:
             self.state[node_id] = ""
             self.arrivals.pop(node_id, None)
             if result.action == "continue":
+                if self._body_in_flight(node_id):
+                    # A side branch of the iteration that ended is still queued or running:
+                    # resetting the body now would drop it. The next iteration waits for it.
+                    self._continuing[node_id] = (spec, result, rescues)
+                    return
                 self._reset_body(node_id)
         else:
             self.state[node_id] = COMPLETED
+        self._route_checked(node_id, spec, result, rescues)
+
+    def _route_checked(
+        self, node_id: str, spec: NodeSpec, result: NodeResult, rescues: str | None
+    ) -> None:
         if self.failed or self.cancelled or (self._watch_signal and self.signal.is_set()):
             return
         try:
@@ -432,6 +446,18 @@ class Run:
         except ExpressionError as exc:
             # A condition the evaluator failed on: the run fails with the typed error.
             self._node_error(node_id, self._as_error(node_id, exc), exc)
+
+    def _body_in_flight(self, controller: str) -> bool:
+        state = self.state
+        return any(state.get(n) in (READY, RUNNING) for n in self.graph.loop_bodies[controller])
+
+    def _resume_loops(self) -> None:
+        # Continue each loop whose last iteration has drained since its controller continued.
+        for controller, (spec, result, rescues) in list(self._continuing.items()):
+            if not self._body_in_flight(controller):
+                del self._continuing[controller]
+                self._reset_body(controller)
+                self._route_checked(controller, spec, result, rescues)
 
     def _route(self, node_id: str, spec: NodeSpec, result: NodeResult, rescues: str | None) -> None:
         arrivals = self.arrivals
