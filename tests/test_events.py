@@ -159,3 +159,29 @@ def test_json_lines_sink_to_streams_keeps_odd_values() -> None:
     assert record["payload"]["obj"].startswith("<object object")
     from_binary = json.loads(binary.getvalue())
     assert from_binary["payload"] == record["payload"] and from_binary["type"] == "node:error"
+
+
+async def test_every_context_write_of_the_engine_is_announced() -> None:
+    bus = EventBus()
+    changes: list[tuple[str, str]] = []
+    bus.subscribe(
+        lambda e: changes.append((e.payload["op"], e.payload["key"])),
+        ["context:change"],
+        inline=True,
+    )
+
+    async def step(ctx: NodeContext) -> int:
+        return 1
+
+    flow = create_flow("announced").node("a", step).node("b", step).wait("w")
+    flow.edge("a", "b").edge("b", "w")
+    runtime = FlowRuntime(event_bus=bus)
+    paused = await flow.run(runtime)
+    assert paused.status == "awaiting"
+    # Outputs, the input the engine resolved for b and w, and the awaiting bookkeeping.
+    for key in ("_outputs.a", "_outputs.b", "_inputs.b", "_inputs.w", "_awaitingNodeIds"):
+        assert ("set", key) in changes, key
+    changes.clear()
+    done = await runtime.resume(flow.to_blueprint(), paused.serialized_context, {"output": 2})
+    assert done.status == "completed"
+    assert ("delete", "_awaitingNodeIds") in changes

@@ -296,7 +296,7 @@ class Run:
         else:
             taken = [(source, index) for source, index in arrived.items() if index >= 0]
             value = input_from_edges(self.evaluator, self.graph.edges, spec, data, taken)
-        data[INPUTS + node_id] = value
+        self._write(INPUTS + node_id, value)
         return value
 
     # ----------------------------------------------------------------- outcomes
@@ -307,10 +307,10 @@ class Run:
         ids = list(self.data.get(AWAITING_IDS) or [])
         if node_id not in ids:
             ids.append(node_id)
-        self.data[AWAITING_IDS] = ids
+        self._write(AWAITING_IDS, ids)
         all_details = dict(self.data.get(AWAITING_DETAILS) or {})
         all_details[node_id] = details
-        self.data[AWAITING_DETAILS] = all_details
+        self._write(AWAITING_DETAILS, all_details)
 
     def unpause(self, node_id: str) -> None:
         """Remove ``node_id`` from the awaiting set (on resume)."""
@@ -318,11 +318,21 @@ class Run:
         ids = [i for i in self.data.get(AWAITING_IDS) or [] if i != node_id]
         details = {k: v for k, v in (self.data.get(AWAITING_DETAILS) or {}).items() if k != node_id}
         if ids:
-            self.data[AWAITING_IDS] = ids
-            self.data[AWAITING_DETAILS] = details
+            self._write(AWAITING_IDS, ids)
+            self._write(AWAITING_DETAILS, details)
         else:
-            self.data.pop(AWAITING_IDS, None)
-            self.data.pop(AWAITING_DETAILS, None)
+            self._drop(AWAITING_IDS)
+            self._drop(AWAITING_DETAILS)
+
+    def _write(self, key: str, value: Any) -> None:
+        # The engine's own context writes are announced like the nodes' (context:change).
+        self.data[key] = value
+        if self.context.on_change is not None:
+            self._on_change("set", key, value)
+
+    def _drop(self, key: str) -> None:
+        if self.data.pop(key, _MISSING) is not _MISSING and self.context.on_change is not None:
+            self._on_change("delete", key, None)
 
     def _as_error(self, node_id: str, exc: BaseException) -> FlowcraftError:
         if isinstance(exc, FlowcraftError):
@@ -396,13 +406,10 @@ class Run:
         ``rescues`` names the primary a fallback completed for: the output is stored as that
         primary's too, and the result routes along the fallback's and that primary's edges.
         """
-        data = self.data
         output = result.output
-        data[OUTPUTS + node_id] = output
-        if self.context.on_change is not None:
-            self._on_change("set", OUTPUTS + node_id, output)
+        self._write(OUTPUTS + node_id, output)
         if rescues is not None:
-            data[OUTPUTS + rescues] = output
+            self._write(OUTPUTS + rescues, output)
             self.state[rescues] = COMPLETED
         bus = self.bus
         if bus is not None and bus.wants("node:finish"):
