@@ -184,6 +184,29 @@ async def test_fallback(harness: Harness) -> None:
     assert result.context["_outputs.c"] == "rescued 1"
 
 
+async def test_a_failing_fallback_fails_the_run_with_both_errors(harness: Harness) -> None:
+    async def also_boom(ctx: NodeContext) -> Any:
+        raise ValueError("the fallback broke too")
+
+    flow = (
+        create_flow("fb-fails")
+        .node("a", one)
+        .node("b", boom, config={"fallback": "fix"})
+        .node("fix", also_boom)
+        .edge("a", "b")
+    )
+    harness.add(flow)
+    harness.worker()
+    result = await harness.client.run("fb-fails", timeout=T)
+    assert result.status == "failed"
+    assert [(e.node_id, type(e).__name__) for e in result.errors] == [
+        ("b", "NodeExecutionError"),
+        ("fix", "NodeExecutionError"),
+    ]
+    assert "kaput" in result.errors[0].message
+    assert "the fallback broke too" in result.errors[1].message
+
+
 async def test_shared_fallback_stands_in_for_each_failed_primary(harness: Harness) -> None:
     # 'fix' rescues 'a' and 'c' separately (each with its own input, along its own edges);
     # 'b' succeeds and routes by its own result, never by the fallback's.

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from flowcraft.context import OUTPUTS
 from flowcraft.distributed._current import CurrentJob, running_job
 from flowcraft.distributed._jobrun import StoreContext
-from flowcraft.distributed._orchestration import job_id
+from flowcraft.distributed._orchestration import error_from_dict, job_id
 from flowcraft.distributed._protocols import JobPayload
 from flowcraft.distributed._subflow import child_outcome, is_subflow, start_child
 from flowcraft.errors import (
@@ -33,6 +33,8 @@ __all__ = ["Outcome", "Prefetch", "execute_node", "failure_error", "prefetch_key
 
 _log = logging.getLogger("flowcraft.distributed")
 INPUTS = "_inputs."
+RESCUED_ERROR = "rescuedError"
+"""Field of a fallback job: the error of the primary it stands in for."""
 # Built-ins that read arbitrary context keys through ctx._run.data.
 _NEEDS_ALL = frozenset({"loop-controller", "batch-gather"})
 
@@ -319,7 +321,9 @@ async def _failed(
             node_id=fallback,
             iteration=payload.iteration,
             trace_context=payload.trace_context,
-            extra={"rescues": payload.node_id},
+            # The primary's error travels with the job: should the fallback fail too, the run
+            # fails with both.
+            extra={"rescues": payload.node_id, RESCUED_ERROR: error.to_dict()},
         )
         fence = adapter.keys.fallback(payload.run_id, payload.node_id, payload.iteration)
         member = job_id(fallback, payload.iteration, f"fb:{payload.node_id}")
@@ -331,4 +335,6 @@ async def _failed(
             {"nodeId": payload.node_id, "error": error.to_dict(), "executionId": payload.run_id},
         )
     _log.error("run %s failed at node %s: %s", payload.run_id, payload.node_id, error)
-    await adapter.publish_final(payload.run_id, "failed", [error])
+    rescued = payload.extra.get(RESCUED_ERROR) if role.startswith("fb:") else None
+    errors = [error_from_dict(rescued), error] if isinstance(rescued, Mapping) else [error]
+    await adapter.publish_final(payload.run_id, "failed", errors)

@@ -38,7 +38,7 @@ from flowcraft.runtime._graph import Graph, graph_for
 from flowcraft.runtime._routing import condition_holds, routing_edges, select_edges
 from flowcraft.serializer import JsonSerializer
 
-__all__ = ["Orchestration", "job_id", "parse_job_id"]
+__all__ = ["Orchestration", "error_from_dict", "job_id", "parse_job_id"]
 
 _log = logging.getLogger("flowcraft.distributed")
 STATUS = INTERNAL + "status"
@@ -395,7 +395,7 @@ class Orchestration:
         raw = await self.coordination.get(self.keys.final(run_id))
         if raw is not None:
             record = orjson.loads(raw)
-            errors = [_error_from_dict(e) for e in record.get("errors") or []]
+            errors = [error_from_dict(e) for e in record.get("errors") or []]
             return await self._result(run_id, record["status"], errors)
         # Parked nodes first: a waiting client polls this, and reading the run's context
         # would keep it looking busy to a backend that detects stalls by its idle time.
@@ -456,7 +456,8 @@ def _splice(graph: Graph, emitter: str, nodes: list[dict[str, Any]], gather: Any
             graph.add_node(graph.nodes[gather].definition, [definition.id])
 
 
-def _error_from_dict(raw: Mapping[str, Any]) -> FlowcraftError:
+def error_from_dict(raw: Mapping[str, Any]) -> FlowcraftError:
+    """A :class:`FlowcraftError` rebuilt from its ``to_dict()`` record."""
     # The stored record names the error's class: rebuild that type when the core defines it
     # (ExpressionError, NodeExecutionError, ...), so results are typed as in memory.
     name = raw.get("name")

@@ -33,7 +33,7 @@ from flowcraft.distributed._jobrun import JobRun
 from flowcraft.distributed._orchestration import (
     STATUS,
     Orchestration,
-    _error_from_dict,
+    error_from_dict,
     job_id,
     parse_job_id,
 )
@@ -141,7 +141,7 @@ async def child_outcome(
         )
     record = orjson.loads(raw)
     if record["status"] != "completed":
-        errors = [_error_from_dict(e) for e in record.get("errors") or []]
+        errors = [error_from_dict(e) for e in record.get("errors") or []]
         first = errors[0] if errors else None
         raise subflow_failure(node_id, meta[0], record["status"], first)
     graph = await adapter.graph_of(child_id, adapter._blueprint(meta[0]))

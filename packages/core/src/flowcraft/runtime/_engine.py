@@ -52,6 +52,8 @@ AWAITING_DETAILS = "_awaitingDetails"
 INPUTS = "_inputs."
 _DEAD = -1
 _MISSING: Any = object()
+_Rescue = tuple[str, Any, list[FlowcraftError]]
+"""A pending rescue: the failed primary, its input, and the errors its fallback stands in for."""
 
 COMPLETED = "completed"
 SKIPPED = "skipped"
@@ -105,8 +107,9 @@ class Run:
         self.errors: list[FlowcraftError] = []
         self.failed = False
         self.cancelled = False
-        # Fallback id -> (rescued primary, the primary's input), one entry per pending rescue.
-        self._rescues: dict[str, deque[tuple[str, Any]]] = {}
+        # Fallback id -> (rescued primary, the primary's input, the errors it stands in for),
+        # one entry per pending rescue.
+        self._rescues: dict[str, deque[_Rescue]] = {}
         self._ready: deque[str] = deque()
         # Loop controllers that continued while their body still ran: (spec, result, rescues).
         self._continuing: dict[str, tuple[NodeSpec, NodeResult, str | None]] = {}
@@ -210,8 +213,9 @@ class Run:
         spec = self.graph.nodes[node_id]
         self.state[node_id] = RUNNING
         rescues: str | None = None
+        rescued: list[FlowcraftError] = []
         if self._rescues and node_id in self._rescues:
-            rescues, value = self._next_rescue(node_id)
+            rescues, value, rescued = self._next_rescue(node_id)
         else:
             try:
                 value = self._input_for(node_id, spec)
@@ -247,7 +251,7 @@ class Run:
             self.cancelled = True
             return
         except Exception as exc:
-            self._fail(node_id, spec, exc, value)
+            self._fail(node_id, spec, exc, value, rescued)
             return
         if self.awaiting and node_id in self.awaiting:
             self.state[node_id] = AWAITING
@@ -273,7 +277,7 @@ class Run:
         spec.prepared = (implementation, invoker, attempts)
         return invoker, attempts
 
-    def _next_rescue(self, fallback: str) -> tuple[str, Any]:
+    def _next_rescue(self, fallback: str) -> _Rescue:
         queue = self._rescues[fallback]
         rescue = queue.popleft()
         if not queue:
@@ -350,7 +354,16 @@ class Run:
         error.__cause__ = exc
         return error
 
-    def _fail(self, node_id: str, spec: NodeSpec, exc: BaseException, value: Any) -> None:
+    def _fail(
+        self,
+        node_id: str,
+        spec: NodeSpec,
+        exc: BaseException,
+        value: Any,
+        rescued: list[FlowcraftError] | None = None,
+    ) -> None:
+        """Hand a failed node to its fallback, or fail the run. ``rescued``: the errors of the
+        primaries a failing fallback stood in for, which fail the run with it."""
         error = self._as_error(node_id, exc)
         fallback = spec.fallback
         bus = self.bus
@@ -372,10 +385,12 @@ class Run:
             queue = self._rescues.get(fallback)
             if queue is None:
                 queue = self._rescues[fallback] = deque()
-            queue.append((node_id, value))
+            queue.append((node_id, value, [*(rescued or ()), error]))
             self._schedule(fallback)
             return
         self.state[node_id] = FAILED
+        for earlier in rescued or ():
+            self.errors.append(earlier)
         self._node_error(node_id, error, exc)
 
     def _node_error(self, node_id: str, error: FlowcraftError, exc: BaseException) -> None:
