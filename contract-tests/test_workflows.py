@@ -10,6 +10,8 @@ import pytest
 from conftest import Harness, outputs
 
 from flowcraft import ExpressionError, NodeContext, NodeResult, SafeEvaluator, create_flow
+from flowcraft.distributed import Client
+from flowcraft.events import EventBus, FlowEvent
 
 T = 15.0  # generous, only to avoid hangs
 
@@ -162,6 +164,40 @@ async def test_timeout_fails_the_run(harness: Harness) -> None:
     result = await harness.client.run("slow", timeout=T)
     assert result.status == "failed"
     assert "timed out" in result.errors[0].message
+
+
+async def test_node_and_context_events_carry_the_run(harness: Harness) -> None:
+    async def writes(ctx: NodeContext) -> int:
+        await ctx.context.set("note", "hi")
+        return 2
+
+    flow = (
+        create_flow("evented")
+        .node("a", one)
+        .node("b", writes)
+        .node("c", boom, config={"fallback": "fix"})
+        .node("fix", echo)
+        .edge("a", "b")
+        .edge("b", "c")
+    )
+    harness.add(flow)
+    events: list[FlowEvent] = []
+    bus = EventBus()
+    bus.subscribe(events.append, inline=True)
+    harness.worker(event_bus=bus)
+    client = Client(harness.adapter(event_bus=bus))
+    result = await client.run("evented", timeout=T)
+    assert result.status == "completed", result.errors
+    run_id = result.run_id
+    seen = [(e.type, e.payload.get("nodeId") or e.payload.get("key")) for e in events]
+    assert seen[0] == ("workflow:start", None)
+    for node in ("a", "b", "fix"):
+        assert ("node:start", node) in seen and ("node:finish", node) in seen, node
+    assert ("node:start", "c") in seen and ("node:fallback", "c") in seen
+    for key in ("note", "_outputs.a", "_outputs.b", "_inputs.b", "_outputs.c"):
+        assert ("context:change", key) in seen, key
+    assert not any(k and k.startswith("_flowcraft.") for _, k in seen)
+    assert {e.payload["executionId"] for e in events if not e.type.startswith("job:")} == {run_id}
 
 
 async def test_fallback(harness: Harness) -> None:

@@ -8,9 +8,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from flowcraft.context import OUTPUTS
+from flowcraft.context import OUTPUTS, ChangeListener
 from flowcraft.distributed._current import CurrentJob, running_job
 from flowcraft.distributed._jobrun import StoreContext
+from flowcraft.distributed._keys import INTERNAL
 from flowcraft.distributed._orchestration import error_from_dict, job_id
 from flowcraft.distributed._protocols import JobPayload
 from flowcraft.distributed._subflow import child_outcome, is_subflow, start_child
@@ -29,7 +30,7 @@ from flowcraft.runtime._routing import input_from_edges
 if TYPE_CHECKING:
     from flowcraft.distributed.adapter import BaseDistributedAdapter
 
-__all__ = ["Outcome", "Prefetch", "execute_node", "failure_error", "prefetch_keys"]
+__all__ = ["Outcome", "Prefetch", "announcer", "execute_node", "failure_error", "prefetch_keys"]
 
 _log = logging.getLogger("flowcraft.distributed")
 INPUTS = "_inputs."
@@ -168,6 +169,21 @@ async def _input(
     return value, data, [{"op": "set", "key": INPUTS + node_id, "value": value}], taken
 
 
+def announcer(adapter: BaseDistributedAdapter, run_id: str) -> ChangeListener | None:
+    """What emits ``context:change`` for the run's writes, when the event bus wants them."""
+    bus = adapter.event_bus
+    if bus is None or not bus.wants("context:change"):
+        return None
+
+    def announce(op: str, key: str, value: Any) -> None:
+        if not key.startswith(INTERNAL):
+            bus.emit(
+                "context:change", {"key": key, "op": op, "value": value, "executionId": run_id}
+            )
+
+    return announce
+
+
 def failure_error(payload: JobPayload, exc: BaseException) -> FlowcraftError:
     """``exc`` as the typed error a failed job reports (ids filled in from the job)."""
     return _as_error(payload, exc)
@@ -230,9 +246,20 @@ async def execute_node(
         value, data, ops, taken = await _input(adapter, payload, graph, node_id, prefetch)
     run = adapter.job_run(payload.run_id, data)
     signal = asyncio.Event()
+    bus = adapter.event_bus
+    if bus is not None and bus.wants("node:start"):
+        bus.emit(
+            "node:start",
+            {
+                "nodeId": node_id,
+                "executionId": payload.run_id,
+                "blueprintId": payload.blueprint_id,
+                "input": value,
+            },
+        )
     ctx = NodeContext(
         input=value,
-        context=StoreContext(adapter.context, payload.run_id),
+        context=StoreContext(adapter.context, payload.run_id, announcer(adapter, payload.run_id)),
         params=spec.definition.params or {},
         dependencies=adapter.dependencies,
         signal=signal,
@@ -315,6 +342,17 @@ async def _failed(
     fallback = spec.fallback
     if fallback is not None and not error.is_fatal and not role.startswith("fb:"):
         _log.warning("node %s failed (%s); running fallback %s", payload.node_id, error, fallback)
+        if bus is not None and bus.wants("node:fallback"):
+            bus.emit(
+                "node:fallback",
+                {
+                    "nodeId": payload.node_id,
+                    "fallback": fallback,
+                    "executionId": payload.run_id,
+                    "blueprintId": payload.blueprint_id,
+                    "error": error.message,
+                },
+            )
         job = JobPayload(
             run_id=payload.run_id,
             blueprint_id=payload.blueprint_id,

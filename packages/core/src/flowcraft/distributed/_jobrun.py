@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from flowcraft.blueprint import Blueprint
+from flowcraft.context import ChangeListener
 from flowcraft.distributed._protocols import ContextStore
 from flowcraft.evaluator import Evaluator
 from flowcraft.events import EventBus
@@ -24,13 +25,19 @@ _MISSING: Any = object()
 
 
 class StoreContext:
-    """An :class:`~flowcraft.node.AsyncContext` bound to one run of a :class:`ContextStore`."""
+    """An :class:`~flowcraft.node.AsyncContext` bound to one run of a :class:`ContextStore`.
 
-    __slots__ = ("_run_id", "_store")
+    ``on_change`` is told of every write once the store has it (``context:change`` events).
+    """
 
-    def __init__(self, store: ContextStore, run_id: str) -> None:
+    __slots__ = ("_on_change", "_run_id", "_store")
+
+    def __init__(
+        self, store: ContextStore, run_id: str, on_change: ChangeListener | None = None
+    ) -> None:
         self._store = store
         self._run_id = run_id
+        self._on_change = on_change
 
     async def get(self, key: str, default: Any = None) -> Any:
         found = await self._store.get_many(self._run_id, [key])
@@ -38,18 +45,27 @@ class StoreContext:
 
     async def set(self, key: str, value: Any) -> None:
         await self._store.set(self._run_id, key, value)
+        if self._on_change is not None:
+            self._on_change("set", key, value)
 
     async def has(self, key: str) -> bool:
         return await self._store.has(self._run_id, key)
 
     async def delete(self, key: str) -> bool:
-        return await self._store.delete(self._run_id, key)
+        existed = await self._store.delete(self._run_id, key)
+        if existed and self._on_change is not None:
+            self._on_change("delete", key, None)
+        return existed
 
     async def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
         return await self._store.get_many(self._run_id, keys)
 
     async def patch(self, operations: Iterable[PatchOperation]) -> None:
+        operations = list(operations)
         await self._store.patch(self._run_id, operations)
+        if self._on_change is not None:
+            for op in operations:
+                self._on_change(str(op["op"]), str(op["key"]), op.get("value"))
 
     async def to_dict(self) -> dict[str, Any]:
         return await self._store.to_dict(self._run_id)

@@ -24,6 +24,7 @@ from flowcraft.context import OUTPUTS
 from flowcraft.distributed._execute import (
     Outcome,
     Prefetch,
+    announcer,
     execute_node,
     failure_error,
     prefetch_keys,
@@ -73,7 +74,9 @@ class BaseDistributedAdapter(Orchestration, ABC):
         blueprints: Blueprint id → blueprint the workers can run.
         dependencies: Services handed to every node as ``ctx.dependencies``.
         middleware: Wrappers around every node.
-        event_bus: Receives ``job:*``, ``node:*`` and ``workflow:finish`` events.
+        event_bus: Receives ``job:*``, ``node:start`` / ``finish`` / ``error`` /
+            ``fallback`` / ``retry``, ``context:change``, ``workflow:start`` (from
+            :meth:`start_run`) and ``workflow:finish`` events, each with its ``executionId``.
         evaluator: Evaluates conditions and transforms; the safe evaluator by default.
         namespace: Prefix of every coordination key.
         ttl: Seconds coordination keys live (refreshed as they are written).
@@ -266,6 +269,9 @@ class BaseDistributedAdapter(Orchestration, ABC):
                 for node in graph.start_nodes
             ),
         )
+        bus = self.event_bus
+        if bus is not None and bus.wants("workflow:start"):
+            bus.emit("workflow:start", {"blueprintId": blueprint_id, "executionId": run_id})
         await asyncio.gather(
             *(
                 self.enqueue_job(
@@ -615,10 +621,12 @@ class BaseDistributedAdapter(Orchestration, ABC):
                 return
             record = orjson.dumps(outcome.result.to_dict()).decode()
             if not role and await self._fast_hop(job, outcome, record):
+                self._finished(payload, outcome, rescues)
                 return
             if await self.coordination.set_if_not_exist(result_key, record, self.ttl):
                 result = outcome.result
                 await self._store_effects(payload, result, outcome.ops, rescues)
+                self._finished(payload, outcome, rescues)
             else:
                 stored = await self.coordination.get(result_key)
         if result is None:
@@ -640,6 +648,27 @@ class BaseDistributedAdapter(Orchestration, ABC):
             )
             await self._settle(payload, graph, work)
         await self.job_done(run_id, member)
+
+    def _finished(self, payload: JobPayload, outcome: Outcome, rescues: str | None) -> None:
+        """``node:finish``, and ``context:change`` for the writes stored with the result."""
+        bus = self.event_bus
+        if bus is None:
+            return
+        result = outcome.result
+        if bus.wants("node:finish"):
+            bus.emit(
+                "node:finish",
+                {
+                    "nodeId": payload.node_id,
+                    "result": result.to_dict(),
+                    "executionId": payload.run_id,
+                    "blueprintId": payload.blueprint_id,
+                },
+            )
+        announce = announcer(self, payload.run_id)
+        if announce is not None:
+            for op in self._effect_ops(payload, result, outcome.ops, rescues):
+                announce(str(op["op"]), str(op["key"]), op.get("value"))
 
     async def _fast_hop(self, job: _Job, outcome: Outcome, record: str) -> bool:
         """Finish the job in the backend's one atomic step, if it has one and the hop allows;
