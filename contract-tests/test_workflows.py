@@ -177,8 +177,10 @@ async def test_node_and_context_events_carry_the_run(harness: Harness) -> None:
         .node("b", writes)
         .node("c", boom, config={"fallback": "fix"})
         .node("fix", echo)
-        .edge("a", "b")
-        .edge("b", "c")
+        .node("d", echo)
+        .edge("a", "b", condition="result.output == 1")
+        .edge("b", "c", condition="result.output == 2")
+        .edge("b", "d", condition="result.output == 3")
     )
     harness.add(flow)
     events: list[FlowEvent] = []
@@ -197,6 +199,13 @@ async def test_node_and_context_events_carry_the_run(harness: Harness) -> None:
     for key in ("note", "_outputs.a", "_outputs.b", "_inputs.b", "_outputs.c"):
         assert ("context:change", key) in seen, key
     assert not any(k and k.startswith("_flowcraft.") for _, k in seen)
+    evaluated = {
+        (e.payload["source"], e.payload["target"], e.payload["result"])
+        for e in events
+        if e.type == "edge:evaluate"
+    }
+    assert evaluated == {("a", "b", True), ("b", "c", True), ("b", "d", False)}
+    assert ("node:skipped", "b") in seen and ("node:start", "d") not in seen
     assert {e.payload["executionId"] for e in events if not e.type.startswith("job:")} == {run_id}
 
 

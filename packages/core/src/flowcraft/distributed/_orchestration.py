@@ -35,7 +35,12 @@ from flowcraft.hooks import RunHooks, RunInfo, call_after_run
 from flowcraft.node import NodeResult
 from flowcraft.result import WorkflowResult, WorkflowStatus
 from flowcraft.runtime._graph import Graph, graph_for
-from flowcraft.runtime._routing import condition_holds, routing_edges, select_edges
+from flowcraft.runtime._routing import (
+    announce_condition,
+    condition_holds,
+    routing_edges,
+    select_edges,
+)
 from flowcraft.serializer import JsonSerializer
 
 __all__ = ["Orchestration", "error_from_dict", "job_id", "parse_job_id"]
@@ -156,8 +161,13 @@ class Orchestration:
         if not edges:
             return
 
+        bus = self.event_bus
+
         def passes(edge: EdgeDefinition) -> bool:
-            return condition_holds(self.evaluator, edge, data, result)
+            passed = condition_holds(self.evaluator, edge, data, result)
+            if bus is not None and edge.condition is not None:
+                announce_condition(bus, node_id, edge, passed, run_id, payload.blueprint_id)
+            return passed
 
         chosen = select_edges(edges, result, passes)
         work: list[tuple[str, int]] = []

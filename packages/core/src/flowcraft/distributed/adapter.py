@@ -56,7 +56,12 @@ from flowcraft.middleware import Middleware
 from flowcraft.node import NodeResult, PatchOperation
 from flowcraft.result import WorkflowResult
 from flowcraft.runtime._graph import Graph, NodeSpec, graph_for
-from flowcraft.runtime._routing import condition_holds, routing_edges, select_edges
+from flowcraft.runtime._routing import (
+    announce_condition,
+    condition_holds,
+    routing_edges,
+    select_edges,
+)
 
 __all__ = ["BaseDistributedAdapter", "DeliveryLimitExceeded", "JobRejected"]
 
@@ -75,8 +80,9 @@ class BaseDistributedAdapter(Orchestration, ABC):
         dependencies: Services handed to every node as ``ctx.dependencies``.
         middleware: Wrappers around every node.
         event_bus: Receives ``job:*``, ``node:start`` / ``finish`` / ``error`` /
-            ``fallback`` / ``retry``, ``context:change``, ``workflow:start`` (from
-            :meth:`start_run`) and ``workflow:finish`` events, each with its ``executionId``.
+            ``fallback`` / ``retry`` / ``skipped``, ``edge:evaluate``, ``context:change``,
+            ``workflow:start`` (from :meth:`start_run`) and ``workflow:finish`` events, each
+            with its ``executionId``.
         evaluator: Evaluates conditions and transforms; the safe evaluator by default.
         namespace: Prefix of every coordination key.
         ttl: Seconds coordination keys live (refreshed as they are written).
@@ -705,12 +711,19 @@ class BaseDistributedAdapter(Orchestration, ABC):
         edges = routing_edges(spec, None)
         if edges:
             data = await self._routing_data(run_id, graph, node_id, result, None, ops)
+            evaluated: list[EdgeDefinition] = []
 
             def passes(edge: EdgeDefinition) -> bool:
+                if edge.condition is not None:
+                    evaluated.append(edge)
                 return condition_holds(self.evaluator, edge, data, result)
 
             if len(select_edges(edges, result, passes)) != len(edges):
-                return None  # a dead path to eliminate: the generic path walks it
+                return None  # a dead path to eliminate: the generic path walks (and announces) it
+            bus = self.event_bus
+            if bus is not None:
+                for edge in evaluated:
+                    announce_condition(bus, node_id, edge, True, run_id, payload.blueprint_id)
         targets: list[HopTarget] = []
         for index, edge in edges:
             target = graph.nodes[edge.target]

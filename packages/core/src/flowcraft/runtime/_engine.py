@@ -33,6 +33,7 @@ from flowcraft.runtime._executor import Attempts, Invoker, invoker_for, run_with
 from flowcraft.runtime._graph import Graph, NodeSpec
 from flowcraft.runtime._inputs import resolve_inputs
 from flowcraft.runtime._routing import (
+    announce_condition,
     condition_holds,
     input_from_edges,
     routing_edges,
@@ -529,28 +530,7 @@ class Run:
         passed = condition_holds(self.evaluator, edge, self.data, result)
         bus = self.bus
         if bus is not None:
-            if bus.wants("edge:evaluate"):
-                bus.emit(
-                    "edge:evaluate",
-                    {
-                        "source": edge.source,
-                        "target": edge.target,
-                        "condition": condition,
-                        "result": passed,
-                        "executionId": self.run_id,
-                        "blueprintId": self.blueprint_id,
-                    },
-                )
-            if not passed and bus.wants("node:skipped"):
-                bus.emit(
-                    "node:skipped",
-                    {
-                        "nodeId": node_id,
-                        "edge": edge.model_dump(by_alias=True, exclude_none=True),
-                        "executionId": self.run_id,
-                        "blueprintId": self.blueprint_id,
-                    },
-                )
+            announce_condition(bus, node_id, edge, passed, self.run_id, self.blueprint_id)
         return passed
 
     def _evaluate(self, target: str) -> None:
