@@ -106,25 +106,31 @@ async def test_fallback_node_rescues_and_inherits_edges() -> None:
     assert result.errors == []
 
 
-async def test_a_failing_fallback_fails_the_run_with_every_error_it_stood_in_for() -> None:
+async def test_a_failing_fallback_fails_the_run_with_its_primary() -> None:
     async def fails(ctx: NodeContext) -> Any:
         raise RuntimeError(f"{ctx.node_id} broke")
 
-    # a's fallback fb1 fails, and fb1's own fallback fb2 fails too.
+    ran: list[str] = []
+
+    async def ok(ctx: NodeContext) -> str:
+        ran.append(ctx.node_id)
+        return "ok"
+
+    # a's fallback fb1 fails too. fb1's own fallback does not stand in for it: nothing would
+    # route along a's edges (before, the run ended completed without running "after").
     flow = (
         create_flow("fb-chain")
         .node("a", fails, config={"fallback": "fb1"})
         .node("fb1", fails, config={"fallback": "fb2"})
-        .node("fb2", fails)
+        .node("fb2", ok)
+        .node("after", ok)
+        .edge("a", "after")
     )
     result = await flow.run(FlowRuntime())
     assert result.status == "failed"
-    assert [e.node_id for e in result.errors] == ["a", "fb1", "fb2"]
-    assert [e.message.rsplit(": ", 1)[1] for e in result.errors] == [
-        "a broke",
-        "fb1 broke",
-        "fb2 broke",
-    ]
+    assert [e.node_id for e in result.errors] == ["a", "fb1"]
+    assert [e.message.rsplit(": ", 1)[1] for e in result.errors] == ["a broke", "fb1 broke"]
+    assert ran == []
 
 
 async def test_unused_fallback_never_runs() -> None:

@@ -53,8 +53,8 @@ AWAITING_DETAILS = "_awaitingDetails"
 INPUTS = "_inputs."
 _DEAD = -1
 _MISSING: Any = object()
-_Rescue = tuple[str, Any, list[FlowcraftError]]
-"""A pending rescue: the failed primary, its input, and the errors its fallback stands in for."""
+_Rescue = tuple[str, Any, FlowcraftError]
+"""A pending rescue: the failed primary, its input and its error."""
 
 COMPLETED = "completed"
 SKIPPED = "skipped"
@@ -108,8 +108,8 @@ class Run:
         self.errors: list[FlowcraftError] = []
         self.failed = False
         self.cancelled = False
-        # Fallback id -> (rescued primary, the primary's input, the errors it stands in for),
-        # one entry per pending rescue.
+        # Fallback id -> (rescued primary, the primary's input, the primary's error), one entry
+        # per pending rescue.
         self._rescues: dict[str, deque[_Rescue]] = {}
         self._ready: deque[str] = deque()
         # Loop controllers that continued while their body still ran: (spec, result, rescues).
@@ -214,7 +214,7 @@ class Run:
         spec = self.graph.nodes[node_id]
         self.state[node_id] = RUNNING
         rescues: str | None = None
-        rescued: list[FlowcraftError] = []
+        rescued: FlowcraftError | None = None
         if self._rescues and node_id in self._rescues:
             rescues, value, rescued = self._next_rescue(node_id)
         else:
@@ -361,12 +361,14 @@ class Run:
         spec: NodeSpec,
         exc: BaseException,
         value: Any,
-        rescued: list[FlowcraftError] | None = None,
+        rescued: FlowcraftError | None = None,
     ) -> None:
-        """Hand a failed node to its fallback, or fail the run. ``rescued``: the errors of the
-        primaries a failing fallback stood in for, which fail the run with it."""
+        """Hand a failed node to its fallback, or fail the run. ``rescued``: the error of the
+        primary a failing fallback stood in for, which fails the run with it."""
         error = self._as_error(node_id, exc)
-        fallback = spec.fallback
+        # A fallback standing in for a primary does not hand over to a fallback of its own:
+        # nothing would then route along the primary's edges (distributed runs do the same).
+        fallback = None if rescued is not None else spec.fallback
         bus = self.bus
         if fallback is not None and not error.is_fatal and not self.halted:
             _log.warning("node %s failed (%s); running fallback %s", node_id, error, fallback)
@@ -386,12 +388,12 @@ class Run:
             queue = self._rescues.get(fallback)
             if queue is None:
                 queue = self._rescues[fallback] = deque()
-            queue.append((node_id, value, [*(rescued or ()), error]))
+            queue.append((node_id, value, error))
             self._schedule(fallback)
             return
         self.state[node_id] = FAILED
-        for earlier in rescued or ():
-            self.errors.append(earlier)
+        if rescued is not None:
+            self.errors.append(rescued)
         self._node_error(node_id, error, exc)
 
     def _node_error(self, node_id: str, error: FlowcraftError, exc: BaseException) -> None:
