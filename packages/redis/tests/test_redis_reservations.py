@@ -234,3 +234,18 @@ async def test_a_killed_workers_taken_job_is_taken_over(redis_url: str) -> None:
         assert result.context["_outputs.j"] == {"b": "b", "c": "c", "d": "d"}
         assert sorted(calls) == ["a", "b", "c", "c", "d", "j"]
         await settled(d)
+
+
+async def test_hop_steps_stop_taking_while_a_receive_is_due(redis_url: str) -> None:
+    # A slot that keeps taking entries in its hop steps never receives, and only a receive
+    # promotes due delayed jobs and takes over the entries of dead workers.
+    gate, calls = asyncio.Event(), []
+    async with deployed(redis_url, fan("due", gate, calls), lease=60.0) as d:
+        queue = d.adapter().queue
+        assert not queue.taking  # nothing promoted or claimed yet
+        await queue.receive(1, 0.01)
+        assert queue.taking
+        await asyncio.sleep(0.15)  # delayed jobs are promoted every 0.1 s (the claims: 15 s)
+        assert not queue.taking
+        await queue.receive(1, 0.01)
+        assert queue.taking

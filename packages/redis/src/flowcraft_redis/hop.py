@@ -225,7 +225,7 @@ class HopCommitter:
             "reserved": stream is not None and stream.is_reserved(delivery),
             "group": GROUP,
             "consumer": stream.consumer if stream is not None else "",
-            "take": stream is not None and hop.follow and stream.reserving,
+            "take": stream is not None and hop.follow and stream.taking,
             "nset": len(sets),
             "reserve": reserve,
             "lease": stream.lease_ms if stream is not None else 0,

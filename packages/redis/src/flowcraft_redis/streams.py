@@ -250,6 +250,14 @@ class StreamsQueue:
         return not self._stopped
 
     @property
+    def taking(self) -> bool:
+        """Whether hop steps may take the stream's next entry for this consumer: not once
+        stopping, nor when promoting delayed jobs or taking over stale entries is due, which
+        only a receive does (a slot that keeps taking never receives)."""
+        now = time.monotonic()
+        return not self._stopped and now < self._next_promote and now < self._next_claim
+
+    @property
     def lease_ms(self) -> int:
         """How long a delivery, or a reservation, is this consumer's without renewal."""
         return self._lease_ms
