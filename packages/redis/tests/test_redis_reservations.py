@@ -213,8 +213,10 @@ async def test_a_branch_hop_takes_the_next_queued_branch(redis_url: str) -> None
         assert result.status == "completed", result.errors
         assert result.context["_outputs.j"] == {"b": "b", "c": "c", "d": "d"}
         # a's hop reserves b and queues c and d; b's hop takes c, c's takes d, d's reserves j:
-        # the only job received is the client's start job.
-        assert sum(received) == 1
+        # the only job received is the client's start job (without takes: a, c and d). A hop
+        # does not take while promoting delayed jobs is due (every 0.1 s), which a slow
+        # machine may hit once here.
+        assert sum(received) <= 2
         assert calls == ["a", "b", "c", "d", "j"]
         await settled(d)
 
