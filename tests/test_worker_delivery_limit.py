@@ -5,10 +5,14 @@ Without a limit it would come back once per lease forever, and its run would nev
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
+
+import pytest
 
 from flowcraft import NodeContext, create_flow
 from flowcraft.distributed import Client, Delivery, Worker
+from flowcraft.distributed import worker as worker_module
 from flowcraft.errors import AdapterError, DeliveryLimitExceeded
 from flowcraft.memory import MemoryAdapter, MemoryBackend
 
@@ -88,3 +92,40 @@ async def test_a_job_delivered_more_often_than_the_limit_is_not_run_again() -> N
     assert isinstance(result.errors[0], DeliveryLimitExceeded)
     assert "delivered 6 times" in result.errors[0].message
     assert len(backend.queue.dead_letters) == 1
+
+
+class _EndlessChain(MemoryAdapter):
+    """Hands every job a successor while the worker follows (as a hop step reserving one)."""
+
+    def __init__(self, backend: MemoryBackend, **options: Any) -> None:
+        super().__init__(backend, **options)
+        self.follows: list[bool] = []
+
+    async def handle(self, delivery: Delivery, *, follow: bool = False) -> None:
+        self.follows.append(follow)
+        await asyncio.sleep(0.01)
+        await self._ack(delivery)
+        if follow:
+            delivery.next = Delivery(body=delivery.body, handle=None)
+
+
+async def test_a_slot_goes_back_to_the_queue_after_following_for_a_while(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Only a receive does a queue's periodic work (delayed jobs, dead workers' jobs): a slot
+    # handed successor after successor must still come back to it.
+    monkeypatch.setattr(worker_module, "_FOLLOW_SECONDS", 0.1)
+    backend = MemoryBackend()
+    adapter = _EndlessChain(backend, **_options())
+    backend.queue.put('{"runId": "r", "blueprintId": "poison", "nodeId": "a"}')
+    worker = Worker(adapter, concurrency=1, receive_wait=0.02)
+    worker.start()
+    try:
+        for _ in range(200):
+            if False in adapter.follows:
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        await worker.stop(timeout=1)
+    first_stop = adapter.follows.index(False)
+    assert 3 <= first_stop <= 12  # about 0.1 s of 0.01 s jobs, then the slot stops following

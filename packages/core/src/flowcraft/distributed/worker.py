@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from types import TracebackType
 
 from flowcraft.distributed._protocols import Delivery
@@ -19,6 +20,10 @@ _BACKOFF_MAX = 5.0
 _FOLLOW_MAX = 100
 """Most successors one slot takes in a row before it queues the next one for everyone: the
 other runs waiting in the queue get the slot back now and then."""
+_FOLLOW_SECONDS = 1.0
+"""Most seconds one slot keeps taking jobs handed to it by hop steps: a slot that never goes
+back to the queue never receives, and a receive is where a queue does its periodic work
+(delayed jobs that came due, jobs of dead workers)."""
 
 
 def _cancel_pending() -> bool:
@@ -142,8 +147,9 @@ class Worker:
         task = asyncio.current_task()
         current: Delivery | None = delivery
         followed = 0
+        until = time.monotonic() + _FOLLOW_SECONDS
         while current is not None:
-            follow = followed < _FOLLOW_MAX and not self._stopping
+            follow = followed < _FOLLOW_MAX and not self._stopping and time.monotonic() < until
             await self._handle_one(current, follow)
             current = current.next
             if current is None:
