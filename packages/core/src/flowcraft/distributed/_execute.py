@@ -22,6 +22,7 @@ from flowcraft.errors import (
     WorkflowCancelled,
 )
 from flowcraft.node import NodeContext, NodeResult, PatchOperation
+from flowcraft.runtime import _announce as announce
 from flowcraft.runtime._executor import Attempts, invoker_for, run_with_middleware
 from flowcraft.runtime._graph import Graph, NodeSpec
 from flowcraft.runtime._inputs import resolve_inputs
@@ -175,13 +176,11 @@ def announcer(adapter: BaseDistributedAdapter, run_id: str) -> ChangeListener | 
     if bus is None or not bus.wants("context:change"):
         return None
 
-    def announce(op: str, key: str, value: Any) -> None:
-        if not key.startswith(INTERNAL):
-            bus.emit(
-                "context:change", {"key": key, "op": op, "value": value, "executionId": run_id}
-            )
+    def changed(op: str, key: str, value: Any) -> None:
+        if not key.startswith(INTERNAL):  # the adapter's own bookkeeping
+            announce.context_change(bus, run_id, op, key, value)
 
-    return announce
+    return changed
 
 
 def failure_error(payload: JobPayload, exc: BaseException) -> FlowcraftError:
@@ -247,16 +246,8 @@ async def execute_node(
     run = adapter.job_run(payload.run_id, data)
     signal = asyncio.Event()
     bus = adapter.event_bus
-    if bus is not None and bus.wants("node:start"):
-        bus.emit(
-            "node:start",
-            {
-                "nodeId": node_id,
-                "executionId": payload.run_id,
-                "blueprintId": payload.blueprint_id,
-                "input": value,
-            },
-        )
+    if bus is not None:
+        announce.node_start(bus, payload.run_id, payload.blueprint_id, node_id, value)
     ctx = NodeContext(
         input=value,
         context=StoreContext(adapter.context, payload.run_id, announcer(adapter, payload.run_id)),
@@ -342,16 +333,9 @@ async def _failed(
     fallback = spec.fallback
     if fallback is not None and not error.is_fatal and not role.startswith("fb:"):
         _log.warning("node %s failed (%s); running fallback %s", payload.node_id, error, fallback)
-        if bus is not None and bus.wants("node:fallback"):
-            bus.emit(
-                "node:fallback",
-                {
-                    "nodeId": payload.node_id,
-                    "fallback": fallback,
-                    "executionId": payload.run_id,
-                    "blueprintId": payload.blueprint_id,
-                    "error": error.message,
-                },
+        if bus is not None:
+            announce.node_fallback(
+                bus, payload.run_id, payload.blueprint_id, payload.node_id, fallback, error
             )
         job = JobPayload(
             run_id=payload.run_id,
@@ -367,11 +351,8 @@ async def _failed(
         member = job_id(fallback, payload.iteration, f"fb:{payload.node_id}")
         await adapter.enqueue_job(job, member, fence=fence)
         return
-    if bus is not None and bus.wants("node:error"):
-        bus.emit(
-            "node:error",
-            {"nodeId": payload.node_id, "error": error.to_dict(), "executionId": payload.run_id},
-        )
+    if bus is not None:
+        announce.node_error(bus, payload.run_id, payload.blueprint_id, payload.node_id, error)
     _log.error("run %s failed at node %s: %s", payload.run_id, payload.node_id, error)
     rescued = payload.extra.get(RESCUED_ERROR) if role.startswith("fb:") else None
     errors = [error_from_dict(rescued), error] if isinstance(rescued, Mapping) else [error]

@@ -34,13 +34,9 @@ from flowcraft.events import EventBus
 from flowcraft.hooks import RunHooks, RunInfo, call_after_run
 from flowcraft.node import NodeResult
 from flowcraft.result import WorkflowResult, WorkflowStatus
+from flowcraft.runtime import _announce as announce
 from flowcraft.runtime._graph import Graph, graph_for
-from flowcraft.runtime._routing import (
-    announce_condition,
-    condition_holds,
-    routing_edges,
-    select_edges,
-)
+from flowcraft.runtime._routing import condition_holds, routing_edges, select_edges
 from flowcraft.serializer import JsonSerializer
 
 __all__ = ["Orchestration", "error_from_dict", "job_id", "parse_job_id"]
@@ -166,7 +162,7 @@ class Orchestration:
         def passes(edge: EdgeDefinition) -> bool:
             passed = condition_holds(self.evaluator, edge, data, result)
             if bus is not None and edge.condition is not None:
-                announce_condition(bus, node_id, edge, passed, run_id, payload.blueprint_id)
+                announce.condition(bus, run_id, payload.blueprint_id, node_id, edge, passed)
             return passed
 
         chosen = select_edges(edges, result, passes)

@@ -55,13 +55,9 @@ from flowcraft.hooks import RunHooks, RunInfo, call_before_run
 from flowcraft.middleware import Middleware
 from flowcraft.node import NodeResult, PatchOperation
 from flowcraft.result import WorkflowResult
+from flowcraft.runtime import _announce as announce
 from flowcraft.runtime._graph import Graph, NodeSpec, graph_for
-from flowcraft.runtime._routing import (
-    announce_condition,
-    condition_holds,
-    routing_edges,
-    select_edges,
-)
+from flowcraft.runtime._routing import condition_holds, routing_edges, select_edges
 
 __all__ = ["BaseDistributedAdapter", "DeliveryLimitExceeded", "JobRejected"]
 
@@ -592,11 +588,8 @@ class BaseDistributedAdapter(Orchestration, ABC):
             # with the typed error naming the edge (the job itself is handled: it is acked).
             error = failure_error(payload, exc)
             bus = self.event_bus
-            if bus is not None and bus.wants("node:error"):
-                bus.emit(
-                    "node:error",
-                    {"nodeId": node_id, "error": error.to_dict(), "executionId": run_id},
-                )
+            if bus is not None:
+                announce.node_error(bus, run_id, payload.blueprint_id, node_id, error)
             _log.error("run %s failed at node %s: %s", run_id, node_id, error)
             await self.publish_final(run_id, "failed", [error])
 
@@ -661,20 +654,11 @@ class BaseDistributedAdapter(Orchestration, ABC):
         if bus is None:
             return
         result = outcome.result
-        if bus.wants("node:finish"):
-            bus.emit(
-                "node:finish",
-                {
-                    "nodeId": payload.node_id,
-                    "result": result.to_dict(),
-                    "executionId": payload.run_id,
-                    "blueprintId": payload.blueprint_id,
-                },
-            )
-        announce = announcer(self, payload.run_id)
-        if announce is not None:
+        announce.node_finish(bus, payload.run_id, payload.blueprint_id, payload.node_id, result)
+        changed = announcer(self, payload.run_id)
+        if changed is not None:
             for op in self._effect_ops(payload, result, outcome.ops, rescues):
-                announce(str(op["op"]), str(op["key"]), op.get("value"))
+                changed(str(op["op"]), str(op["key"]), op.get("value"))
 
     async def _fast_hop(self, job: _Job, outcome: Outcome, record: str) -> bool:
         """Finish the job in the backend's one atomic step, if it has one and the hop allows;
@@ -723,7 +707,7 @@ class BaseDistributedAdapter(Orchestration, ABC):
             bus = self.event_bus
             if bus is not None:
                 for edge in evaluated:
-                    announce_condition(bus, node_id, edge, True, run_id, payload.blueprint_id)
+                    announce.condition(bus, run_id, payload.blueprint_id, node_id, edge, True)
         targets: list[HopTarget] = []
         for index, edge in edges:
             target = graph.nodes[edge.target]

@@ -29,11 +29,11 @@ from flowcraft.errors import (
 )
 from flowcraft.node import CancelSignal, NodeContext, NodeResult
 from flowcraft.result import WorkflowStatus
+from flowcraft.runtime import _announce as announce
 from flowcraft.runtime._executor import Attempts, Invoker, invoker_for, run_with_middleware
 from flowcraft.runtime._graph import Graph, NodeSpec
 from flowcraft.runtime._inputs import resolve_inputs
 from flowcraft.runtime._routing import (
-    announce_condition,
     condition_holds,
     input_from_edges,
     routing_edges,
@@ -224,16 +224,8 @@ class Run:
                 self._fail(node_id, spec, exc, None)
                 return
         bus = self.bus
-        if bus is not None and bus.wants("node:start"):
-            bus.emit(
-                "node:start",
-                {
-                    "nodeId": node_id,
-                    "executionId": self.run_id,
-                    "blueprintId": self.blueprint_id,
-                    "input": value,
-                },
-            )
+        if bus is not None:
+            announce.node_start(bus, self.run_id, self.blueprint_id, node_id, value)
         ctx = self._context_for(node_id, spec, value)
         try:
             invoker, attempts = self._prepare(node_id, spec)
@@ -372,16 +364,9 @@ class Run:
         bus = self.bus
         if fallback is not None and not error.is_fatal and not self.halted:
             _log.warning("node %s failed (%s); running fallback %s", node_id, error, fallback)
-            if bus is not None and bus.wants("node:fallback"):
-                bus.emit(
-                    "node:fallback",
-                    {
-                        "nodeId": node_id,
-                        "fallback": fallback,
-                        "executionId": self.run_id,
-                        "blueprintId": self.blueprint_id,
-                        "error": error.message,
-                    },
+            if bus is not None:
+                announce.node_fallback(
+                    bus, self.run_id, self.blueprint_id, node_id, fallback, error
                 )
             self.state[node_id] = RESCUED
             # One execution of the fallback per rescued primary, with that primary's input.
@@ -398,16 +383,8 @@ class Run:
 
     def _node_error(self, node_id: str, error: FlowcraftError, exc: BaseException) -> None:
         bus = self.bus
-        if bus is not None and bus.wants("node:error"):
-            bus.emit(
-                "node:error",
-                {
-                    "nodeId": node_id,
-                    "error": error.to_dict(),
-                    "executionId": self.run_id,
-                    "blueprintId": self.blueprint_id,
-                },
-            )
+        if bus is not None:
+            announce.node_error(bus, self.run_id, self.blueprint_id, node_id, error)
         self._record(error, exc)
 
     def _record(self, error: FlowcraftError, exc: BaseException) -> None:
@@ -430,16 +407,8 @@ class Run:
             self._write(OUTPUTS + rescues, output)
             self.state[rescues] = COMPLETED
         bus = self.bus
-        if bus is not None and bus.wants("node:finish"):
-            bus.emit(
-                "node:finish",
-                {
-                    "nodeId": node_id,
-                    "result": result.to_dict(),
-                    "executionId": self.run_id,
-                    "blueprintId": self.blueprint_id,
-                },
-            )
+        if bus is not None:
+            announce.node_finish(bus, self.run_id, self.blueprint_id, node_id, result)
         if result.dynamic_nodes:
             self._splice(node_id, result)
             spec = self.graph.nodes[node_id]
@@ -532,7 +501,7 @@ class Run:
         passed = condition_holds(self.evaluator, edge, self.data, result)
         bus = self.bus
         if bus is not None:
-            announce_condition(bus, node_id, edge, passed, self.run_id, self.blueprint_id)
+            announce.condition(bus, self.run_id, self.blueprint_id, node_id, edge, passed)
         return passed
 
     def _evaluate(self, target: str) -> None:
@@ -647,10 +616,7 @@ class Run:
     def _on_change(self, op: str, key: str, value: Any) -> None:
         bus = self.bus
         if bus is not None:
-            bus.emit(
-                "context:change",
-                {"key": key, "op": op, "value": value, "executionId": self.run_id},
-            )
+            announce.context_change(bus, self.run_id, op, key, value)
 
     # ----------------------------------------------------------------- ending
 

@@ -1,8 +1,7 @@
 """Pure routing rules shared by the in-memory engine and the distributed adapter.
 
 Nothing here touches scheduling state: callers pass the context data they hold, so the in-memory
-run (a dict) and a distributed job (the keys it loaded) route identically. Both announce an
-evaluated condition with :func:`announce_condition`.
+run (a dict) and a distributed job (the keys it loaded) route identically.
 """
 
 from __future__ import annotations
@@ -14,14 +13,12 @@ from flowcraft.blueprint import EdgeDefinition, NodeDefinition
 from flowcraft.context import OUTPUTS, ContextView
 from flowcraft.errors import ExpressionError, FlowcraftError
 from flowcraft.evaluator import Evaluator
-from flowcraft.events import EventBus
 from flowcraft.node import NodeResult
 from flowcraft.runtime._graph import NodeSpec
 from flowcraft.runtime._inputs import resolve_inputs
 
 __all__ = [
     "Routes",
-    "announce_condition",
     "condition_holds",
     "condition_scope",
     "edge_error",
@@ -77,40 +74,6 @@ def condition_holds(
         return bool(evaluator.evaluate(condition, condition_scope(data, result)))
     except Exception as exc:
         raise edge_error(edge, "condition", exc) from exc
-
-
-def announce_condition(
-    bus: EventBus,
-    node_id: str,
-    edge: EdgeDefinition,
-    passed: bool,
-    run_id: str,
-    blueprint_id: str,
-) -> None:
-    """``edge:evaluate`` for a condition evaluated on ``node_id``'s result, and
-    ``node:skipped`` (naming ``node_id``) when it did not hold."""
-    if bus.wants("edge:evaluate"):
-        bus.emit(
-            "edge:evaluate",
-            {
-                "source": edge.source,
-                "target": edge.target,
-                "condition": edge.condition,
-                "result": passed,
-                "executionId": run_id,
-                "blueprintId": blueprint_id,
-            },
-        )
-    if not passed and bus.wants("node:skipped"):
-        bus.emit(
-            "node:skipped",
-            {
-                "nodeId": node_id,
-                "edge": edge.model_dump(by_alias=True, exclude_none=True),
-                "executionId": run_id,
-                "blueprintId": blueprint_id,
-            },
-        )
 
 
 def select_edges(
