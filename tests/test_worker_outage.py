@@ -96,3 +96,40 @@ async def test_receiving_backs_off_while_the_backend_is_down() -> None:
         await asyncio.sleep(1.0)
     # Pauses of 0.05, 0.1, 0.2, 0.4 and 0.8 s: a handful of attempts, not one every 0.05 s.
     assert 3 <= outage.refused <= 7
+
+
+async def test_a_connection_lost_between_a_result_and_its_context_writes_loses_no_write() -> None:
+    # The generic path stores a node's result, then its context writes. A batch's scatter writes
+    # the items its workers read: with the connection lost in between, the redelivered job (which
+    # never runs the node again) must still make them.
+    async def double(ctx: NodeContext) -> int:
+        return int(ctx.input) * 2
+
+    flow = create_flow("crash-batch").batch("b", double, input_key="items", output_key="results")
+    blueprint = flow.to_blueprint()
+    options: dict[str, Any] = {
+        "registry": flow.function_registry,
+        "blueprints": {blueprint.id: blueprint},
+    }
+    backend = MemoryBackend()
+    adapter = MemoryAdapter(backend, **options)
+    store_effects = adapter._store_effects
+    lost: list[str] = []
+
+    async def losing(payload: Any, *args: Any) -> None:
+        if payload.node_id.endswith("_scatter") and not lost:
+            lost.append(payload.node_id)
+            raise ConnectionFailed("connection lost after the result was stored (test)")
+        await store_effects(payload, *args)
+
+    adapter._store_effects = losing  # type: ignore[method-assign]
+    worker = Worker(adapter, concurrency=2, receive_wait=0.02)
+    worker.start()
+    try:
+        client = Client(MemoryAdapter(backend, **options))
+        result = await client.run("crash-batch", {"items": [1, 2, 3]}, timeout=10)
+    finally:
+        await worker.stop(timeout=1)
+    assert lost == ["b_scatter"]
+    assert result.status == "completed", result.errors
+    assert result.context["results"] == [2, 4, 6]

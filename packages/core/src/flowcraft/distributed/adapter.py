@@ -63,6 +63,9 @@ __all__ = ["BaseDistributedAdapter", "DeliveryLimitExceeded", "JobRejected"]
 
 _log = logging.getLogger("flowcraft.distributed")
 _UNSET: Any = object()
+_OPS = "ops"
+"""Field of a stored result record: the job's context writes, when the generic path stores
+them after the record."""
 
 
 class BaseDistributedAdapter(Orchestration, ABC):
@@ -622,6 +625,11 @@ class BaseDistributedAdapter(Orchestration, ABC):
             if not role and await self._fast_hop(job, outcome, record):
                 self._finished(payload, outcome, rescues)
                 return
+            if outcome.ops:
+                # The context writes a step after the result here (the hop step stores both
+                # at once): kept with it, a redelivery after a crash in between still makes
+                # them (a batch's items, a built-in's state), since the node never runs again.
+                record = orjson.dumps({**outcome.result.to_dict(), _OPS: outcome.ops}).decode()
             if await self.coordination.set_if_not_exist(result_key, record, self.ttl):
                 result = outcome.result
                 await self._store_effects(payload, result, outcome.ops, rescues)
@@ -636,7 +644,7 @@ class BaseDistributedAdapter(Orchestration, ABC):
                 action=raw.get("action"),
                 dynamic_nodes=list(raw.get("dynamicNodes") or []),
             )
-            await self._store_effects(payload, result, [], rescues)
+            await self._store_effects(payload, result, list(raw.get(_OPS) or []), rescues)
         graph = await self.graph_of(run_id, job.blueprint)
         data = await self._routing_data(run_id, graph, payload.node_id, result, rescues)
         await self.route(payload, graph, payload.node_id, result, data, rescues)
