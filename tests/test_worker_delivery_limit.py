@@ -128,4 +128,4 @@ async def test_a_slot_goes_back_to_the_queue_after_following_for_a_while(
     finally:
         await worker.stop(timeout=1)
     first_stop = adapter.follows.index(False)
-    assert 3 <= first_stop <= 12  # about 0.1 s of 0.01 s jobs, then the slot stops following
+    assert 1 <= first_stop <= 12  # at most 0.1 s of 0.01 s jobs, then the slot stops following
