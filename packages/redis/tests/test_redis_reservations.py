@@ -13,14 +13,16 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from types import SimpleNamespace
 from typing import Any
 
 import orjson
+import pytest
 import redis.asyncio as aioredis
 
 from flowcraft import Flow, NodeContext, create_flow
 from flowcraft.distributed import Client, Worker
-from flowcraft_redis import RedisSettings, RedisStreamsAdapter
+from flowcraft_redis import RedisSettings, RedisStreamsAdapter, streams
 
 T = 15.0
 
@@ -238,16 +240,23 @@ async def test_a_killed_workers_taken_job_is_taken_over(redis_url: str) -> None:
         await settled(d)
 
 
-async def test_hop_steps_stop_taking_while_a_receive_is_due(redis_url: str) -> None:
+async def test_hop_steps_stop_taking_while_a_receive_is_due(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # A slot that keeps taking entries in its hop steps never receives, and only a receive
     # promotes due delayed jobs and takes over the entries of dead workers.
+    clock = [1000.0]
+    monkeypatch.setattr(streams, "time", SimpleNamespace(monotonic=lambda: clock[0]))
     gate, calls = asyncio.Event(), []
     async with deployed(redis_url, fan("due", gate, calls), lease=60.0) as d:
         queue = d.adapter().queue
         assert not queue.taking  # nothing promoted or claimed yet
         await queue.receive(1, 0.01)
         assert queue.taking
-        await asyncio.sleep(0.15)  # delayed jobs are promoted every 0.1 s (the claims: 15 s)
+        clock[0] += 0.15  # delayed jobs are promoted every 0.1 s
         assert not queue.taking
+        await queue.receive(1, 0.01)
+        assert queue.taking
+        clock[0] += 15.0  # and stale entries taken over every quarter lease
         await queue.receive(1, 0.01)
         assert queue.taking
