@@ -114,6 +114,36 @@ def contract_all(session: nox.Session) -> None:
         _contract(session, backend)
 
 
+def _chaos_session(backend: str) -> None:
+    def run(session: nox.Session) -> None:
+        import argparse
+
+        args = list(session.posargs)
+        # `./run chaos-x -- --runs N` hands nox a second "--", which reaches the posargs.
+        if args[:1] == ["--"]:
+            args = args[1:]
+        parser = argparse.ArgumentParser(prog=f"chaos-{backend}")
+        parser.add_argument("--runs", type=int, default=200)
+        parser.add_argument("--kills", type=int, default=20)
+        sizes, rest = parser.parse_known_args(args)
+        extra = [] if backend == "memory" else ["-e", SERVICES]
+        _install_packages(session, *DEV, *extra)
+        # The suite's conftest owns the pytest options, so the sizes travel as env vars.
+        env = {"FLOWCRAFT_CHAOS_RUNS": str(sizes.runs), "FLOWCRAFT_CHAOS_KILLS": str(sizes.kills)}
+        test = ["contract-tests/test_chaos.py", "--backend", backend, "-s"]
+        session.run("pytest", *test, "-p", "no:cacheprovider", *rest, env=env)
+
+    run.__doc__ = (
+        f"The chaos test against the {backend} backend: ``-- --runs 1000 --kills 100``"
+        " (default 200 runs, 20 SIGKILLed workers)."
+    )
+    nox.session(name=f"chaos-{backend}")(run)
+
+
+for _backend in BACKENDS:
+    _chaos_session(_backend)
+
+
 # The Redis backend's own tests: TS-client interop (runs ``node``; npm packages are installed
 # into the gitignored ts-client/node_modules on first use), restarts, the reconciler.
 REDIS_TESTS = ["pytest", "packages/redis/tests", "-q", "-p", "no:cacheprovider", "--timeout=900"]
