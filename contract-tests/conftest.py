@@ -1,24 +1,24 @@
 """One contract suite for every backend: ``pytest contract-tests --backend <name>``.
 
-The backend's fixture module is ``backends/<name>.py``; tests never name a backend. A backend
+The backend's fixture module is ``backends/<name>.py`` (see ``backends/_fixture.py`` for what
+it provides); tests never name a backend. A backend
 that cannot be provisioned fails the run with the reason (it is never skipped).
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib.util
+import importlib
 import sys
 from collections.abc import AsyncIterator, Mapping
-from pathlib import Path
 from typing import Any
 
 import pytest
 
+from backends._fixture import BackendFixture
 from flowcraft import Blueprint
-from flowcraft.distributed import BaseDistributedAdapter, Client, Worker
+from flowcraft.distributed import Client, DistributedAdapter, Worker
 
-HERE = Path(__file__).parent
 # Service smoke tests and the service tooling have their own configuration and run separately.
 collect_ignore = ["smoke", "services"]
 
@@ -28,16 +28,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 @pytest.fixture(scope="session")
-def backend(request: pytest.FixtureRequest) -> Any:
+def backend(request: pytest.FixtureRequest) -> BackendFixture:
     name = request.config.getoption("--backend")
-    path = HERE / "backends" / f"{name}.py"
-    if not path.exists():
-        pytest.fail(f"no fixture module for backend '{name}' ({path})", pytrace=False)
-    spec = importlib.util.spec_from_file_location(f"contract_backend_{name}", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    fixture = module.Fixture()
+    module_name = f"backends.{name.replace('-', '_')}"
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name != module_name:
+            raise
+        pytest.fail(f"no fixture module for backend '{name}' ({module_name})", pytrace=False)
+    fixture: BackendFixture = module.Fixture()
     try:
         fixture.provision()
     except Exception as exc:
@@ -48,7 +48,7 @@ def backend(request: pytest.FixtureRequest) -> Any:
 class Harness:
     """A deployment of the backend under test with workers and a client."""
 
-    def __init__(self, backend: Any, *, lease: float = 5.0) -> None:
+    def __init__(self, backend: BackendFixture, *, lease: float = 5.0) -> None:
         self.backend = backend
         self.deployment = backend.deployment(lease=lease)
         self.registry: dict[str, Any] = {}
@@ -63,8 +63,8 @@ class Harness:
         self.registry.update(flow.function_registry)
         return blueprint
 
-    def adapter(self, **options: Any) -> BaseDistributedAdapter:
-        adapter: BaseDistributedAdapter = self.backend.adapter(
+    def adapter(self, **options: Any) -> DistributedAdapter:
+        adapter: DistributedAdapter = self.backend.adapter(
             self.deployment, self.registry, self.blueprints, **{**self.options, **options}
         )
         return adapter
@@ -81,10 +81,10 @@ class Harness:
 
     @property
     def stores(self) -> tuple[Any, Any]:
-        return self.backend.stores(self.deployment)  # type: ignore[no-any-return]
+        return self.backend.stores(self.deployment)
 
     def dead_letters(self) -> list[str]:
-        return self.backend.dead_letters(self.deployment)  # type: ignore[no-any-return]
+        return self.backend.dead_letters(self.deployment)
 
     async def close(self) -> None:
         for worker in self.workers:
@@ -104,7 +104,7 @@ async def _guarded(step: Any, what: str) -> None:
 
 
 @pytest.fixture
-async def harness(backend: Any) -> AsyncIterator[Harness]:
+async def harness(backend: BackendFixture) -> AsyncIterator[Harness]:
     h = Harness(backend)
     try:
         yield h

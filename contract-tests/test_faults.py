@@ -207,10 +207,10 @@ async def test_reconcile_recovers_a_lost_job(harness: Harness) -> None:
     run_id = await harness.client.start("lost")
     # ... and this time the start job is lost from the queue only.
     adapter2 = harness.adapter()
-    deliveries = await adapter2._receive(10, 0.1)
+    deliveries = await adapter2.queue.receive(10, 0.1)
     for delivery in deliveries:
-        await adapter2._ack(delivery)
-    await adapter2.stop_receiving()
+        await adapter2.queue.ack(delivery)
+    await adapter2.queue.stop_receiving()
     stats = await Reconciler(adapter, stalled_after=0).run(now=10**10)
     assert stats == {"scanned": 1, "stalled": 1, "reconciled": 1, "failed": 0}
     harness.worker()

@@ -11,6 +11,7 @@ import pytest
 from flowcraft import Blueprint, FlowRuntime, NodeContext, WorkflowResult, create_flow
 from flowcraft.distributed import Delivery, JobPayload, Worker
 from flowcraft.distributed import _subflow as subflow
+from flowcraft.distributed._runs import Runs, child_run_id
 from flowcraft.memory import MemoryAdapter
 
 T = 5.0
@@ -106,7 +107,7 @@ async def test_a_sleeping_child_leaves_the_parent_running() -> None:
 async def _handle_until(ad: MemoryAdapter, stop: Any) -> Delivery | None:
     """Handle queued jobs one at a time; the first delivery ``stop`` accepts is returned
     unhandled (None once the queue is empty)."""
-    while deliveries := await ad._receive(1, 0.05):
+    while deliveries := await ad.queue.receive(1, 0.05):
         delivery = deliveries[0]
         if stop(JobPayload.from_json(delivery.body)):
             return delivery
@@ -173,15 +174,15 @@ async def test_crash_after_the_resume_fence_is_reconciled() -> None:
 async def test_awaiting_child_unseen_by_its_parent_is_reconciled(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    async def dies(orch: Any, run_id: str) -> None:
+    async def dies(self: Any, run_id: str) -> None:
         """The worker dies after the child published ``awaiting``."""
 
     ad = adapter()
     run_id = await ad.start_run("asking")
     with monkeypatch.context() as patch:
-        patch.setattr(subflow, "wake_parent", dies)
+        patch.setattr(Runs, "_wake_parent", dies)
         await _handle_until(ad, lambda p: False)
-    child = subflow.child_run_id(run_id, "sub", 0)
+    child = child_run_id(run_id, "sub", 0)
     assert await ad.status(child) == "awaiting"
     assert await ad.status(run_id) == "running"
     await ad.reconcile(run_id)

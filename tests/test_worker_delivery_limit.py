@@ -47,7 +47,8 @@ def _options() -> dict[str, Any]:
 
 
 async def test_a_job_failing_in_the_backend_on_every_delivery_fails_its_run_named() -> None:
-    backend = MemoryBackend(visibility=0.2, max_deliveries=100)
+    # The generic path: the hop step would store the result around the broken store.
+    backend = MemoryBackend(visibility=0.2, max_deliveries=100, hop_step=False)
     adapter = _BrokenStores(backend, **_options())
     worker = Worker(adapter, concurrency=2, receive_wait=0.02, max_deliveries=3)
     worker.start()
@@ -81,7 +82,7 @@ async def test_a_job_delivered_more_often_than_the_limit_is_not_run_again() -> N
     )
     client = Client(adapter)
     run_id = await client.start("crashy", {})
-    (delivery,) = await adapter._receive(1, 0.1)
+    (delivery,) = await adapter.queue.receive(1, 0.1)
     worker = Worker(adapter, max_deliveries=5)
     await worker._handle_one(
         Delivery(delivery.body, delivery.handle, delivery_count=6), follow=False
@@ -104,7 +105,7 @@ class _EndlessChain(MemoryAdapter):
     async def handle(self, delivery: Delivery, *, follow: bool = False) -> None:
         self.follows.append(follow)
         await asyncio.sleep(0.01)
-        await self._ack(delivery)
+        await self.queue.ack(delivery)
         if follow:
             delivery.next = Delivery(body=delivery.body, handle=None)
 

@@ -6,52 +6,53 @@ from collections.abc import Mapping
 from typing import Any
 
 from flowcraft.blueprint import Blueprint
-from flowcraft.distributed import BaseDistributedAdapter, ContextStore, CoordinationStore
+from flowcraft.distributed import ContextStore, CoordinationStore, DistributedAdapter
 from flowcraft.memory import MemoryAdapter, MemoryBackend
 
 __all__ = ["Fixture"]
 
 
 class Fixture:
-    """What the suite needs from a backend."""
+    """The memory backend with its one-step hop (see ``backends/_fixture.py``)."""
 
     name = "memory"
     spawn_worker = None
-    """Real backends may give a callable starting a worker subprocess (to SIGKILL it)."""
+    """Its workers share one process's memory: there is no worker process to kill."""
+    hop_step = True
 
     def provision(self) -> None:
-        """Start or reach the services; raise with the reason when impossible."""
+        """Nothing to start."""
 
-    def deployment(self, *, lease: float) -> Any:
-        """Fresh shared state for one test."""
-        return MemoryBackend(visibility=lease, max_deliveries=5)
+    def deployment(self, *, lease: float) -> MemoryBackend:
+        """A fresh backend for one test."""
+        return MemoryBackend(visibility=lease, max_deliveries=5, hop_step=self.hop_step)
 
     def adapter(
         self,
-        deployment: Any,
+        deployment: MemoryBackend,
         registry: Mapping[str, Any],
         blueprints: Mapping[str, Blueprint],
         **options: Any,
-    ) -> BaseDistributedAdapter:
+    ) -> DistributedAdapter:
         """An adapter (one per worker or client) over ``deployment``."""
         return MemoryAdapter(deployment, registry=registry, blueprints=blueprints, **options)
 
-    def stores(self, deployment: Any) -> tuple[CoordinationStore, ContextStore]:
+    def stores(self, deployment: MemoryBackend) -> tuple[CoordinationStore, ContextStore]:
         """The deployment's coordination and context stores."""
-        backend: MemoryBackend = deployment
-        return backend.coordination, backend.context
+        return deployment.coordination, deployment.context
 
-    def dead_letters(self, deployment: Any) -> list[str]:
+    def dead_letters(self, deployment: MemoryBackend) -> list[str]:
         """The reasons of dead-lettered jobs."""
-        backend: MemoryBackend = deployment
-        return [letter.reason for letter in backend.queue.dead_letters]
+        return [letter.reason for letter in deployment.queue.dead_letters]
 
-    async def inject(self, deployment: Any, body: str) -> None:
+    def queued_jobs(self, deployment: MemoryBackend) -> int:
+        """Jobs in the queue, leased ones included."""
+        return len(deployment.queue)
+
+    async def inject(self, deployment: MemoryBackend, body: str) -> None:
         """Put a raw (possibly malformed) job on the queue."""
-        backend: MemoryBackend = deployment
-        backend.queue.put(body)
+        deployment.queue.put(body)
 
-    async def reset(self, deployment: Any) -> None:
+    async def reset(self, deployment: MemoryBackend) -> None:
         """Drop everything the test left."""
-        backend: MemoryBackend = deployment
-        backend.purge()
+        deployment.purge()

@@ -8,16 +8,23 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import uuid
 from collections.abc import Mapping
 from typing import Any
 
 import redis as sync_redis
+import redis.asyncio as aioredis
 
+from backends._fixture import spawn_worker
 from flowcraft.blueprint import Blueprint
-from flowcraft.distributed import BaseDistributedAdapter, ContextStore, CoordinationStore
-from flowcraft_redis import RedisAdapter, RedisContextStore, RedisCoordinationStore, RedisSettings
+from flowcraft.distributed import ContextStore, CoordinationStore, DistributedAdapter
+from flowcraft_redis import (
+    RedisAdapter,
+    RedisContextStore,
+    RedisCoordinationStore,
+    RedisSettings,
+    RedisStreamsAdapter,
+)
 
 __all__ = ["Deployment", "Fixture"]
 
@@ -28,14 +35,15 @@ class Deployment:
     def __init__(self, url: str, lease: float) -> None:
         self.settings = RedisSettings(url=url).namespaced(f"t{uuid.uuid4().hex[:8]}")
         self.lease = lease
-        self.adapters: list[RedisAdapter] = []
+        self.adapters: list[DistributedAdapter] = []
+        self.clients: list[aioredis.Redis] = []
 
 
 class Fixture:
     """What the suite needs from a backend."""
 
     name = "redis"
-    adapter_class: type[RedisAdapter] = RedisAdapter
+    adapter_class: type[RedisAdapter] | type[RedisStreamsAdapter] = RedisAdapter
     carries_raw_text = False
     """BullMQ stores job data as JSON, so injected text arrives as a JSON string."""
 
@@ -58,9 +66,7 @@ class Fixture:
     ) -> subprocess.Popen[bytes]:
         """A ``flowcraft worker`` process serving ``deployment`` (for SIGKILL tests)."""
         settings = deployment.settings
-        child_env = {
-            **os.environ,
-            **env,
+        settings_env = {
             "REDIS_URL": settings.url,
             "FLOWCRAFT_REDIS_QUEUE_NAME": settings.queue_name,
             "FLOWCRAFT_REDIS_STATE_PREFIX": settings.state_prefix,
@@ -68,8 +74,7 @@ class Fixture:
             "FLOWCRAFT_REDIS_COORDINATION_PREFIX": settings.coordination_prefix,
             "FLOWCRAFT_REDIS_LEASE_SECONDS": str(deployment.lease),
         }
-        command = [sys.executable, "-m", "flowcraft", "worker", "--backend", self.name]
-        return subprocess.Popen([*command, "--app", app], env=child_env)
+        return spawn_worker(self.name, app, {**env, **settings_env})
 
     def deployment(self, *, lease: float) -> Deployment:
         """A fresh namespace for one test."""
@@ -81,7 +86,7 @@ class Fixture:
         registry: Mapping[str, Any],
         blueprints: Mapping[str, Blueprint],
         **options: Any,
-    ) -> BaseDistributedAdapter:
+    ) -> DistributedAdapter:
         """An adapter (one per worker or client) over ``deployment``."""
         options.setdefault("lease", deployment.lease)
         adapter = self.adapter_class(
@@ -92,12 +97,23 @@ class Fixture:
 
     def stores(self, deployment: Deployment) -> tuple[CoordinationStore, ContextStore]:
         """Stores on a client of their own (closed at reset)."""
-        adapter = RedisAdapter(deployment.settings)
-        deployment.adapters.append(adapter)
+        client = deployment.settings.client()
+        deployment.clients.append(client)
         return (
-            RedisCoordinationStore(adapter.redis, deployment.settings),
-            RedisContextStore(adapter.redis, deployment.settings),
+            RedisCoordinationStore(client, deployment.settings),
+            RedisContextStore(client, deployment.settings),
         )
+
+    def queued_jobs(self, deployment: Deployment) -> int:
+        """Jobs BullMQ holds waiting, delayed, prioritized or active."""
+        prefix = f"bull:{deployment.settings.queue_name}"
+        with sync_redis.Redis.from_url(self.url) as client:
+            return int(
+                client.llen(f"{prefix}:wait")
+                + client.llen(f"{prefix}:active")
+                + client.zcard(f"{prefix}:delayed")
+                + client.zcard(f"{prefix}:prioritized")
+            )
 
     def dead_letters(self, deployment: Deployment) -> list[str]:
         """Reasons of the jobs BullMQ holds as failed."""
@@ -120,7 +136,10 @@ class Fixture:
         """Close every adapter of the test and delete its keys."""
         for adapter in deployment.adapters:
             await adapter.close()
+        for client in deployment.clients:
+            await client.aclose()
         deployment.adapters.clear()
+        deployment.clients.clear()
         with sync_redis.Redis.from_url(self.url) as client:
             for pattern in (f"*{deployment.settings.coordination_prefix}*", "bull:*"):
                 keys = list(client.scan_iter(match=pattern, count=1000))

@@ -51,7 +51,9 @@ async def run_with_failing_hops(
         "blueprints": {blueprint.id: blueprint},
     }
     worker_adapter, client_adapter = kind(settings, **options), kind(settings, **options)
-    commit = worker_adapter._commit_hop
+    hops = worker_adapter.hops
+    assert hops is not None
+    commit = hops.commit
     failures: list[str] = []
 
     async def failing(delivery: Any, hop: Any) -> Any:
@@ -60,7 +62,7 @@ async def run_with_failing_hops(
             raise AdapterError("redis error: WRONGTYPE (injected)")
         return await commit(delivery, hop)
 
-    worker_adapter._commit_hop = failing  # type: ignore[method-assign]
+    hops.commit = failing  # type: ignore[method-assign]
     running = Worker(worker_adapter, concurrency=2, receive_wait=0.05, **worker)
     running.start()
     try:

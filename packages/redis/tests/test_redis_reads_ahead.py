@@ -52,13 +52,15 @@ async def test_queued_branches_arrive_with_their_read(redis_url: str) -> None:
     tag = f"r{uuid.uuid4().hex[:8]}"
     worker_adapter, client_adapter = adapter(redis_url, tag), adapter(redis_url, tag)
     read_for: list[str] = []
-    read_job = worker_adapter._read_job
+    arrivals = worker_adapter.arrivals
+    assert arrivals is not None
+    read_job = arrivals.read_arrival
 
     async def counting(run_id: str, keys: list[str], *rest: Any) -> Any:
         read_for.append(keys[2].rsplit(":", 1)[1])  # the result key ends with the node id
         return await read_job(run_id, keys, *rest)
 
-    worker_adapter._read_job = counting  # type: ignore[method-assign]
+    arrivals.read_arrival = counting  # type: ignore[method-assign]
     # One slot: a's hop reserves b and queues c and d (with their reads); the slot takes them
     # from the stream once b is done, and j is reserved by the last branch to finish.
     worker = Worker(worker_adapter, concurrency=1, receive_wait=0.05)

@@ -203,14 +203,14 @@ async def test_a_branch_hop_takes_the_next_queued_branch(redis_url: str) -> None
         client = Client(d.adapter())
         worker = d.worker(concurrency=1)
         received: list[int] = []
-        receive = worker.adapter._receive
+        receive = worker.adapter.queue.receive
 
         async def counting(max_jobs: int, wait: float) -> Any:
             deliveries = await receive(max_jobs, wait)
             received.append(len(deliveries))
             return deliveries
 
-        worker.adapter._receive = counting  # type: ignore[method-assign]
+        worker.adapter.queue.receive = counting  # type: ignore[method-assign]
         result = await client.run("takes", {}, timeout=T)
         assert result.status == "completed", result.errors
         assert result.context["_outputs.j"] == {"b": "b", "c": "c", "d": "d"}

@@ -14,9 +14,9 @@ from redis.exceptions import BusyLoadingError, NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from flowcraft_redis import RedisSettings
-from flowcraft_redis._batch import EAGER_CALLERS, Batcher
 from flowcraft_redis._scripts_client import ScriptsClient
-from flowcraft_redis._wire import _error, wire_for
+from flowcraft_redis_store.batch import EAGER_CALLERS, Batcher
+from flowcraft_redis_store.wire import _error, wire_for
 
 
 def batcher(client: aioredis.Redis, retries: int = 3) -> Batcher:

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import click
 
 from flowcraft._cli_commands import EXIT_FAILED, BadInput, _import_attr, _load_state, cli
-from flowcraft.distributed import BaseDistributedAdapter, Client, Reconciler, Worker
+from flowcraft.distributed import Client, DistributedAdapter, Reconciler, Worker
 from flowcraft.errors import FlowcraftError
 
 __all__ = ["load_app", "resolve_backend"]
@@ -64,7 +64,7 @@ def resolve_backend(name: str) -> Callable[..., Any]:
     )
 
 
-def _adapter(backend: str, app: str, concurrency: int | None = None) -> BaseDistributedAdapter:
+def _adapter(backend: str, app: str, concurrency: int | None = None) -> DistributedAdapter:
     try:
         factory = resolve_backend(backend)
         registry, blueprints = load_app(app)
@@ -74,7 +74,7 @@ def _adapter(backend: str, app: str, concurrency: int | None = None) -> BaseDist
     # Backends whose queue client has a concurrency of its own (BullMQ) get the worker's.
     if concurrency is not None and "concurrency" in inspect.signature(factory).parameters:
         options["concurrency"] = concurrency
-    adapter: BaseDistributedAdapter = factory(registry=registry, blueprints=blueprints, **options)
+    adapter: DistributedAdapter = factory(registry=registry, blueprints=blueprints, **options)
     return adapter
 
 

@@ -51,7 +51,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
         "flowcraft.telemetry needs opentelemetry-api: pip install 'flowcraft-core[otel]'"
     ) from exc
 
-from flowcraft.distributed import BaseDistributedAdapter, current_job
+from flowcraft.distributed import DistributedAdapter, current_job
 from flowcraft.errors import WorkflowCancelled
 from flowcraft.events import EventBus, FlowEvent
 from flowcraft.hooks import RunHooks, RunInfo
@@ -62,7 +62,7 @@ from flowcraft.result import WorkflowResult
 if TYPE_CHECKING:
     from flowcraft.runtime.runtime import FlowRuntime
 
-_Target = TypeVar("_Target", "FlowRuntime", BaseDistributedAdapter)
+_Target = TypeVar("_Target", "FlowRuntime", DistributedAdapter)
 
 __all__ = [
     "ATTR_ATTEMPT",
@@ -248,7 +248,7 @@ class OpenTelemetryMiddleware(Middleware, RunHooks):
         if target.event_bus is None:
             target.event_bus = EventBus()
         self.attach(target.event_bus)
-        if isinstance(target, BaseDistributedAdapter) and self not in target.hooks:
+        if isinstance(target, DistributedAdapter) and self not in target.hooks:
             target.hooks.append(self)
         return target
 

@@ -53,7 +53,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     ) from exc
 
 from flowcraft.blueprint import Blueprint
-from flowcraft.distributed import BaseDistributedAdapter, CoordinationStore
+from flowcraft.distributed import CoordinationStore, DistributedAdapter
 from flowcraft.errors import BlueprintError, FlowcraftError
 from flowcraft.hooks import RunHooks, RunInfo
 from flowcraft.inspector import RunRecorder, render_index_html, render_run_html
@@ -62,7 +62,7 @@ from flowcraft.result import WorkflowResult
 if TYPE_CHECKING:
     from flowcraft.runtime.runtime import FlowRuntime
 
-_Target = TypeVar("_Target", "FlowRuntime", BaseDistributedAdapter)
+_Target = TypeVar("_Target", "FlowRuntime", DistributedAdapter)
 
 __all__ = [
     "DEFAULT_MAX_BODY",
@@ -291,7 +291,7 @@ class CoordinationWebhookStore:
         self.ttl = ttl
 
     @classmethod
-    def for_adapter(cls, adapter: BaseDistributedAdapter) -> CoordinationWebhookStore:
+    def for_adapter(cls, adapter: DistributedAdapter) -> CoordinationWebhookStore:
         """The store on ``adapter``'s coordination store, namespace and TTL."""
         return cls(adapter.coordination, namespace=adapter.keys.namespace, ttl=adapter.ttl)
 
@@ -376,7 +376,7 @@ distributed client's ``resume``). Its return value is reported as the run's stat
 :class:`WorkflowResult` or a string."""
 
 
-def adapter_resumer(adapter: BaseDistributedAdapter) -> Resumer:
+def adapter_resumer(adapter: DistributedAdapter) -> Resumer:
     """A :data:`Resumer` that resumes distributed runs through ``adapter``.
 
     It completes the endpoint's awaiting node with the delivery's output (routing with no
@@ -440,7 +440,7 @@ class WebhookRegistry(RunHooks):
         and resumes runs through the adapter (unless a resumer was given), so the app in one
         process resumes runs whose webhook node ran in another.
         """
-        if isinstance(target, BaseDistributedAdapter):
+        if isinstance(target, DistributedAdapter):
             if not self._chosen_store:
                 self.store = CoordinationWebhookStore.for_adapter(target)
                 self._chosen_store = True
@@ -645,7 +645,7 @@ async def _read_limited(request: Request, limit: int) -> bytes | None:
 def create_app(
     runtime: FlowRuntime | None = None,
     *,
-    adapter: BaseDistributedAdapter | None = None,
+    adapter: DistributedAdapter | None = None,
     registry: WebhookRegistry | None = None,
     recorder: RunRecorder | None = None,
     secret: str | None = None,

@@ -1,12 +1,14 @@
-"""Flowcraft's Redis backend: BullMQ and Streams transports over Redis context and
-coordination stores."""
+"""Flowcraft's Redis backend: BullMQ and Streams transports over the Redis stores of
+``flowcraft_redis_store``."""
 
-from flowcraft_redis._errors import retryable_errors
-from flowcraft_redis._settings import RedisSettings
 from flowcraft_redis.adapter import RedisAdapter, RedisStreamsAdapter
-from flowcraft_redis.context import RedisContextStore
-from flowcraft_redis.coordination import RedisCoordinationStore
 from flowcraft_redis.reconciler import RedisReconciler, RedisReconcileStats, create_reconciler
+from flowcraft_redis_store import (
+    RedisContextStore,
+    RedisCoordinationStore,
+    RedisSettings,
+    retryable_errors,
+)
 
 __all__ = [
     # Adapters

@@ -13,13 +13,13 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from flowcraft.distributed._protocols import Arrival
-from flowcraft_redis._batch import Batcher
-from flowcraft_redis._errors import text
-from flowcraft_redis._settings import RedisSettings
-from flowcraft_redis.context import decode_fields
+from flowcraft.backend import Arrival
+from flowcraft_redis_store.batch import Batcher
+from flowcraft_redis_store.context import decode_fields
+from flowcraft_redis_store.errors import text, translated
+from flowcraft_redis_store.settings import RedisSettings
 
-__all__ = ["READ_ARRIVAL", "ArrivalReader", "arrival", "arrival_keys"]
+__all__ = ["READ_ARRIVAL", "RedisArrivalReader", "arrival", "arrival_keys"]
 
 READ_ARRIVAL = """
 local function read_arrival(strings, sets, hash, fields)
@@ -66,24 +66,30 @@ def arrival_keys(
     )
 
 
-class ArrivalReader:
-    """Runs the arrival read against the stores' key layout."""
+class RedisArrivalReader:
+    """The :class:`~flowcraft.backend.ArrivalReader` of both transports: one script reads
+    the coordination keys and the run's hash fields."""
 
     def __init__(self, client: aioredis.Redis, settings: RedisSettings, batcher: Batcher) -> None:
         self._settings = settings
         self._batcher = batcher
         self._script = client.register_script(_READ)
 
-    async def read(
-        self, run_id: str, keys: list[str], set_keys: list[str], context_keys: list[str]
+    async def read_arrival(
+        self,
+        run_id: str,
+        keys: Sequence[str],
+        set_keys: Sequence[str],
+        context_keys: Sequence[str] | None,
     ) -> Arrival:
         """Coordination ``keys`` and ``set_keys`` and the present ``context_keys`` of the run."""
         strings, sets, state, fields = arrival_keys(
             self._settings, run_id, keys, set_keys, context_keys
         )
-        reply = await self._batcher.script(
-            self._script, [*strings, *sets, state], [len(strings), len(sets), *fields]
-        )
+        async with translated():
+            reply = await self._batcher.script(
+                self._script, [*strings, *sets, state], [len(strings), len(sets), *fields]
+            )
         return arrival(reply, fields, len(strings))
 
 

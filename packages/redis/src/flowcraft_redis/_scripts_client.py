@@ -15,8 +15,8 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import BusyLoadingError, ConnectionError, TimeoutError
 
-from flowcraft_redis._batch import Batcher
-from flowcraft_redis._settings import RedisSettings
+from flowcraft_redis_store.batch import Batcher
+from flowcraft_redis_store.settings import RedisSettings
 
 __all__ = ["ScriptsClient"]
 

@@ -1,58 +1,54 @@
 """The Redis adapters: ``RedisAdapter`` (BullMQ transport) and ``RedisStreamsAdapter`` (Streams).
 
 Both keep runs in the same stores (context hash ``workflow:state:<runId>``, coordination keys,
-status string ``workflow:status:<runId>``) and differ only in the queue:
+status string ``workflow:status:<runId>``; see ``flowcraft_redis_store``) and differ only in
+the queue:
 
 * ``RedisAdapter`` queues on BullMQ (queue ``flowcraft-queue``, job ``executeNode``), for TS
   wire compatibility, BullMQ dashboards and stalled-job recovery.
 * ``RedisStreamsAdapter`` queues on a Redis Stream with a consumer group and finishes the
   common hop in one Lua step (result, context, join marks, successors and ack), for speed.
 
-Options: ``settings`` (or ``REDIS_URL``), ``concurrency`` (BullMQ: jobs handed over at once),
-``client`` (an existing ``redis.asyncio`` client, not closed by the adapter), plus every option
-of :class:`~flowcraft.distributed.BaseDistributedAdapter`.
+Options: ``settings`` (or ``REDIS_URL``), ``concurrency`` (BullMQ: jobs handed over at once;
+Streams: most entries one read fetches), ``client`` (an existing ``redis.asyncio`` client, not
+closed by the adapter), plus every option of :class:`~flowcraft.backend.DistributedAdapter`.
 """
 
 from __future__ import annotations
 
-from abc import abstractmethod
 from collections.abc import Mapping
-from typing import Any, cast
+from typing import Any
 
 import redis.asyncio as aioredis
 
+from flowcraft.backend import DistributedAdapter, Queue
 from flowcraft.blueprint import Blueprint
-from flowcraft.distributed import BaseDistributedAdapter, Delivery
-from flowcraft.distributed._hop import Hop, HopCommit
-from flowcraft.errors import FlowcraftError
-from flowcraft.result import WorkflowStatus
-from flowcraft_redis._arrival import ArrivalReader
-from flowcraft_redis._batch import Batcher
-from flowcraft_redis._errors import translated
-from flowcraft_redis._results import ResultChannel
-from flowcraft_redis._settings import RedisSettings
-from flowcraft_redis.context import RedisContextStore
-from flowcraft_redis.coordination import RedisCoordinationStore
-from flowcraft_redis.hop import HopCommitter
+from flowcraft_redis._arrival import RedisArrivalReader
+from flowcraft_redis.hop import RedisHopCommitter
 from flowcraft_redis.queue import BullMQQueue
 from flowcraft_redis.streams import StreamsQueue
+from flowcraft_redis_store import (
+    Batcher,
+    RedisContextStore,
+    RedisCoordinationStore,
+    RedisResultChannel,
+    RedisSettings,
+)
 
 __all__ = ["RedisAdapter", "RedisStreamsAdapter"]
 
 
-class _RedisBase(BaseDistributedAdapter):
-    """Stores, result channel and queue delegation shared by both transports.
+class _RedisAdapter(DistributedAdapter):
+    """The parts both transports share; a transport adds its queue and hop committer.
 
     Args:
         settings: Connection and key layout (default: ``REDIS_URL`` or localhost).
         registry: ``uses`` key → implementation.
         blueprints: Blueprint id → blueprint.
-        concurrency: How many jobs the queue client takes at once (see each transport).
+        concurrency: How many jobs the queue client takes at once.
         client: An existing ``redis.asyncio`` client to share (closed by its owner).
-        **options: Options of :class:`~flowcraft.distributed.BaseDistributedAdapter`.
+        **options: Options of :class:`~flowcraft.backend.DistributedAdapter`.
     """
-
-    _hops: HopCommitter
 
     def __init__(
         self,
@@ -65,111 +61,59 @@ class _RedisBase(BaseDistributedAdapter):
         **options: Any,
     ) -> None:
         self.settings = settings or RedisSettings.from_env()
-        self._owns_client = client is None
         self.redis = client if client is not None else self.settings.client()
-        options.setdefault("lease", self.settings.lease_seconds)
         self.batcher = Batcher(self.redis, self.settings.retry())
-        self.coordination: RedisCoordinationStore = RedisCoordinationStore(
-            self.redis, self.settings, self.batcher
-        )
-        self.context: RedisContextStore = RedisContextStore(self.redis, self.settings, self.batcher)
+        lease = float(options.pop("lease", self.settings.lease_seconds))
+        queue, hops = self._transport(concurrency, lease)
+        closers = [self._close_batcher]
+        if client is None:
+            closers.append(self.redis.aclose)
+        parts = (self.redis, self.settings, self.batcher)
         super().__init__(
-            coordination=self.coordination,
-            context=self.context,
+            queue=queue,
+            context=RedisContextStore(*parts),
+            coordination=RedisCoordinationStore(*parts),
+            results=RedisResultChannel(*parts),
+            hops=hops,
+            arrivals=RedisArrivalReader(*parts),
+            closers=closers,
             registry=registry,
             blueprints=blueprints,
+            lease=lease,
             **options,
         )
-        self.results = ResultChannel(self.redis, self.settings, self.batcher)
-        self._arrivals = ArrivalReader(self.redis, self.settings, self.batcher)
-        self.queue = self._make_queue(concurrency)
 
-    @abstractmethod
-    def _make_queue(self, concurrency: int) -> Any:
-        """The transport's queue client (and its hop committer, ``self._hops``)."""
+    def _transport(self, concurrency: int, lease: float) -> tuple[Queue, RedisHopCommitter]:
+        raise NotImplementedError
 
-    async def _commit_hop(self, delivery: Delivery, hop: Hop) -> HopCommit | None:
-        return await self._hops.commit(delivery, hop)
-
-    async def _receive(self, max_jobs: int, wait: float) -> list[Delivery]:
-        deliveries: list[Delivery] = await self.queue.receive(max_jobs, wait)
-        return deliveries
-
-    async def _enqueue(self, body: str, delay: float = 0.0) -> None:
-        await self.queue.enqueue(body, delay)
-
-    async def _ack(self, delivery: Delivery) -> None:
-        await self.queue.ack(delivery)
-
-    async def _dead_letter(self, delivery: Delivery, reason: str) -> None:
-        await self.queue.dead_letter(delivery, reason)
-
-    async def _release(self, delivery: Delivery) -> None:
-        await self.queue.release(delivery)
-
-    async def _extend_lease(self, delivery: Delivery, seconds: float) -> None:
-        await self.queue.extend_lease(delivery, seconds)
-
-    async def _unsettled(self, delivery: Delivery) -> None:
-        await self.queue.unsettled(delivery, self.lease)
-
-    async def _read_job(
-        self, run_id: str, keys: list[str], set_keys: list[str], context_keys: list[str] | None
-    ) -> tuple[list[str | None], list[set[str]], dict[str, Any]]:
-        async with translated():
-            return await self._arrivals.read(run_id, keys, set_keys, context_keys or [])
-
-    async def _publish_result(
-        self, run_id: str, status: str, errors: list[FlowcraftError] | None = None
-    ) -> None:
-        result = None
-        if status != "awaiting":
-            # Known errors spare reading back the final record just written.
-            if errors is None:
-                result = await self.final_result(run_id)
-            else:
-                result = await self._result(run_id, cast(WorkflowStatus, status), errors)
-        await self.results.publish(run_id, result)
-
-    async def _wait_for_publish(self, run_id: str, timeout: float) -> None:
-        await self.results.wait(run_id, timeout)
-
-    async def stop_receiving(self) -> None:
-        self.queue.stop_receiving()
-
-    def abandon(self) -> None:
-        self.queue.abandon()
-
-    async def close(self) -> None:
-        await self.queue.close()
+    async def _close_batcher(self) -> None:
         self.batcher.close()
-        if self._owns_client:
-            await self.redis.aclose()
 
 
-class RedisAdapter(_RedisBase):
+class RedisAdapter(_RedisAdapter):
     """Distributed runs on Redis with BullMQ as the queue (``concurrency``: jobs BullMQ hands
-    over at once); the arguments are :class:`_RedisBase`'s."""
+    over at once); the arguments are ``_RedisAdapter``'s."""
 
-    def _make_queue(self, concurrency: int) -> BullMQQueue:
+    queue: BullMQQueue
+
+    def _transport(self, concurrency: int, lease: float) -> tuple[Queue, RedisHopCommitter]:
         queue = BullMQQueue(
-            self.settings, concurrency=concurrency, lock_duration=self.lease, batcher=self.batcher
+            self.settings, concurrency=concurrency, lock_duration=lease, batcher=self.batcher
         )
-        self._hops = HopCommitter(self.redis, self.settings, self.batcher, enqueue=queue.enqueue)
-        return queue
+        hops = RedisHopCommitter(self.redis, self.settings, self.batcher, enqueue=queue.enqueue)
+        return queue, hops
 
 
-class RedisStreamsAdapter(_RedisBase):
+class RedisStreamsAdapter(_RedisAdapter):
     """Distributed runs on Redis with a Redis Stream as the queue and one Lua step per hop
     (``concurrency``: most entries one read fetches; the worker's free slots bound it too); the
-    arguments are :class:`_RedisBase`'s."""
+    arguments are ``_RedisAdapter``'s."""
 
-    # Queued successors carry their arrival read, which the stream read makes (streams.py).
-    _reads_ahead = True
+    queue: StreamsQueue
 
-    def _make_queue(self, concurrency: int) -> StreamsQueue:
+    def _transport(self, concurrency: int, lease: float) -> tuple[Queue, RedisHopCommitter]:
         queue = StreamsQueue(
-            self.redis, self.settings, lease=self.lease, batch=concurrency, batcher=self.batcher
+            self.redis, self.settings, lease=lease, batch=concurrency, batcher=self.batcher
         )
-        self._hops = HopCommitter(self.redis, self.settings, self.batcher, stream=queue)
-        return queue
+        hops = RedisHopCommitter(self.redis, self.settings, self.batcher, stream=queue)
+        return queue, hops

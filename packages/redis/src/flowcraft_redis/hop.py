@@ -20,17 +20,15 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
-from flowcraft.distributed import Delivery
-from flowcraft.distributed._hop import ArrivalRead, Hop, HopCommit
+from flowcraft.backend import ArrivalRead, Delivery, Hop, HopCommit, patch_writes
+from flowcraft.backend import write_token as token
 from flowcraft_redis._arrival import arrival, arrival_keys
-from flowcraft_redis._batch import Batcher
-from flowcraft_redis._errors import text, translated
-from flowcraft_redis._settings import RedisSettings
-from flowcraft_redis._token import token
-from flowcraft_redis.context import hash_writes
 from flowcraft_redis.streams import GROUP, READ_ENTRIES, StreamsQueue
+from flowcraft_redis_store.batch import Batcher
+from flowcraft_redis_store.errors import text, translated
+from flowcraft_redis_store.settings import RedisSettings
 
-__all__ = ["HopCommitter"]
+__all__ = ["RedisHopCommitter"]
 
 # KEYS: result, state hash, enqueued, done, pending, dynamic, this commit's receipt, then per
 # target its fence, resolved and taken sets, then (Streams only) the stream, the delayed set and,
@@ -135,8 +133,9 @@ return out
 )
 
 
-class HopCommitter:
-    """Runs the hop script against the stores' key layout.
+class RedisHopCommitter:
+    """The :class:`~flowcraft.backend.HopCommitter` of both transports: the hop script against
+    the stores' key layout.
 
     Args:
         client: The adapter's client.
@@ -157,6 +156,8 @@ class HopCommitter:
     ) -> None:
         self._settings = settings
         self._stream = stream
+        # Queued successors carry their arrival read, which the stream read makes (streams.py).
+        self.reads_ahead = stream is not None
         self._enqueue = enqueue
         self._batcher = batcher
         self._script = client.register_script(_COMMIT)
@@ -168,14 +169,14 @@ class HopCommitter:
         )
         return orjson.dumps({"k": strings, "s": sets, "h": state, "f": fields}).decode()
 
-    async def commit(self, delivery: Delivery, hop: Hop) -> HopCommit | None:
-        """Apply ``hop`` (and, on Streams, ack ``delivery``); None when the delivery is not
-        this transport's (a job handed in by hand)."""
+    async def commit(self, delivery: Delivery, hop: Hop) -> HopCommit:
+        """Apply ``hop`` (and, on Streams, ack ``delivery``); ``slow`` when the delivery is
+        not this transport's (a job handed in by hand)."""
         stream = self._stream
         if stream is not None and not stream.owns(delivery):
-            return None
+            return HopCommit("slow")
         key = self._settings.coordination_key
-        sets, deletes = hash_writes(hop.context_ops)
+        sets, deletes = patch_writes(hop.context_ops)
         keys = [
             key(hop.result_key),
             self._settings.state_key(hop.run_id),

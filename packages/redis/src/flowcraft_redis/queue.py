@@ -27,11 +27,11 @@ from bullmq import Queue as BullQueue
 from bullmq import Worker as BullWorker
 from bullmq.custom_errors import DelayedError, UnrecoverableError
 
-from flowcraft.distributed import Delivery
-from flowcraft_redis._batch import Batcher
-from flowcraft_redis._errors import translated
+from flowcraft.backend import Delivery
 from flowcraft_redis._scripts_client import ScriptsClient
-from flowcraft_redis._settings import RedisSettings
+from flowcraft_redis_store.batch import Batcher
+from flowcraft_redis_store.errors import translated
+from flowcraft_redis_store.settings import RedisSettings
 
 __all__ = ["BullMQQueue"]
 
@@ -116,16 +116,14 @@ class BullMQQueue:
             )
         return self._producer
 
-    async def enqueue(self, body: str, delay: float = 0.0) -> None:
+    async def enqueue(self, body: str) -> None:
         """Add one ``executeNode`` job."""
-        opts = dict(self._job_opts)
-        if delay > 0:
-            opts["delay"] = int(delay * 1000)
+        opts = self._job_opts
         data = orjson.loads(body)
 
         async def add() -> None:
             queue = self._queue()
-            if self._batcher is None or delay > 0:
+            if self._batcher is None:
                 await queue.add(JOB_NAME, data, opts)
                 return
             # What Queue.add does for a job due now (Scripts.addStandardJob), with the script
@@ -259,7 +257,7 @@ class BullMQQueue:
         if consumer is not None:
             self._abandoned = asyncio.ensure_future(self._close_consumer(consumer, self._run, 0))
 
-    def stop_receiving(self) -> None:
+    async def stop_receiving(self) -> None:
         """Stop fetching; jobs fetched but not yet handed to the adapter go back at once."""
         self._stopped = True
         consumer, self._consumer = self._consumer, None
@@ -301,7 +299,7 @@ class BullMQQueue:
 
     async def close(self) -> None:
         """Stop consuming and close connections; jobs not yet handled go back to the queue."""
-        self.stop_receiving()
+        await self.stop_receiving()
         for handle in list(self._open):
             if not handle.verdict.done():
                 handle.verdict.set_result(_RELEASE)

@@ -27,9 +27,8 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from flowcraft.distributed import Reconciler
-from flowcraft.distributed._keys import PROGRESS
-from flowcraft_redis._errors import translated
 from flowcraft_redis.adapter import RedisAdapter, RedisStreamsAdapter
+from flowcraft_redis_store.errors import translated
 
 __all__ = ["RedisReconciler", "RedisReconcileStats", "create_reconciler"]
 
@@ -93,7 +92,7 @@ class RedisReconciler:
                 run_id = key[len(self.key_prefix) :]
                 if run_id not in unfinished:
                     continue
-                stalled, episode = await self._stall(key, run_id)
+                stalled, episode = await self._stall(generic, key, run_id)
                 if not stalled:
                     continue
                 stats["stalled_runs"] += 1
@@ -105,7 +104,7 @@ class RedisReconciler:
                     stats["failed_runs"] += 1
         return stats
 
-    async def _stall(self, key: str, run_id: str) -> tuple[bool, object]:
+    async def _stall(self, generic: Reconciler, key: str, run_id: str) -> tuple[bool, object]:
         """Whether the run is stalled, and its stall episode: its last progress time."""
         threshold = self.stalled_threshold_seconds
         if self.detection != "progress":
@@ -122,9 +121,9 @@ class RedisReconciler:
                     return False, None
                 # Read only now: reading the hash resets its idle time, so a run that stays
                 # stalled is looked at once per threshold.
-                return True, await self.adapter.context.get(run_id, PROGRESS)
-        progress = await self.adapter.context.get(run_id, PROGRESS)
-        stalled = isinstance(progress, int | float) and time.time() - progress >= threshold
+                return True, await generic.last_progress(run_id)
+        progress = await generic.last_progress(run_id)
+        stalled = progress is not None and time.time() - progress >= threshold
         return stalled, progress
 
 

@@ -30,21 +30,19 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from flowcraft.distributed import Delivery
-from flowcraft.distributed._protocols import Arrival
+from flowcraft.backend import Arrival, Delivery
 from flowcraft_redis._arrival import READ_ARRIVAL, arrival
-from flowcraft_redis._batch import Batcher, Command
-from flowcraft_redis._errors import text, translated
-from flowcraft_redis._settings import RedisSettings
-from flowcraft_redis._token import token
+from flowcraft_redis_store.batch import Batcher, Command
+from flowcraft_redis_store.errors import text, translated
+from flowcraft_redis_store.settings import RedisSettings
 
 __all__ = ["StreamsQueue"]
 
 GROUP = "flowcraft"
 _CLAIM_BATCH = 100
 
-# Due times come from the server clock so that workers on several hosts agree. ARGV[3]: NX
-# (a new job) or XX (renewing a reservation, which must not come back once removed).
+# Renews a reservation's lease: its due time, from the server clock so that workers on several
+# hosts agree; XX, as a reservation must not come back once removed.
 _DELAY = """
 local now = redis.call('TIME')
 local due = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) + tonumber(ARGV[1])
@@ -151,14 +149,10 @@ class StreamsQueue:
 
     # ----------------------------------------------------------------- producing
 
-    async def enqueue(self, body: str, delay: float = 0.0) -> None:
-        """Append a job, or schedule it ``delay`` seconds from now."""
+    async def enqueue(self, body: str) -> None:
+        """Append a job."""
         async with translated():
-            if delay > 0:
-                entry = f"{token()}|{body}"
-                await self._delay(keys=[self.delayed], args=[int(delay * 1000), entry, "NX"])
-            else:
-                await self._batcher.run([("XADD", self.stream, "*", "body", body)])
+            await self._batcher.run([("XADD", self.stream, "*", "body", body)])
 
     # ----------------------------------------------------------------- consuming
 
@@ -344,7 +338,7 @@ class StreamsQueue:
 
     # ----------------------------------------------------------------- lifecycle
 
-    def stop_receiving(self) -> None:
+    async def stop_receiving(self) -> None:
         """Fetch no more entries."""
         self._stopped = True
 

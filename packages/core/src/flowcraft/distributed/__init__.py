@@ -1,28 +1,39 @@
-"""Distributed execution: the adapter contract every backend implements, a worker and a client.
+"""Distributed execution: an adapter composed of a backend's parts, a worker and a client.
 
-A backend provides a queue (the abstract hooks of :class:`BaseDistributedAdapter`), a
-:class:`ContextStore` and a :class:`CoordinationStore`; all orchestration lives in the base
-adapter. :mod:`flowcraft.memory` is the in-process reference backend.
+A backend provides a :class:`Queue`, a :class:`ContextStore`, a :class:`CoordinationStore` and
+optionally a :class:`ResultChannel` and fast paths; all orchestration lives in
+:class:`DistributedAdapter`. Backend authors import :mod:`flowcraft.backend`, which gathers
+everything they need; :mod:`flowcraft.memory` is the in-process reference backend.
 """
 
 from flowcraft.distributed._current import CurrentJob, current_job
-from flowcraft.distributed._protocols import ContextStore, CoordinationStore, Delivery, JobPayload
-from flowcraft.distributed.adapter import (
-    BaseDistributedAdapter,
-    DeliveryLimitExceeded,
-    JobRejected,
+from flowcraft.distributed._payload import JobPayload
+from flowcraft.distributed._protocols import (
+    ArrivalReader,
+    ContextStore,
+    CoordinationStore,
+    Delivery,
+    HopCommitter,
+    Queue,
+    ResultChannel,
 )
+from flowcraft.distributed.adapter import DistributedAdapter
 from flowcraft.distributed.client import Client
 from flowcraft.distributed.reconciler import Reconciler, ReconcileStats
 from flowcraft.distributed.worker import Worker
+from flowcraft.errors import DeliveryLimitExceeded, JobRejected
 
 __all__ = [
-    # The contract
-    "BaseDistributedAdapter",
+    # The adapter and its parts
+    "ArrivalReader",
     "ContextStore",
     "CoordinationStore",
     "Delivery",
+    "DistributedAdapter",
+    "HopCommitter",
     "JobPayload",
+    "Queue",
+    "ResultChannel",
     # Running
     "Client",
     "CurrentJob",

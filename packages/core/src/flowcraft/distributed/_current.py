@@ -13,7 +13,8 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextvars import ContextVar
 
 from flowcraft.distributed._keys import NODE_TRACE, TRACE
-from flowcraft.distributed._protocols import ContextStore, JobPayload
+from flowcraft.distributed._payload import JobPayload
+from flowcraft.distributed._protocols import ContextStore
 
 __all__ = ["CurrentJob", "current_job", "running_job"]
 

@@ -6,14 +6,15 @@ import asyncio
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from flowcraft.context import OUTPUTS, ChangeListener
 from flowcraft.distributed._current import CurrentJob, running_job
 from flowcraft.distributed._jobrun import StoreContext
 from flowcraft.distributed._keys import INTERNAL
-from flowcraft.distributed._orchestration import error_from_dict, job_id
-from flowcraft.distributed._protocols import JobPayload
+from flowcraft.distributed._operations import Operations
+from flowcraft.distributed._payload import JobPayload, job_id
+from flowcraft.distributed._results import error_from_dict
 from flowcraft.distributed._subflow import child_outcome, is_subflow, start_child
 from flowcraft.errors import (
     FlowcraftError,
@@ -28,10 +29,7 @@ from flowcraft.runtime._graph import Graph, NodeSpec
 from flowcraft.runtime._inputs import resolve_inputs
 from flowcraft.runtime._routing import input_from_edges
 
-if TYPE_CHECKING:
-    from flowcraft.distributed.adapter import BaseDistributedAdapter
-
-__all__ = ["Outcome", "Prefetch", "announcer", "execute_node", "failure_error", "prefetch_keys"]
+__all__ = ["Outcome", "Prefetch", "announcer", "execute_node", "as_error", "prefetch_keys"]
 
 _log = logging.getLogger("flowcraft.distributed")
 INPUTS = "_inputs."
@@ -68,7 +66,7 @@ def _input_keys(spec: NodeSpec) -> list[str]:
 
 
 async def _taken(
-    adapter: BaseDistributedAdapter,
+    adapter: Operations,
     payload: JobPayload,
     graph: Graph,
     node_id: str,
@@ -132,7 +130,7 @@ def _prefetch_keys(spec: NodeSpec) -> list[str] | None:
 
 
 async def _data(
-    adapter: BaseDistributedAdapter,
+    adapter: Operations,
     run_id: str,
     keys: list[str] | None,
     prefetch: Prefetch | None,
@@ -142,7 +140,7 @@ async def _data(
 
 
 async def _input(
-    adapter: BaseDistributedAdapter,
+    adapter: Operations,
     payload: JobPayload,
     graph: Graph,
     node_id: str,
@@ -170,7 +168,7 @@ async def _input(
     return value, data, [{"op": "set", "key": INPUTS + node_id, "value": value}], taken
 
 
-def announcer(adapter: BaseDistributedAdapter, run_id: str) -> ChangeListener | None:
+def announcer(adapter: Operations, run_id: str) -> ChangeListener | None:
     """What emits ``context:change`` for the run's writes, when the event bus wants them."""
     bus = adapter.event_bus
     if bus is None or not bus.wants("context:change"):
@@ -183,12 +181,8 @@ def announcer(adapter: BaseDistributedAdapter, run_id: str) -> ChangeListener | 
     return changed
 
 
-def failure_error(payload: JobPayload, exc: BaseException) -> FlowcraftError:
+def as_error(payload: JobPayload, exc: BaseException) -> FlowcraftError:
     """``exc`` as the typed error a failed job reports (ids filled in from the job)."""
-    return _as_error(payload, exc)
-
-
-def _as_error(payload: JobPayload, exc: BaseException) -> FlowcraftError:
     if isinstance(exc, FlowcraftError):
         exc.node_id = exc.node_id or payload.node_id
         exc.blueprint_id = exc.blueprint_id or payload.blueprint_id
@@ -205,7 +199,7 @@ def _as_error(payload: JobPayload, exc: BaseException) -> FlowcraftError:
 
 
 async def execute_node(
-    adapter: BaseDistributedAdapter,
+    adapter: Operations,
     payload: JobPayload,
     graph: Graph,
     spec: NodeSpec,
@@ -221,7 +215,7 @@ async def execute_node(
         try:
             result, writes = await child_outcome(adapter, payload, spec)
         except NodeExecutionError as exc:
-            await _failed(adapter, payload, spec, _as_error(payload, exc), role)
+            await _failed(adapter, payload, spec, as_error(payload, exc), role)
             return None
         return Outcome(result, writes)
     if role == "resume":
@@ -277,17 +271,17 @@ async def execute_node(
         if not signal.is_set() and await adapter.coordination.get(final) is not None:
             signal.set()
 
-    watching = adapter._watches.add(watch)
+    watching = adapter.watches.add(watch)
     try:
         with running_job(job):
             result = await _invoke(adapter, ctx, spec, payload)
     except WorkflowCancelled:
         return None
     except Exception as exc:
-        await _failed(adapter, payload, spec, _as_error(payload, exc), role)
+        await _failed(adapter, payload, spec, as_error(payload, exc), role)
         return None
     finally:
-        adapter._watches.remove(watching)
+        adapter.watches.remove(watching)
     if run.child is not None and run.paused is not None:
         await start_child(adapter, payload, run.paused, *run.child)
         return None
@@ -298,7 +292,7 @@ async def execute_node(
 
 
 async def _invoke(
-    adapter: BaseDistributedAdapter, ctx: NodeContext, spec: NodeSpec, payload: JobPayload
+    adapter: Operations, ctx: NodeContext, spec: NodeSpec, payload: JobPayload
 ) -> NodeResult:
     uses = spec.definition.uses
     try:
@@ -317,13 +311,13 @@ async def _invoke(
         try:
             return await invoker(ctx, attempts)
         except Exception as exc:
-            raise _as_error(payload, exc) from exc
+            raise as_error(payload, exc) from exc
 
     return await run_with_middleware(adapter.middleware, ctx, core)
 
 
 async def _failed(
-    adapter: BaseDistributedAdapter,
+    adapter: Operations,
     payload: JobPayload,
     spec: NodeSpec,
     error: FlowcraftError,

@@ -1,10 +1,11 @@
 """A hop as one atomic step: a node's result, its join marks, its successors and its ack.
 
-The generic path of :class:`~flowcraft.distributed.BaseDistributedAdapter` stores a result and
+The generic path of :class:`~flowcraft.distributed.DistributedAdapter` stores a result and
 routes it in many small store calls, each idempotent, so a crash between them is repaired by
 redelivery. A backend that can run a server-side script (Redis Lua, a SQL transaction) can do
-the common hop in one step instead; the adapter plans that step here, in store-neutral terms,
-and hands it to ``BaseDistributedAdapter._commit_hop``.
+the common hop in one step instead: its :class:`~flowcraft.distributed.HopCommitter`. The
+adapter plans that step here, in store-neutral terms; ``flowcraft.memory.hop`` is the readable
+reference of applying it.
 
 Only hops whose routing needs no graph walk are planned: every routing edge is taken, no target
 is a loop controller, the node has no fallback, and the run has no spliced dynamic nodes. The
@@ -20,7 +21,7 @@ instead hand the worker the next job of its queue in the same step (``Hop.follow
 branches then cost one round trip each too, not a hop and a receive.
 
 A backend that can deliver a queued job together with what it reads on arrival (its stream read
-and the job's reads in one server-side step) sets ``_reads_ahead``: every target then carries
+and the job's reads in one server-side step) sets ``HopCommitter.reads_ahead``: every target carries
 its arrival read, for the backend to store beside the job it queues.
 """
 
@@ -41,7 +42,7 @@ __all__ = ["ArrivalRead", "Hop", "HopCommit", "HopTarget"]
 
 @dataclass(slots=True)
 class ArrivalRead:
-    """What a job reads when it arrives (the arguments of ``_read_job``).
+    """What a job reads when it arrives (the arguments of ``ArrivalReader.read_arrival``).
 
     Attributes:
         keys: Coordination strings: the run's final status, its version, the job's result.
@@ -67,7 +68,7 @@ class HopTarget:
             ``any`` join, which fires on its first taken edge.
         body: The successor's job JSON.
         arrival: What the successor's job reads on arrival: set on the target to reserve,
-            and on every target when the backend reads ahead (``_reads_ahead``).
+            and on every target when the backend reads ahead (``HopCommitter.reads_ahead``).
         reserve: Set on at most one target: the job this worker takes next if the backend
             can reserve it; the rest are queued.
     """

@@ -1,10 +1,23 @@
-"""Every coordination key and internal context key, built in one place."""
+"""Every coordination key and internal context key, built in one place.
+
+The values' formats are documented here; ``docs/backends.md`` lists which keys a hop writes.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["INTERNAL", "Keys"]
+__all__ = [
+    "AWAITING",
+    "DYNAMIC",
+    "INTERNAL",
+    "NODE_TRACE",
+    "PROGRESS",
+    "RESUME",
+    "STATUS",
+    "TRACE",
+    "Keys",
+]
 
 INTERNAL = "_flowcraft."
 """Prefix of the context keys the adapter keeps for itself; stripped from published contexts."""
@@ -15,6 +28,10 @@ TRACE = INTERNAL + "trace"
 """The W3C trace context of the run's span, so jobs made after the start can carry it."""
 NODE_TRACE = TRACE + "."
 """Prefix of the trace context of a node's last attempt span (joins link it)."""
+STATUS = INTERNAL + "status"
+"""``awaiting`` while the run waits for a resume."""
+RESUME = INTERNAL + "resume."
+"""Prefix of the data a resume job carries, by job id (reconcile re-enqueues it from here)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,7 +50,8 @@ class Keys:
 
     @property
     def timers(self) -> str:
-        """Set of pending sleep timers ``<wakeAt>|<runId>|<nodeId>|<iteration>``."""
+        """Set of pending sleep timers ``<wakeAt>|<JSON [runId, nodeId, iteration]>``, ``wakeAt``
+        in epoch seconds with six decimals."""
         return f"{self.namespace}:timers"
 
     def final(self, run: str) -> str:
@@ -41,7 +59,7 @@ class Keys:
         return f"{self.namespace}:final:{run}"
 
     def meta(self, run: str) -> str:
-        """``<blueprintId>\\n<version>`` recorded when the run started."""
+        """JSON ``[blueprintId, version]`` recorded when the run started (version may be null)."""
         return f"{self.namespace}:meta:{run}"
 
     def parent(self, run: str) -> str:
@@ -49,7 +67,7 @@ class Keys:
         return f"{self.namespace}:parent:{run}"
 
     def enqueued(self, run: str) -> str:
-        """Set of job ids enqueued for the run."""
+        """Set of job ids (``_payload.job_id``) counted in flight for the run."""
         return f"{self.namespace}:enq:{run}"
 
     def done(self, run: str) -> str:
@@ -57,7 +75,8 @@ class Keys:
         return f"{self.namespace}:done:{run}"
 
     def parked(self, run: str) -> str:
-        """Set of awaiting nodes (``node@iteration``)."""
+        """Set of parked nodes (waits, sleeps, subflows), as job ids (JSON ``[node,
+        iteration, ""]``, see ``_payload.job_id``)."""
         return f"{self.namespace}:parked:{run}"
 
     def pending(self, run: str) -> str:

@@ -1,25 +1,104 @@
-"""The contract every distributed backend implements: the two stores and the job payload.
+"""The parts a backend provides: a queue, two stores, a result channel, optional fast paths.
 
-A backend provides a :class:`CoordinationStore` (atomic keys with TTLs, shared by all runs), a
-:class:`ContextStore` (one key/value namespace per run) and a queue (the abstract hooks of
-:class:`~flowcraft.distributed.BaseDistributedAdapter`). Values in both stores are JSON.
+:class:`~flowcraft.distributed.DistributedAdapter` is composed of them; ``docs/backends.md``
+states each method's contract in full. Values in both stores are JSON.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-import orjson
-
-from flowcraft.errors import SerializationError
 from flowcraft.node import PatchOperation
+from flowcraft.result import WorkflowResult
 
-__all__ = ["Arrival", "ContextStore", "CoordinationStore", "Delivery", "JobPayload"]
+if TYPE_CHECKING:
+    from flowcraft.distributed._hop import Hop, HopCommit
+
+__all__ = [
+    "Arrival",
+    "ArrivalReader",
+    "ContextStore",
+    "CoordinationStore",
+    "Delivery",
+    "HopCommitter",
+    "Queue",
+    "ResultChannel",
+]
 
 Arrival = tuple[list[str | None], list[set[str]], dict[str, Any]]
 """A job's arrival read: its coordination strings, its coordination sets, its context fields."""
+
+
+@dataclass(slots=True)
+class Delivery:
+    """A job as received from a queue.
+
+    Attributes:
+        body: The job's JSON text (possibly malformed).
+        handle: The backend's receipt (message id, delivery tag, lock token).
+        delivery_count: How many times it was delivered, from 1.
+        settled: Whether the backend already acked it inside an atomic hop step.
+        arrival: What the job reads on arrival, when the backend read it already (a job it
+            reserved for this worker in the previous job's atomic hop step).
+        next: A successor the backend reserved for this worker while settling this job:
+            the worker handles it next, in the same slot, instead of fetching it.
+    """
+
+    body: str
+    handle: Any
+    delivery_count: int = 1
+    settled: bool = False
+    arrival: Arrival | None = None
+    next: Delivery | None = None
+
+
+@runtime_checkable
+class Queue(Protocol):
+    """At-least-once delivery of job bodies with a lease per delivery.
+
+    Raise :class:`~flowcraft.errors.ConnectionFailed` when the server cannot be reached (the
+    worker waits it out and retries) and :class:`~flowcraft.errors.AdapterError` for any other
+    failure of the server or driver.
+    """
+
+    async def receive(self, max_jobs: int, wait: float) -> list[Delivery]:
+        """Up to ``max_jobs`` deliveries, waiting at most ``wait`` seconds for the first.
+
+        Each is leased to this process until acked, dead-lettered or released, or until its
+        lease runs out unrenewed (then it is delivered again, its count one higher).
+        """
+
+    async def enqueue(self, body: str) -> None:
+        """Put a job on the queue; it is stored durably when this returns."""
+
+    async def ack(self, delivery: Delivery) -> None:
+        """Remove a handled job for good (its effects are stored already)."""
+
+    async def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        """Move a job that cannot be handled where operators find it, with ``reason``."""
+
+    async def release(self, delivery: Delivery) -> None:
+        """Make a job deliverable again now (a stopping worker hands it back)."""
+
+    async def unsettled(self, delivery: Delivery, lease: float) -> None:
+        """The handling of a job failed in the backend and left it unacked: make it
+        deliverable again within ``lease`` seconds. A queue whose lease runs out by itself
+        does nothing; one whose client keeps renewing held jobs must hand it back."""
+
+    async def extend_lease(self, delivery: Delivery, seconds: float) -> None:
+        """Keep a job leased for another ``seconds`` (the heartbeat calls this)."""
+
+    async def stop_receiving(self) -> None:
+        """Stop fetching: hand prefetched jobs not yet delivered back to the queue."""
+
+    def abandon(self) -> None:
+        """Drop everything without acking or releasing, as a killed process would (fault
+        tests): a client that renews leases in the background stops renewing them."""
+
+    async def close(self) -> None:
+        """Release connections; safe to call repeatedly."""
 
 
 @runtime_checkable
@@ -30,7 +109,11 @@ class CoordinationStore(Protocol):
         """Add one to the integer under ``key`` (0 when absent); the new value."""
 
     async def set_if_not_exist(self, key: str, value: str, ttl: float) -> bool:
-        """Store ``value`` unless ``key`` exists; whether it was stored."""
+        """Store ``value`` unless ``key`` exists; whether it was stored.
+
+        Must stay true for the writer when the driver retries a call whose reply was lost
+        (see :func:`~flowcraft.backend.write_token`).
+        """
 
     async def add_to_set(self, key: str, member: str, ttl: float) -> int:
         """Add ``member`` to the set under ``key`` (idempotent); the set's size afterwards."""
@@ -89,103 +172,52 @@ class ContextStore(Protocol):
         """Forget the run's context."""
 
 
-_FIELDS = {"runId", "blueprintId", "nodeId", "attempt", "iteration", "traceContext", "resume"}
+Woken = Callable[[str | None], None]
+"""Told a run id that published, or None when wakes may have been missed (re-check all)."""
 
 
-@dataclass(frozen=True, slots=True)
-class JobPayload:
-    """One job: execute (or re-route) one node of one run in one loop iteration.
+@runtime_checkable
+class ResultChannel(Protocol):
+    """Wakes the processes waiting on runs; the result itself is in the stores already.
 
-    The JSON is the TypeScript ``{runId, blueprintId, nodeId}`` plus ``attempt``, ``iteration``
-    and optional ``traceContext``; unknown fields are kept in ``extra`` and written back.
+    One listener per process serves every wait of that process
+    (:class:`~flowcraft.backend.ResultWaiter`).
     """
 
-    run_id: str
-    blueprint_id: str
-    node_id: str
-    attempt: int = 1
-    iteration: int = 0
-    trace_context: Mapping[str, str] | None = None
-    resume: Mapping[str, Any] | None = None
-    extra: Mapping[str, Any] = field(default_factory=dict)
+    async def publish(self, run_id: str, result: WorkflowResult | None) -> None:
+        """Wake the waiters of ``run_id``: ``result`` is its final result, or None when the
+        run awaits a resume. A backend may also store a status record here."""
 
-    def to_dict(self) -> dict[str, Any]:
-        """The camelCase JSON shape."""
-        out: dict[str, Any] = dict(self.extra)
-        out.update(
-            runId=self.run_id,
-            blueprintId=self.blueprint_id,
-            nodeId=self.node_id,
-            attempt=self.attempt,
-            iteration=self.iteration,
-        )
-        if self.trace_context is not None:
-            out["traceContext"] = dict(self.trace_context)
-        if self.resume is not None:
-            out["resume"] = dict(self.resume)
-        return out
+    async def listen(self, woken: Woken) -> None:
+        """Call ``woken`` with each run id published from now on, until :meth:`close`;
+        return once listening. Call ``woken(None)`` after any gap (a reconnect)."""
 
-    def to_json(self) -> str:
-        """The payload as JSON text."""
-        return orjson.dumps(self.to_dict()).decode()
-
-    @classmethod
-    def from_json(cls, text: str | bytes) -> JobPayload:
-        """Parse a job.
-
-        Raises:
-            SerializationError: Not JSON, not an object, or a required field is missing or has
-                the wrong type; the message names the field.
-        """
-        try:
-            raw = orjson.loads(text)
-        except orjson.JSONDecodeError as exc:
-            raise SerializationError(f"job payload is not JSON: {exc}") from exc
-        if not isinstance(raw, dict):
-            raise SerializationError("job payload must be a JSON object")
-        for name in ("runId", "blueprintId", "nodeId"):
-            if not isinstance(raw.get(name), str) or not raw[name]:
-                raise SerializationError(f"job payload field '{name}' must be a non-empty string")
-        for name in ("attempt", "iteration"):
-            value = raw.get(name, 0 if name == "iteration" else 1)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise SerializationError(f"job payload field '{name}' must be an integer >= 0")
-        trace = raw.get("traceContext")
-        resume = raw.get("resume")
-        if trace is not None and not isinstance(trace, dict):
-            raise SerializationError("job payload field 'traceContext' must be an object")
-        if resume is not None and not isinstance(resume, dict):
-            raise SerializationError("job payload field 'resume' must be an object")
-        return cls(
-            run_id=raw["runId"],
-            blueprint_id=raw["blueprintId"],
-            node_id=raw["nodeId"],
-            attempt=int(raw.get("attempt", 1)),
-            iteration=int(raw.get("iteration", 0)),
-            trace_context=trace,
-            resume=resume,
-            extra={k: v for k, v in raw.items() if k not in _FIELDS},
-        )
+    async def close(self) -> None:
+        """Stop listening and release connections."""
 
 
-@dataclass(slots=True)
-class Delivery:
-    """A job as received from a queue.
+@runtime_checkable
+class HopCommitter(Protocol):
+    """Optional fast path: a finished node's whole hop in one atomic step (``_hop.py``)."""
 
-    Attributes:
-        body: The job's JSON text (possibly malformed).
-        handle: The backend's receipt (message id, delivery tag, lock token).
-        delivery_count: How many times it was delivered, from 1.
-        settled: Whether the backend already acked it inside an atomic hop step.
-        arrival: What the job reads on arrival, when the backend read it already (a job it
-            reserved for this worker in the previous job's atomic hop step).
-        next: A successor the backend reserved for this worker while settling this job:
-            the worker handles it next, in the same slot, instead of fetching it.
-    """
+    reads_ahead: bool
+    """Whether queued successors carry their arrival read (then every hop target has one)."""
 
-    body: str
-    handle: Any
-    delivery_count: int = 1
-    settled: bool = False
-    arrival: Arrival | None = None
-    next: Delivery | None = None
+    async def commit(self, delivery: Delivery, hop: Hop) -> HopCommit:
+        """Apply ``hop`` all-or-nothing; ``HopCommit("slow")`` when it must not (the generic
+        path runs instead)."""
+
+
+@runtime_checkable
+class ArrivalReader(Protocol):
+    """Optional fast path: what a job reads on arrival, from both stores in one round trip."""
+
+    async def read_arrival(
+        self,
+        run_id: str,
+        keys: Sequence[str],
+        set_keys: Sequence[str],
+        context_keys: Sequence[str] | None,
+    ) -> Arrival:
+        """Coordination ``keys`` and ``set_keys`` (as ``CoordinationStore.read``) and the
+        present ``context_keys`` of the run (none when None)."""

@@ -1,24 +1,23 @@
-"""Subflows in distributed mode: a subflow node runs its blueprint as a child run of its own.
+"""Subflows in distributed mode, the node's side: a subflow node runs its blueprint as a
+child run of its own.
 
 The node's job computes the child's initial context as in memory, then (:func:`start_child`)
 records the link ``parent:<child>`` → ``[run, node, iteration]``, parks the node (reason
-``subflow``) and starts the child under the deterministic id :func:`child_run_id`, so that a
+``subflow``) and starts the child under the deterministic id ``child_run_id``, so that a
 redelivered job finds the same child instead of starting a second one. While the child runs
 the parent is neither finished nor awaiting; when the child awaits a human, the parent awaits
 too, and resuming the parent resumes the child.
 
-When the child's final result is written, :func:`end_links` resumes the parked node with a
-job whose result is read from the child (:func:`child_outcome`): the mapped outputs, or the
-child's failure as the node's failure, so the node's fallback runs as for any failure. A run
-that ends while children run cancels them. Every step is idempotent; a run stays in the
-unfinished-runs set until :func:`end_links` is done, so the reconciler repeats what a crash
-interrupted.
+When the child's final result is written, the run ledger (``_runs.Runs.end_links``) resumes the
+parked node with a job whose result is read from the child (:func:`child_outcome`): the mapped
+outputs, or the child's failure as the node's failure, so the node's fallback runs as for any
+failure. Every step is idempotent.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
@@ -30,37 +29,15 @@ from flowcraft.builtins import (
     subflow_output_keys,
 )
 from flowcraft.distributed._jobrun import JobRun
-from flowcraft.distributed._orchestration import (
-    STATUS,
-    Orchestration,
-    error_from_dict,
-    job_id,
-    parse_job_id,
-)
-from flowcraft.distributed._protocols import JobPayload
+from flowcraft.distributed._operations import Operations
+from flowcraft.distributed._payload import JobPayload, job_id
+from flowcraft.distributed._results import error_from_dict
+from flowcraft.distributed._runs import child_run_id
 from flowcraft.errors import NodeExecutionError
 from flowcraft.node import NodeContext, NodeResult, PatchOperation
 from flowcraft.runtime._graph import NodeSpec, graph_for
 
-if TYPE_CHECKING:
-    from flowcraft.distributed.adapter import BaseDistributedAdapter
-
-__all__ = [
-    "child_awaits",
-    "child_outcome",
-    "child_run_id",
-    "end_links",
-    "is_subflow",
-    "start_child",
-    "subflow_job",
-    "wake_parent",
-    "waits_for_human",
-]
-
-
-def child_run_id(run_id: str, node_id: str, iteration: int) -> str:
-    """The run id of the child a subflow node starts in one iteration."""
-    return f"{run_id}/{node_id}@{iteration}"
+__all__ = ["child_outcome", "is_subflow", "start_child", "subflow_job"]
 
 
 async def subflow_job(ctx: NodeContext) -> None:
@@ -81,13 +58,13 @@ async def subflow_job(ctx: NodeContext) -> None:
     run.pause(ctx.node_id, {"reason": "subflow", "blueprintId": child.id})
 
 
-def is_subflow(adapter: BaseDistributedAdapter, spec: NodeSpec) -> bool:
+def is_subflow(adapter: Operations, spec: NodeSpec) -> bool:
     """Whether ``spec`` runs as a child run (the built-in, not a registry override)."""
     return spec.definition.uses == "subflow" and adapter.registry.get("subflow") is subflow_job
 
 
 async def start_child(
-    adapter: BaseDistributedAdapter,
+    adapter: Operations,
     payload: JobPayload,
     details: Mapping[str, Any],
     blueprint_id: str,
@@ -116,7 +93,7 @@ async def start_child(
 
 
 async def child_outcome(
-    adapter: BaseDistributedAdapter, payload: JobPayload, spec: NodeSpec
+    adapter: Operations, payload: JobPayload, spec: NodeSpec
 ) -> tuple[NodeResult, list[PatchOperation]]:
     """The result of a subflow node whose child ended, and the parent keys it sets.
 
@@ -133,7 +110,7 @@ async def child_outcome(
     )
     await adapter.unpark(run_id, node_id)
     raw = await adapter.coordination.get(adapter.keys.final(child_id))
-    meta = await adapter._meta(child_id)
+    meta = await adapter.meta(child_id)
     if raw is None or meta is None:
         raise NodeExecutionError(
             f"subflow of node '{node_id}' has no result (child run '{child_id}')",
@@ -144,80 +121,10 @@ async def child_outcome(
         errors = [error_from_dict(e) for e in record.get("errors") or []]
         first = errors[0] if errors else None
         raise subflow_failure(node_id, meta[0], record["status"], first)
-    graph = await adapter.graph_of(child_id, adapter._blueprint(meta[0]))
+    graph = await adapter.graph_of(child_id, adapter.blueprint(meta[0]))
     terminals = [n for n in graph.nodes if not graph.out_edges[n]]
     params = spec.definition.params or {}
     child = await adapter.context.get_many(child_id, subflow_output_keys(params, terminals))
     output, writes = subflow_output(params, terminals, child)
     ops: list[PatchOperation] = [{"op": "set", "key": k, "value": v} for k, v in writes.items()]
     return NodeResult(output=output), ops
-
-
-async def end_links(orch: Orchestration, run_id: str) -> None:
-    """After ``run_id``'s final result: cancel its running children, then resume the parent's
-    node that waits for it (that node's job reads the result from the child)."""
-    store, keys = orch.coordination, orch.keys
-    (raw_link,), (parked,) = await store.read([keys.parent(run_id)], [keys.parked(run_id)])
-    for member in parked:
-        node_id, iteration, _ = parse_job_id(member)
-        child_id = child_run_id(run_id, node_id, iteration)
-        if await store.get(keys.parent(child_id)) is not None:
-            await orch.publish_final(child_id, "cancelled")
-    link = _link(raw_link)
-    if link is None or await store.get(keys.final(link[0])) is not None:
-        return
-    parent, node_id, iteration = link
-    # Counted before resume_node takes its fence: should this process die in between, the
-    # parent's reconcile still finds the job.
-    member = job_id(node_id, iteration, "resume")
-    await store.add_to_set(keys.enqueued(parent), member, orch.ttl)
-    await orch.resume_node(parent, node_id, iteration, {"subflow": run_id})
-
-
-async def waits_for_human(
-    orch: Orchestration, run_id: str, member: str, details: Mapping[str, Any]
-) -> bool:
-    """Whether a parked node waits for a resume: not a sleep, nor a subflow whose child runs."""
-    reason = details.get("reason")
-    if reason == "timer":
-        return False
-    if reason != "subflow":
-        return True
-    node_id, iteration, _ = parse_job_id(member)
-    return await child_awaits(orch, run_id, node_id, iteration)
-
-
-async def child_awaits(orch: Orchestration, run_id: str, node_id: str, iteration: int) -> bool:
-    """Whether the child run of a parked subflow node awaits a resume."""
-    child_id = child_run_id(run_id, node_id, iteration)
-    if await orch.coordination.get(orch.keys.final(child_id)) is not None:
-        return False
-    return bool(await orch.context.get(child_id, STATUS) == "awaiting")
-
-
-async def wake_parent(orch: Orchestration, run_id: str) -> None:
-    """``run_id`` now awaits a resume: its parent awaits too once nothing else of it runs.
-
-    The parent's last job ended while the child was running, so nothing else would look again.
-    """
-    link = await _parent(orch, run_id)
-    if link is None:
-        return
-    parent = link[0]
-    store, keys = orch.coordination, orch.keys
-    if await store.get(keys.final(parent)) is not None:
-        return
-    enqueued = await store.members(keys.enqueued(parent))
-    if enqueued and enqueued <= await store.members(keys.done(parent)):
-        await orch._quiescent(parent)
-
-
-async def _parent(orch: Orchestration, run_id: str) -> tuple[str, str, int] | None:
-    return _link(await orch.coordination.get(orch.keys.parent(run_id)))
-
-
-def _link(raw: str | None) -> tuple[str, str, int] | None:
-    if raw is None:
-        return None
-    parent, node_id, iteration = orjson.loads(raw)
-    return str(parent), str(node_id), int(iteration)

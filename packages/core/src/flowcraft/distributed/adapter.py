@@ -1,18 +1,18 @@
-"""``BaseDistributedAdapter``: runs one node per queued job, for any backend.
+"""``DistributedAdapter``: runs one node per queued job, composed of a backend's parts.
 
-A backend subclasses it and implements the queue hooks (``_receive``, ``_enqueue``, ``_ack``,
-``_dead_letter``, ``_release``, ``_extend_lease``) and the result channel (``_publish_result``,
-``_wait_for_publish``), and hands in its two stores. Everything else — job handling,
-idempotency under redelivery, routing, joins, dead paths, fallbacks, pausing, timers, version
-checks, cancellation and the one final result — lives here and in ``_orchestration.py``.
+A backend provides a :class:`~flowcraft.distributed.Queue`, a
+:class:`~flowcraft.distributed.ContextStore`, a :class:`~flowcraft.distributed.CoordinationStore`
+and optionally a :class:`~flowcraft.distributed.ResultChannel` and fast paths
+(:class:`~flowcraft.distributed.HopCommitter`, :class:`~flowcraft.distributed.ArrivalReader`).
+Everything else — job handling, idempotency under redelivery, routing, joins, dead paths,
+fallbacks, pausing, timers, version checks, cancellation and the one final result — lives in
+core (see ``_base.py`` for the layers). ``docs/backends.md`` is the backend author's guide.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,59 +21,65 @@ import orjson
 
 from flowcraft.blueprint import Blueprint, EdgeDefinition
 from flowcraft.context import OUTPUTS
+from flowcraft.distributed._base import Closer, parse_meta
 from flowcraft.distributed._execute import (
     Outcome,
     Prefetch,
     announcer,
+    as_error,
     execute_node,
-    failure_error,
     prefetch_keys,
 )
-from flowcraft.distributed._hop import ArrivalRead, Hop, HopCommit, HopTarget
-from flowcraft.distributed._keys import AWAITING, DYNAMIC, PROGRESS, TRACE, Keys
-from flowcraft.distributed._orchestration import (
-    RESUME,
-    STATUS,
-    Orchestration,
-    job_id,
-    parse_job_id,
+from flowcraft.distributed._hop import ArrivalRead, Hop, HopTarget
+from flowcraft.distributed._keys import DYNAMIC, PROGRESS
+from flowcraft.distributed._operations import Operations
+from flowcraft.distributed._payload import JobPayload, job_id
+from flowcraft.distributed._protocols import (
+    Arrival,
+    ArrivalReader,
+    ContextStore,
+    CoordinationStore,
+    Delivery,
+    HopCommitter,
+    Queue,
+    ResultChannel,
 )
-from flowcraft.distributed._protocols import ContextStore, CoordinationStore, Delivery, JobPayload
-from flowcraft.distributed._subflow import child_awaits, child_run_id, subflow_job
-from flowcraft.distributed._ticker import Ticker
+from flowcraft.distributed._subflow import subflow_job
 from flowcraft.errors import (
     DeliveryLimitExceeded,
     ExpressionError,
-    FlowcraftError,
     JobRejected,
-    ResumeError,
     SerializationError,
 )
-from flowcraft.evaluator import Evaluator, SafeEvaluator
+from flowcraft.evaluator import Evaluator
 from flowcraft.events import EventBus
-from flowcraft.hooks import RunHooks, RunInfo, call_before_run
+from flowcraft.hooks import RunHooks
 from flowcraft.middleware import Middleware
 from flowcraft.node import NodeResult, PatchOperation
-from flowcraft.result import WorkflowResult
 from flowcraft.runtime import _announce as announce
 from flowcraft.runtime._graph import Graph, NodeSpec, graph_for
 from flowcraft.runtime._routing import condition_holds, routing_edges, select_edges
 
-__all__ = ["BaseDistributedAdapter", "DeliveryLimitExceeded", "JobRejected"]
+__all__ = ["DistributedAdapter"]
 
 _log = logging.getLogger("flowcraft.distributed")
-_UNSET: Any = object()
 _OPS = "ops"
 """Field of a stored result record: the job's context writes, when the generic path stores
 them after the record."""
 
 
-class BaseDistributedAdapter(Orchestration, ABC):
-    """The orchestration of distributed runs over a backend's queue and stores.
+class DistributedAdapter(Operations):
+    """Distributed runs over a backend's parts; one per worker or client process.
 
     Args:
-        coordination: The backend's coordination store.
+        queue: The backend's job queue.
         context: The backend's context store.
+        coordination: The backend's coordination store.
+        results: How waiters are woken; without one, waits poll the stores (batched, one loop
+            per process).
+        hops: Optional: the backend's one-step hop (see ``_hop.py``).
+        arrivals: Optional: the backend's one-round-trip arrival read.
+        closers: Called last by :meth:`close` (clients the backend opened for this adapter).
         registry: ``uses`` key → implementation; built-ins are included.
         blueprints: Blueprint id → blueprint the workers can run.
         dependencies: Services handed to every node as ``ctx.dependencies``.
@@ -85,17 +91,25 @@ class BaseDistributedAdapter(Orchestration, ABC):
         evaluator: Evaluates conditions and transforms; the safe evaluator by default.
         namespace: Prefix of every coordination key.
         ttl: Seconds coordination keys live (refreshed as they are written).
-        lease: Seconds a delivered job stays invisible; the heartbeat extends it.
+        lease: Seconds a delivered job stays leased; the heartbeat extends it every third.
         cancel_poll: Seconds between checks, while a node runs, for a cancelled run.
         hooks: Run hooks: ``before_run`` in :meth:`start_run`, ``after_run`` where a result is
             published (see :mod:`flowcraft.hooks`).
+
+    Raises:
+        TypeError: A part does not implement its protocol.
     """
 
     def __init__(
         self,
         *,
-        coordination: CoordinationStore,
+        queue: Queue,
         context: ContextStore,
+        coordination: CoordinationStore,
+        results: ResultChannel | None = None,
+        hops: HopCommitter | None = None,
+        arrivals: ArrivalReader | None = None,
+        closers: Sequence[Closer] = (),
         registry: Mapping[str, Any] | None = None,
         blueprints: Mapping[str, Blueprint] | None = None,
         dependencies: Mapping[str, Any] | None = None,
@@ -108,364 +122,39 @@ class BaseDistributedAdapter(Orchestration, ABC):
         cancel_poll: float = 0.5,
         hooks: list[RunHooks] | None = None,
     ) -> None:
-        from flowcraft.builtins import BUILTINS
-
-        self.coordination = coordination
-        self.context = context
-        # Subflows run as child runs here, not inside the node as in memory.
-        self.registry: dict[str, Any] = {**BUILTINS, "subflow": subflow_job, **(registry or {})}
-        self.blueprints = dict(blueprints or {})
-        self.dependencies: Mapping[str, Any] = dict(dependencies or {})
-        self.middleware: list[Middleware] = list(middleware or [])
-        self.event_bus = event_bus
-        self.evaluator = evaluator or SafeEvaluator()
-        self.keys = Keys(namespace)
-        self.ttl = ttl
-        self.lease = lease
-        self.cancel_poll = cancel_poll
-        self.hooks: list[RunHooks] = list(hooks or [])
-        self._graphs: dict[tuple[str, frozenset[str]], Graph] = {}
-        self._renewals = Ticker(lease / 3, "lease heartbeat")
-        self._watches = Ticker(cancel_poll, "cancellation watcher")
-
-    # ----------------------------------------------------------------- backend hooks
-
-    @abstractmethod
-    async def _receive(self, max_jobs: int, wait: float) -> list[Delivery]:
-        """Up to ``max_jobs`` deliveries, waiting at most ``wait`` seconds for the first."""
-
-    @abstractmethod
-    async def _enqueue(self, body: str, delay: float = 0.0) -> None:
-        """Put a job on the queue, visible after ``delay`` seconds."""
-
-    @abstractmethod
-    async def _ack(self, delivery: Delivery) -> None:
-        """Remove a handled job for good."""
-
-    @abstractmethod
-    async def _dead_letter(self, delivery: Delivery, reason: str) -> None:
-        """Move a job that cannot be handled to the dead-letter queue, with the reason."""
-
-    @abstractmethod
-    async def _release(self, delivery: Delivery) -> None:
-        """Make a job visible again now (a worker shutting down hands it back)."""
-
-    async def _unsettled(self, delivery: Delivery) -> None:
-        """A job whose handling failed in the backend was left unacked: make it deliverable
-        again after the lease.
-
-        The default does nothing, for queues where an unrenewed lease runs out by itself. A
-        queue whose client renews the lease as long as the job is held must hand it back here.
-        """
-
-    @abstractmethod
-    async def _extend_lease(self, delivery: Delivery, seconds: float) -> None:
-        """Keep a job invisible for another ``seconds`` (the heartbeat calls this)."""
-
-    @abstractmethod
-    async def _publish_result(
-        self, run_id: str, status: str, errors: list[FlowcraftError] | None = None
-    ) -> None:
-        """Wake the clients waiting on ``run_id`` (the result is already stored; ``errors``
-        are its errors when the caller knows them, None when they must be read)."""
-
-    @abstractmethod
-    async def _wait_for_publish(self, run_id: str, timeout: float) -> None:
-        """Return when ``run_id`` may have published, or after ``timeout`` seconds."""
-
-    async def _read_job(
-        self, run_id: str, keys: list[str], set_keys: list[str], context_keys: list[str] | None
-    ) -> tuple[list[str | None], list[set[str]], dict[str, Any]]:
-        """What a job reads when it arrives: coordination ``keys`` and ``set_keys`` (as
-        ``CoordinationStore.read``) and the present ``context_keys`` of the run.
-
-        Backends whose two stores share a server override this to read all in one round trip.
-        """
-        strings, sets = await self.coordination.read(keys, set_keys)
-        data = await self.context.get_many(run_id, context_keys) if context_keys else {}
-        return strings, sets, data
-
-    _reads_ahead = False
-    """Whether the backend delivers queued jobs with their arrival read (then every hop target
-    carries it, see ``_hop.py``)."""
-
-    async def _commit_hop(self, delivery: Delivery, hop: Hop) -> HopCommit | None:
-        """Apply ``hop`` in one atomic step (see :class:`~flowcraft.distributed._hop.Hop`).
-
-        None (the default) means the backend has no such step and the generic path runs.
-        """
-        return None
+        super().__init__(
+            queue=queue,
+            context=context,
+            coordination=coordination,
+            results=results,
+            hops=hops,
+            arrivals=arrivals,
+            closers=closers,
+            # Subflows run as child runs here, not inside the node as in memory.
+            registry={"subflow": subflow_job, **(registry or {})},
+            blueprints=blueprints,
+            dependencies=dependencies,
+            middleware=middleware,
+            event_bus=event_bus,
+            evaluator=evaluator,
+            namespace=namespace,
+            ttl=ttl,
+            lease=lease,
+            cancel_poll=cancel_poll,
+            hooks=hooks,
+        )
 
     async def close(self) -> None:
-        """Release backend connections; safe to call repeatedly."""
-
-    async def stop_receiving(self) -> None:
-        """Stop fetching jobs: a stopping worker calls this before its running jobs finish.
-
-        Backends whose client prefetches jobs hand the ones not yet delivered back to the
-        queue here; the default does nothing.
-        """
-
-    def abandon(self) -> None:
-        """Drop the queue without acking or releasing anything, as a killed process would.
-
-        Fault tests call this (through :meth:`Worker.kill`) so that a backend whose client
-        renews leases in the background stops renewing them.
-        """
-
-    # ----------------------------------------------------------------- client operations
-
-    async def start_run(
-        self,
-        blueprint_id: str,
-        initial_context: Mapping[str, Any] | None = None,
-        run_id: str | None = None,
-        *,
-        trace_context: Mapping[str, str] | None = None,
-    ) -> str:
-        """Store the initial context and enqueue the start nodes; the run id.
-
-        ``trace_context`` is a W3C carrier the run continues (e.g. its parent run's): run hooks
-        see it as ``RunInfo.trace_context`` and may replace it; the run's jobs carry the result.
-
-        Raises:
-            JobRejected: The blueprint is not registered.
-            ExpressionError: The evaluator rejects a condition, transform or loop condition of
-                the blueprint (checked before anything is stored, as in memory).
-            Exception: Whatever a ``before_run`` hook raised (nothing is stored then).
-        """
-        import uuid
-
-        blueprint = self._blueprint(blueprint_id)
-        run_id = run_id or str(uuid.uuid4())
-        graph = graph_of_blueprint(blueprint)
-        graph.check_expressions(self.evaluator)
-        info = RunInfo(
-            run_id,
-            blueprint_id,
-            blueprint,
-            self.registry,
-            distributed=True,
-            trace_context=dict(trace_context or {}),
-        )
-        await call_before_run(self.hooks, info)
-        ops = [{"op": "set", "key": k, "value": v} for k, v in (initial_context or {}).items()]
-        if info.trace_context:
-            # Stored too, so that jobs made later without it (resumes, reconciles) can find it.
-            ops.append({"op": "set", "key": TRACE, "value": info.trace_context})
-        ops.append({"op": "set", "key": "blueprintId", "value": blueprint_id})
-        ops.append({"op": "set", "key": "blueprintVersion", "value": blueprint.version})
-        ops.append({"op": "set", "key": PROGRESS, "value": time.time()})
-        # A run id started again (a redelivered subflow job starts its child again) keeps the
-        # context its jobs may have changed since; every step below is idempotent.
-        if await self.coordination.get(self.keys.meta(run_id)) is None:
-            await self.context.patch(run_id, ops)
-        meta = orjson.dumps([blueprint_id, blueprint.version]).decode()
-        enqueued = self.keys.enqueued(run_id)
-        # Independent writes, made concurrently: one round trip instead of one each (a
-        # backend that batches sends them together). Every start job counts as in flight
-        # before any is enqueued, or the first to finish would see an empty frontier and end
-        # the run.
-        await asyncio.gather(
-            self.coordination.set_if_not_exist(self.keys.meta(run_id), meta, self.ttl),
-            self.coordination.add_to_set(self.keys.runs, run_id, self.ttl),
-            *(
-                self.coordination.add_to_set(enqueued, job_id(node, 0), self.ttl)
-                for node in graph.start_nodes
-            ),
-        )
-        bus = self.event_bus
-        if bus is not None and bus.wants("workflow:start"):
-            bus.emit("workflow:start", {"blueprintId": blueprint_id, "executionId": run_id})
-        await asyncio.gather(
-            *(
-                self.enqueue_job(
-                    JobPayload(
-                        run_id=run_id,
-                        blueprint_id=blueprint_id,
-                        node_id=node,
-                        trace_context=info.trace_context or None,
-                    ),
-                    job_id(node, 0),
-                    fence=self.keys.fire(run_id, node, 0),
-                )
-                for node in graph.start_nodes
-            )
-        )
-        return run_id
-
-    async def wait_result(self, run_id: str, timeout: float | None = None) -> WorkflowResult:
-        """Wait by push until the run finishes or awaits a resume.
-
-        Raises:
-            TimeoutError: Nothing was published within ``timeout`` seconds.
-        """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            result = await self.final_result(run_id)
-            if result is not None:
-                return result
-            remaining = 60.0 if deadline is None else deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError(f"run '{run_id}' did not finish within {timeout} s")
-            await self._wait_for_publish(run_id, min(remaining, 60.0))
-
-    async def status(self, run_id: str) -> str:
-        """``completed``/``failed``/``stalled``/``cancelled``, ``awaiting``, ``running``, or
-        ``unknown`` for a run id never started."""
-        raw = await self.coordination.get(self.keys.final(run_id))
-        if raw is not None:
-            return str(orjson.loads(raw)["status"])
-        if await self.coordination.get(self.keys.meta(run_id)) is None:
-            return "unknown"
-        # Parked alone is not awaiting: a sleeping node or a running subflow is parked too.
-        if await self.context.get(run_id, STATUS) == "awaiting" and await self.coordination.members(
-            self.keys.parked(run_id)
-        ):
-            return "awaiting"
-        return "running"
-
-    async def cancel(self, run_id: str) -> bool:
-        """Mark the run cancelled; whether this call ended it (false if already finished)."""
-        return await self.publish_final(run_id, "cancelled")
-
-    async def resume_with_action(
-        self,
-        run_id: str,
-        action: str | None = None,
-        output: Any = _UNSET,
-        node_id: str | None = None,
-    ) -> str:
-        """Complete an awaiting node with ``output`` and route by ``action``; its node id.
-
-        Raises:
-            ResumeError: The run is finished, nothing awaits, or ``node_id`` is not awaiting.
-        """
-        if await self.coordination.get(self.keys.final(run_id)) is not None:
-            raise ResumeError(f"run '{run_id}' is finished and cannot be resumed", run_id=run_id)
-        parked = [
-            parse_job_id(m) for m in await self.coordination.members(self.keys.parked(run_id))
-        ]
-        details = await self.context.get_many(run_id, [AWAITING + n for n, _, _ in parked])
-        candidates: list[tuple[str, int]] = []
-        children: dict[str, str] = {}
-        for n, i, _ in parked:
-            if node_id is not None and n != node_id:
-                continue
-            if (details.get(AWAITING + n) or {}).get("reason") == "subflow":
-                # A subflow node awaits while its child does; the resume goes to the child.
-                if not await child_awaits(self, run_id, n, i):
-                    continue
-                children[n] = child_run_id(run_id, n, i)
-            candidates.append((n, i))
-        if not candidates:
-            what = f"node '{node_id}' is not" if node_id else "no node is"
-            raise ResumeError(f"run '{run_id}': {what} awaiting", run_id=run_id, node_id=node_id)
-        node, iteration = sorted(candidates)[0]
-        if node in children:
-            await self.resume_with_action(children[node], action, output)
-            await self.context.delete(run_id, STATUS)
-            return node
-        data: dict[str, Any] = {"action": action}
-        if output is not _UNSET:
-            data["output"] = output
-        if not await self.resume_node(run_id, node, iteration, data):
-            raise ResumeError(f"run '{run_id}': node '{node}' was already resumed", run_id=run_id)
-        return node
-
-    async def resume_node(
-        self, run_id: str, node_id: str, iteration: int, data: Mapping[str, Any]
-    ) -> bool:
-        """Enqueue the job that completes an awaiting node (once); whether this call did."""
-        fence = self.keys.resumed(run_id, node_id, iteration)
-        if not await self.coordination.set_if_not_exist(fence, "resumed", self.ttl):
-            return False
-        meta = await self._meta(run_id)
-        member = job_id(node_id, iteration, "resume")
-        await self.context.patch(
-            run_id,
-            [
-                {"op": "set", "key": RESUME + member, "value": dict(data)},
-                {"op": "delete", "key": STATUS},
-            ],
-        )
-        await self.coordination.remove_from_set(
-            self.keys.parked(run_id), job_id(node_id, iteration)
-        )
-        job = JobPayload(
-            run_id=run_id,
-            blueprint_id=meta[0] if meta else "",
-            node_id=node_id,
-            iteration=iteration,
-            resume=dict(data),
-        )
-        await self.enqueue_job(job, member)
-        return True
-
-    async def reconcile(self, run_id: str) -> set[str]:
-        """Re-enqueue the jobs of an unfinished run that were counted but never finished.
-
-        Safe at any time: a re-enqueued job whose result is stored only re-routes, and join
-        marks and fences make that idempotent. Returns the re-enqueued node ids. A run with
-        nothing in flight is ended as its last job would have ended it, and a run with a final
-        result is published again and gets what follows it (:meth:`end_links`): both repair a
-        crash in between.
-        """
-        final = await self.coordination.get(self.keys.final(run_id))
-        if final is not None:
-            # The crash may have come before the result was published, too (publishing is
-            # idempotent): clients polling the backend's status would wait forever.
-            await self._publish_result(run_id, str(orjson.loads(final)["status"]))
-            await self.end_links(run_id)
-            return set()
-        meta = await self._meta(run_id)
-        if meta is None:
-            raise JobRejected(f"run '{run_id}' has no recorded blueprint", run_id=run_id)
-        enqueued = await self.coordination.members(self.keys.enqueued(run_id))
-        done = await self.coordination.members(self.keys.done(run_id))
-        out: set[str] = set()
-        for member in sorted(enqueued - done):
-            node, iteration, role = parse_job_id(member)
-            extra: dict[str, Any] = {}
-            resume = None
-            if role.startswith("fb:"):
-                extra["rescues"] = role[3:]
-            elif role == "resume":
-                resume = await self.context.get(run_id, RESUME + member) or {}
-            job = JobPayload(
-                run_id=run_id,
-                blueprint_id=meta[0],
-                node_id=node,
-                iteration=iteration,
-                resume=resume,
-                extra=extra,
-            )
-            await self._enqueue(job.to_json())
-            out.add(node)
-        # Nothing in flight and not over: the last job died before ending the run, or a child
-        # run started awaiting unseen. (An awaiting run was ended already.)
-        if not out and enqueued and await self.context.get(run_id, STATUS) != "awaiting":
-            await self._quiescent(run_id)
-        return out
-
-    async def fire_due_timers(self, now: float | None = None) -> int:
-        """Wake every sleeping node whose time has come; how many were woken."""
-        now = time.time() if now is None else now
-        fired = 0
-        for timer in await self.coordination.members(self.keys.timers):
-            wake, run_id, node_id, iteration = _parse_timer(timer)
-            if wake > now:
-                continue
-            if (
-                await self.coordination.set_if_not_exist(
-                    self.keys.timer_fired(timer), "1", self.ttl
-                )
-                and await self.coordination.get(self.keys.final(run_id)) is None
-            ):
-                await self.resume_node(run_id, node_id, iteration, {})
-                fired += 1
-            await self.coordination.remove_from_set(self.keys.timers, timer)
-        return fired
+        """Stop listening for results, close the queue, then whatever the backend opened;
+        safe to call repeatedly."""
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None:
+            await waiter.close()
+        else:
+            await self.results.close()
+        await self.queue.close()
+        for closer in self.closers:
+            await closer()
 
     # ----------------------------------------------------------------- handling one job
 
@@ -484,18 +173,18 @@ class BaseDistributedAdapter(Orchestration, ABC):
             return
 
         async def renew() -> None:
-            await self._extend_lease(delivery, self.lease)
+            await self.queue.extend_lease(delivery, self.lease)
 
-        heartbeat = self._renewals.add(renew)
+        heartbeat = self.renewals.add(renew)
         try:
             await self._handle(delivery, payload, follow)
         except JobRejected as exc:
             await self._reject(delivery, payload.run_id, exc.message)
             return
         finally:
-            self._renewals.remove(heartbeat)
+            self.renewals.remove(heartbeat)
         if not delivery.settled:
-            await self._ack(delivery)
+            await self.queue.ack(delivery)
         bus = self.event_bus
         if bus is not None and bus.wants("job:processed"):
             bus.emit(
@@ -503,7 +192,7 @@ class BaseDistributedAdapter(Orchestration, ABC):
                 {**payload.to_dict(), "duration": time.monotonic() - started, "success": True},
             )
 
-    async def _give_up(self, delivery: Delivery, reason: str) -> None:
+    async def give_up(self, delivery: Delivery, reason: str) -> None:
         """Dead-letter a job delivered too often, and fail its run with the reason."""
         await self._reject(delivery, _run_id_of(delivery.body), reason, DeliveryLimitExceeded)
 
@@ -515,7 +204,7 @@ class BaseDistributedAdapter(Orchestration, ABC):
         kind: type[JobRejected] = JobRejected,
     ) -> None:
         _log.error("rejecting job: %s", reason)
-        await self._dead_letter(delivery, reason)
+        await self.queue.dead_letter(delivery, reason)
         if run_id:
             error = kind(reason, run_id=run_id, is_fatal=True)
             await self.publish_final(run_id, "failed", [error])
@@ -551,9 +240,7 @@ class BaseDistributedAdapter(Orchestration, ABC):
         if arrival is None:
             read = self._arrival_read(blueprint, run_id, node_id, iteration, result_key, role)
             context_keys = read.context_keys
-            arrival = await self._read_job(
-                run_id, list(read.keys), list(read.set_keys), _listed(context_keys)
-            )
+            arrival = await self._read_arrival(run_id, read)
         else:
             context_keys = _context_keys(blueprint, node_id, role)
         (final, meta, stored), (emitters, taken), data = arrival
@@ -589,12 +276,22 @@ class BaseDistributedAdapter(Orchestration, ABC):
         except ExpressionError as exc:
             # A condition or transform the evaluator rejected or failed on: the run fails
             # with the typed error naming the edge (the job itself is handled: it is acked).
-            error = failure_error(payload, exc)
+            error = as_error(payload, exc)
             bus = self.event_bus
             if bus is not None:
                 announce.node_error(bus, run_id, payload.blueprint_id, node_id, error)
             _log.error("run %s failed at node %s: %s", run_id, node_id, error)
             await self.publish_final(run_id, "failed", [error])
+
+    async def _read_arrival(self, run_id: str, read: ArrivalRead) -> Arrival:
+        if self.arrivals is not None:
+            return await self.arrivals.read_arrival(
+                run_id, read.keys, read.set_keys, read.context_keys
+            )
+        strings, sets = await self.coordination.read(read.keys, read.set_keys)
+        keys = read.context_keys
+        data = await self.context.get_many(run_id, keys) if keys else {}
+        return strings, sets, data
 
     def _arrival_read(
         self,
@@ -653,7 +350,7 @@ class BaseDistributedAdapter(Orchestration, ABC):
             await self.skip_unused_fallback(
                 payload, graph, payload.node_id, payload.iteration, work
             )
-            await self._settle(payload, graph, work)
+            await self.settle(payload, graph, work)
         await self.job_done(run_id, member)
 
     def _finished(self, payload: JobPayload, outcome: Outcome, rescues: str | None) -> None:
@@ -671,14 +368,15 @@ class BaseDistributedAdapter(Orchestration, ABC):
     async def _fast_hop(self, job: _Job, outcome: Outcome, record: str) -> bool:
         """Finish the job in the backend's one atomic step, if it has one and the hop allows;
         whether it did (see ``_hop.py`` for which hops qualify)."""
-        if type(self)._commit_hop is BaseDistributedAdapter._commit_hop:
+        hops = self.hops
+        if hops is None:
             return False
         payload, delivery = job.payload, job.delivery
-        hop = await self._plan_hop(job, outcome, record)
+        hop = await self._plan_hop(job, outcome, record, hops.reads_ahead)
         if hop is None:
             return False
-        commit = await self._commit_hop(delivery, hop)
-        if commit is None or commit.outcome == "slow":
+        commit = await hops.commit(delivery, hop)
+        if commit.outcome == "slow":
             return False
         delivery.next = commit.next
         bus = self.event_bus
@@ -688,12 +386,14 @@ class BaseDistributedAdapter(Orchestration, ABC):
                 if target.member in fired:
                     bus.emit("job:enqueued", orjson.loads(target.body))
         if commit.outcome == "quiescent":
-            await self._quiescent(payload.run_id)
+            await self.quiescent(payload.run_id)
         elif commit.outcome == "committed":
             delivery.settled = True
         return True
 
-    async def _plan_hop(self, job: _Job, outcome: Outcome, record: str) -> Hop | None:
+    async def _plan_hop(
+        self, job: _Job, outcome: Outcome, record: str, reads_ahead: bool
+    ) -> Hop | None:
         payload, graph, spec = job.payload, job.graph, job.spec
         result = outcome.result
         if spec.is_loop or spec.fallback is not None or graph.dynamic or result.dynamic_nodes:
@@ -726,7 +426,7 @@ class BaseDistributedAdapter(Orchestration, ABC):
             successor = self.successor_payload(payload, edge.target, target_iter)
             reserve = job.follow and not targets
             arrival = None
-            if reserve or self._reads_ahead:
+            if reserve or reads_ahead:
                 result_key = self.keys.result(run_id, edge.target, target_iter)
                 arrival = self._arrival_read(
                     job.blueprint, run_id, edge.target, target_iter, result_key, ""
@@ -813,30 +513,15 @@ class BaseDistributedAdapter(Orchestration, ABC):
         data[OUTPUTS + node_id] = result.output
         return data
 
-    async def park(self, payload: JobPayload, details: Mapping[str, Any]) -> None:
-        """Record an awaiting node (wait, webhook, sleep) and, for sleep, its timer."""
-        run_id, node_id = payload.run_id, payload.node_id
-        await self.context.set(run_id, AWAITING + node_id, dict(details))
-        if details.get("reason") == "timer":
-            wake = self.wake_time(details)
-            timer = f"{wake:.6f}|{orjson.dumps([run_id, node_id, payload.iteration]).decode()}"
-            await self.coordination.add_to_set(self.keys.timers, timer, self.ttl)
-        member = job_id(node_id, payload.iteration)
-        await self.coordination.add_to_set(self.keys.parked(run_id), member, self.ttl)
-
-    async def unpark(self, run_id: str, node_id: str) -> None:
-        """Forget an awaiting node's details once it completed."""
-        await self.context.delete(run_id, AWAITING + node_id)
-
     async def _check_version(
         self, payload: JobPayload, blueprint: Blueprint, raw_meta: str | None
     ) -> None:
-        meta = _parse_meta(raw_meta)
+        meta = parse_meta(raw_meta)
         if meta is None:
             # Started by a client that stored no version (a TS client). Such a client enqueues
             # every start job at once: all count as in flight before the version is recorded,
             # because a job that sees the version skips this branch and may finish at once.
-            for node in graph_of_blueprint(blueprint).start_nodes:
+            for node in graph_for(blueprint).start_nodes:
                 await self.coordination.add_to_set(
                     self.keys.enqueued(payload.run_id), job_id(node, 0), self.ttl
                 )
@@ -859,33 +544,12 @@ class BaseDistributedAdapter(Orchestration, ABC):
                         {"op": "set", "key": "blueprintVersion", "value": version},
                     ],
                 )
-            meta = await self._meta(payload.run_id)
+            meta = await self.meta(payload.run_id)
         if meta is not None and meta[1] != blueprint.version:
             raise JobRejected(
                 f"blueprint '{blueprint.id}' version mismatch: the run started with"
                 f" {meta[1]!r}, this worker has {blueprint.version!r}"
             )
-
-    async def _meta(self, run_id: str) -> tuple[str, str | None] | None:
-        return _parse_meta(await self.coordination.get(self.keys.meta(run_id)))
-
-    def _blueprint(self, blueprint_id: str) -> Blueprint:
-        try:
-            return self.blueprints[blueprint_id]
-        except KeyError:
-            raise JobRejected(f"blueprint '{blueprint_id}' is not registered") from None
-
-
-def graph_of_blueprint(blueprint: Blueprint) -> Graph:
-    """The static graph of a blueprint."""
-    return graph_for(blueprint)
-
-
-def _parse_meta(raw: str | None) -> tuple[str, str | None] | None:
-    if raw is None:
-        return None
-    blueprint_id, version = orjson.loads(raw)
-    return str(blueprint_id), version
 
 
 @dataclass(slots=True)  # not frozen, as the hop's classes (see _hop.py)
@@ -909,12 +573,8 @@ class _Job:
 
 def _context_keys(blueprint: Blueprint, node_id: str, role: str) -> list[str] | None:
     # What a job reads of the context when it arrives: its input's keys in the static graph.
-    static = graph_of_blueprint(blueprint).nodes.get(node_id)
+    static = graph_for(blueprint).nodes.get(node_id)
     return prefetch_keys(static) if static is not None and not role else None
-
-
-def _listed(keys: Sequence[str] | None) -> list[str] | None:
-    return None if keys is None else list(keys)
 
 
 def _run_id_of(body: str) -> str | None:
@@ -924,9 +584,3 @@ def _run_id_of(body: str) -> str | None:
         return None
     run_id = raw.get("runId") if isinstance(raw, dict) else None
     return run_id if isinstance(run_id, str) and run_id else None
-
-
-def _parse_timer(timer: str) -> tuple[float, str, str, int]:
-    wake, _, rest = timer.partition("|")
-    run_id, node_id, iteration = orjson.loads(rest)
-    return float(wake), str(run_id), str(node_id), int(iteration)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from flowcraft.distributed.adapter import BaseDistributedAdapter
+from flowcraft.distributed.adapter import DistributedAdapter
 from flowcraft.result import WorkflowResult
 
 __all__ = ["Client"]
@@ -21,7 +21,7 @@ class Client:
             jobs unless a :class:`~flowcraft.distributed.Worker` serves it).
     """
 
-    def __init__(self, adapter: BaseDistributedAdapter) -> None:
+    def __init__(self, adapter: DistributedAdapter) -> None:
         self.adapter = adapter
 
     async def start(

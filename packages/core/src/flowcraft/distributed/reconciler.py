@@ -7,7 +7,7 @@ import time
 from typing import Literal, TypedDict
 
 from flowcraft.distributed._keys import PROGRESS
-from flowcraft.distributed.adapter import BaseDistributedAdapter
+from flowcraft.distributed.adapter import DistributedAdapter
 
 __all__ = ["ReconcileStats", "Reconciler"]
 
@@ -32,7 +32,7 @@ class Reconciler:
     progress time.
     """
 
-    def __init__(self, adapter: BaseDistributedAdapter, *, stalled_after: float = 300.0) -> None:
+    def __init__(self, adapter: DistributedAdapter, *, stalled_after: float = 300.0) -> None:
         self.adapter = adapter
         self.stalled_after = stalled_after
 
@@ -43,14 +43,19 @@ class Reconciler:
         stats: ReconcileStats = {"scanned": 0, "stalled": 0, "reconciled": 0, "failed": 0}
         for run_id in sorted(await adapter.coordination.members(adapter.keys.runs)):
             stats["scanned"] += 1
-            progress = await adapter.context.get(run_id, PROGRESS)
-            if not isinstance(progress, int | float) or now - progress < self.stalled_after:
+            progress = await self.last_progress(run_id)
+            if progress is None or now - progress < self.stalled_after:
                 continue
             stats["stalled"] += 1
             outcome = await self.reconcile_stalled(run_id, progress)
             if outcome != "skipped":
                 stats[outcome] += 1
         return stats
+
+    async def last_progress(self, run_id: str) -> float | None:
+        """Epoch seconds of the run's last stored progress (its start or a node's result)."""
+        progress = await self.adapter.context.get(run_id, PROGRESS)
+        return float(progress) if isinstance(progress, int | float) else None
 
     async def reconcile_stalled(
         self, run_id: str, episode: object

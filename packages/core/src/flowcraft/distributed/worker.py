@@ -9,7 +9,7 @@ import time
 from types import TracebackType
 
 from flowcraft.distributed._protocols import Delivery
-from flowcraft.distributed.adapter import BaseDistributedAdapter
+from flowcraft.distributed.adapter import DistributedAdapter
 from flowcraft.errors import ConnectionFailed
 
 __all__ = ["Worker"]
@@ -50,7 +50,7 @@ class Worker:
 
     def __init__(
         self,
-        adapter: BaseDistributedAdapter,
+        adapter: DistributedAdapter,
         *,
         concurrency: int = 8,
         receive_wait: float = 0.2,
@@ -109,7 +109,7 @@ class Worker:
                     await self._slots.acquire()
                     slots += 1
                 try:
-                    deliveries = await self.adapter._receive(slots, self.receive_wait)
+                    deliveries = await self.adapter.queue.receive(slots, self.receive_wait)
                 except Exception as exc:
                     self._release_slots(slots)
                     if _cancel_pending():
@@ -156,7 +156,7 @@ class Worker:
                 return
             if self._stopping:
                 # A successor reserved just before stop() is handed back like an unfinished job.
-                await self.adapter._release(current)
+                await self.adapter.queue.release(current)
                 return
             if task is not None:
                 self._jobs[task] = current
@@ -191,7 +191,7 @@ class Worker:
                     # Not acked: the queue redelivers it after the lease.
                     _log.exception("job failed in the backend; it will be redelivered")
                     try:
-                        await self.adapter._unsettled(delivery)
+                        await self.adapter.queue.unsettled(delivery, self.adapter.lease)
                     except Exception:
                         _log.exception("could not hand a failed job back to the queue")
                     return
@@ -204,7 +204,7 @@ class Worker:
 
     async def _give_up(self, delivery: Delivery, reason: str) -> None:
         try:
-            await self.adapter._give_up(delivery, reason)
+            await self.adapter.give_up(delivery, reason)
         except Exception:
             # Not dead-lettered: it comes back after the lease, and is given up on again.
             _log.exception("could not dead-letter a job delivered too often")
@@ -235,7 +235,7 @@ class Worker:
             self._main.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._main
-        await self.adapter.stop_receiving()
+        await self.adapter.queue.stop_receiving()
         running = dict(self._jobs)
         if running:
             _, pending = await asyncio.wait(running, timeout=timeout)
@@ -247,12 +247,12 @@ class Worker:
                 await asyncio.wait(pending, timeout=max(timeout, 1.0))
             for task in pending:
                 with contextlib.suppress(Exception):
-                    await self.adapter._release(running[task])
+                    await self.adapter.queue.release(running[task])
 
     def kill(self) -> None:
         """Die abruptly, as under SIGKILL: nothing is acked or released (for fault tests)."""
         self._stopping = True
-        self.adapter.abandon()
+        self.adapter.queue.abandon()
         for task in list(self._jobs):
             task.cancel()
         if self._main is not None:

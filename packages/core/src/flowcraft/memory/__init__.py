@@ -3,7 +3,9 @@
 from flowcraft.memory.adapter import JoinTimeout, MemoryAdapter, MemoryBackend
 from flowcraft.memory.context import MemoryContextStore
 from flowcraft.memory.coordination import MemoryCoordinationStore
+from flowcraft.memory.hop import MemoryHopCommitter
 from flowcraft.memory.queue import DeadLetter, MemoryQueue
+from flowcraft.memory.results import MemoryResultChannel
 
 __all__ = [
     "DeadLetter",
@@ -12,5 +14,7 @@ __all__ = [
     "MemoryBackend",
     "MemoryContextStore",
     "MemoryCoordinationStore",
+    "MemoryHopCommitter",
     "MemoryQueue",
+    "MemoryResultChannel",
 ]

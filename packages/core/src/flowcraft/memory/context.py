@@ -8,23 +8,18 @@ from typing import Any
 
 import orjson
 
-from flowcraft.errors import SerializationError
+from flowcraft.distributed._storage import encode_value, patch_writes
 from flowcraft.node import PatchOperation
 
 __all__ = ["MemoryContextStore"]
 
 
-def _encode(key: str, value: Any) -> bytes:
-    # Values are kept encoded so the reference backend has the same JSON semantics (and
-    # copy-on-read isolation) as a real one.
-    try:
-        return orjson.dumps(value)
-    except TypeError as exc:
-        raise SerializationError(f"context key '{key}': value is not JSON: {exc}") from exc
-
-
 class MemoryContextStore:
-    """A :class:`~flowcraft.distributed.ContextStore` over dicts of JSON bytes."""
+    """A :class:`~flowcraft.distributed.ContextStore` over dicts of JSON bytes.
+
+    Values are kept encoded so the reference backend has the same JSON semantics (and
+    copy-on-read isolation) as a real one.
+    """
 
     def __init__(self) -> None:
         self._runs: dict[str, dict[str, bytes]] = {}
@@ -36,7 +31,7 @@ class MemoryContextStore:
         return None if raw is None else orjson.loads(raw)
 
     async def set(self, run_id: str, key: str, value: Any) -> None:
-        raw = _encode(key, value)
+        raw = encode_value(key, value)
         with self._lock:
             self._runs.setdefault(run_id, {})[key] = raw
 
@@ -49,30 +44,26 @@ class MemoryContextStore:
             return self._runs.get(run_id, {}).pop(key, None) is not None
 
     async def get_many(self, run_id: str, keys: Iterable[str]) -> dict[str, Any]:
+        return self.fields(run_id, keys)
+
+    def fields(self, run_id: str, keys: Iterable[str]) -> dict[str, Any]:
+        """The present ``keys``, synchronously (the hop step reads a successor's input)."""
         with self._lock:
             data = self._runs.get(run_id, {})
             found = {k: data[k] for k in keys if k in data}
         return {k: orjson.loads(v) for k, v in found.items()}
 
     async def patch(self, run_id: str, operations: Iterable[PatchOperation]) -> None:
-        staged: list[tuple[str, bytes | None]] = []
-        for op in operations:
-            kind, key = op.get("op"), op.get("key")
-            if kind not in ("set", "delete") or not isinstance(key, str):
-                raise ValueError(f"invalid patch operation {op!r}: need op set/delete and a key")
-            if kind == "set":
-                if "value" not in op:
-                    raise ValueError(f"patch operation {op!r} sets no value")
-                staged.append((key, _encode(key, op["value"])))
-            else:
-                staged.append((key, None))
+        sets, deletes = patch_writes(operations)
         with self._lock:
-            data = self._runs.setdefault(run_id, {})
-            for key, raw in staged:
-                if raw is None:
-                    data.pop(key, None)
-                else:
-                    data[key] = raw
+            self.apply(run_id, sets, deletes)
+
+    def apply(self, run_id: str, sets: dict[str, bytes], deletes: list[str]) -> None:
+        """Write validated, encoded values (the caller holds the lock or is the hop step)."""
+        data = self._runs.setdefault(run_id, {})
+        for key in deletes:
+            data.pop(key, None)
+        data.update(sets)
 
     async def to_dict(self, run_id: str) -> dict[str, Any]:
         with self._lock:

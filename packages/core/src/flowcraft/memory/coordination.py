@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
-__all__ = ["MemoryCoordinationStore"]
+__all__ = ["MemoryCoordinationStore", "Step"]
 
 
 class MemoryCoordinationStore:
@@ -91,7 +92,45 @@ class MemoryCoordinationStore:
         with self._lock:
             self._data.pop(key, None)
 
+    @contextlib.contextmanager
+    def step(self) -> Iterator[Step]:
+        """Several operations as one atomic step (the reference hop step uses it)."""
+        with self._lock:
+            yield Step(self)
+
     def purge(self) -> None:
         """Forget every key."""
         with self._lock:
             self._data.clear()
+
+
+class Step:
+    """Synchronous operations inside :meth:`MemoryCoordinationStore.step` (lock held)."""
+
+    __slots__ = ("_store",)
+
+    def __init__(self, store: MemoryCoordinationStore) -> None:
+        self._store = store
+
+    def get(self, key: str) -> str | None:
+        value = self._store._live(key)
+        return None if value is None or isinstance(value, set) else str(value)
+
+    def members(self, key: str) -> set[str]:
+        value = self._store._live(key)
+        return set(value) if isinstance(value, set) else set()
+
+    def set(self, key: str, value: str, ttl: float) -> None:
+        self._store._data[key] = (value, time.monotonic() + ttl)
+
+    def set_if_not_exist(self, key: str, value: str, ttl: float) -> bool:
+        if self._store._live(key) is not None:
+            return False
+        self.set(key, value, ttl)
+        return True
+
+    def add(self, key: str, member: str, ttl: float) -> int:
+        members = self.members(key)
+        members.add(member)
+        self._store._data[key] = (members, time.monotonic() + ttl)
+        return len(members)

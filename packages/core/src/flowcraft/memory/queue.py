@@ -1,4 +1,8 @@
-"""``MemoryQueue``: at-least-once delivery with leases, delays and a dead-letter list."""
+"""``MemoryQueue``: at-least-once delivery with leases and a dead-letter list.
+
+The reference :class:`~flowcraft.distributed.Queue`; one instance is shared by every adapter
+of a :class:`~flowcraft.memory.MemoryBackend`, as one broker queue is by every worker.
+"""
 
 from __future__ import annotations
 
@@ -45,13 +49,24 @@ class MemoryQueue:
         self._ids = itertools.count(1)
         self._changed = asyncio.Event()
 
-    def put(self, body: str, delay: float = 0.0) -> None:
-        """Enqueue a job visible after ``delay`` seconds."""
-        message = _Message(next(self._ids), body, time.monotonic() + delay)
+    def put(self, body: str) -> None:
+        """Enqueue a job (synchronously, for tests injecting raw bodies)."""
+        message = _Message(next(self._ids), body, time.monotonic())
         self._messages[message.id] = message
         self._changed.set()
 
-    def _take(self, max_jobs: int) -> list[Delivery]:
+    def leased(self, body: str) -> Delivery:
+        """Enqueue a job already delivered once and leased to the caller (a reservation)."""
+        message = _Message(next(self._ids), body, time.monotonic() + self.visibility, 1)
+        self._messages[message.id] = message
+        return Delivery(body, message.id, 1)
+
+    async def enqueue(self, body: str) -> None:
+        """Enqueue a job."""
+        self.put(body)
+
+    def take(self, max_jobs: int) -> list[Delivery]:
+        """Up to ``max_jobs`` visible jobs, leased now (no waiting)."""
         now = time.monotonic()
         out: list[Delivery] = []
         for message in sorted(self._messages.values(), key=lambda m: (m.visible_at, m.id)):
@@ -72,7 +87,7 @@ class MemoryQueue:
         """Up to ``max_jobs`` visible jobs, waiting up to ``wait`` s for one."""
         deadline = time.monotonic() + wait
         while True:
-            out = self._take(max_jobs)
+            out = self.take(max_jobs)
             if out:
                 return out
             remaining = deadline - time.monotonic()
@@ -85,27 +100,43 @@ class MemoryQueue:
                     self._changed.wait(), max(0.001, min(remaining, soonest - time.monotonic()))
                 )
 
-    def ack(self, handle: int) -> None:
+    async def ack(self, delivery: Delivery) -> None:
         """Remove a job for good."""
-        self._messages.pop(handle, None)
+        self.settle(delivery)
 
-    def dead_letter(self, handle: int, body: str, reason: str) -> None:
+    def settle(self, delivery: Delivery) -> None:
+        """Remove a job for good (synchronously: the hop step acks inside its atomic step)."""
+        self._messages.pop(delivery.handle, None)
+
+    async def dead_letter(self, delivery: Delivery, reason: str) -> None:
         """Move a job to :attr:`dead_letters`."""
-        self._messages.pop(handle, None)
-        self.dead_letters.append(DeadLetter(body, reason))
+        self._messages.pop(delivery.handle, None)
+        self.dead_letters.append(DeadLetter(delivery.body, reason))
 
-    def release(self, handle: int) -> None:
+    async def release(self, delivery: Delivery) -> None:
         """Make a job visible again now."""
-        message = self._messages.get(handle)
+        message = self._messages.get(delivery.handle)
         if message is not None:
             message.visible_at = time.monotonic()
             self._changed.set()
 
-    def extend(self, handle: int, seconds: float) -> None:
+    async def unsettled(self, delivery: Delivery, lease: float) -> None:
+        """Nothing to do: an unrenewed lease runs out by itself."""
+
+    async def extend_lease(self, delivery: Delivery, seconds: float) -> None:
         """Keep a received job invisible ``seconds`` longer from now."""
-        message = self._messages.get(handle)
+        message = self._messages.get(delivery.handle)
         if message is not None:
             message.visible_at = time.monotonic() + seconds
+
+    async def stop_receiving(self) -> None:
+        """Nothing to do: nothing is prefetched."""
+
+    def abandon(self) -> None:
+        """Nothing to do: leases are not renewed in the background."""
+
+    async def close(self) -> None:
+        """Nothing to close: the queue outlives its adapters."""
 
     def __len__(self) -> int:
         return len(self._messages)

@@ -12,9 +12,9 @@ from functools import cached_property
 
 from redis.commands.core import AsyncScript
 
-from flowcraft_redis._batch import BatchedStore, Command
-from flowcraft_redis._errors import text, translated
-from flowcraft_redis._token import token
+from flowcraft.backend import write_token as token
+from flowcraft_redis_store.batch import BatchedStore, Command
+from flowcraft_redis_store.errors import text, translated
 
 __all__ = ["RedisCoordinationStore"]
 
@@ -52,7 +52,7 @@ def _ms(ttl: float) -> int:
 class RedisCoordinationStore(BatchedStore):
     """A :class:`~flowcraft.distributed.CoordinationStore` on plain Redis keys; every key gets
     ``settings.coordination_prefix`` (arguments: those of
-    :class:`~flowcraft_redis._batch.BatchedStore`)."""
+    :class:`~flowcraft_redis_store.batch.BatchedStore`)."""
 
     @cached_property
     def _get(self) -> AsyncScript:

@@ -6,31 +6,29 @@ local redis-server.
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 from typing import Any
 
 import redis as sync_redis
 
+from backends.redis import Fixture as RedisFixture
 from flowcraft_redis import RedisStreamsAdapter
-
-# The BullMQ fixture module sits beside this one; contract fixtures are loaded by path.
-_path = Path(__file__).with_name("redis.py")
-_spec = importlib.util.spec_from_file_location("_contract_redis", _path)
-assert _spec is not None and _spec.loader is not None
-_redis = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_redis)
 
 __all__ = ["Fixture"]
 
 
-class Fixture(_redis.Fixture):  # type: ignore[name-defined,misc]
+class Fixture(RedisFixture):
     """The BullMQ fixture with the Streams adapter, its dead-letter stream and raw entries."""
 
     name = "redis-streams"
     adapter_class = RedisStreamsAdapter
     carries_raw_text = True
     """Stream entries hold the job's text as it was written, JSON or not."""
+
+    def queued_jobs(self, deployment: Any) -> int:
+        """Entries in the stream (pending ones included) and reservations."""
+        base = deployment.settings.queue_name
+        with sync_redis.Redis.from_url(self.url) as client:
+            return int(client.xlen(f"{base}:jobs") + client.zcard(f"{base}:delayed"))
 
     def dead_letters(self, deployment: Any) -> list[str]:
         """Reasons recorded on the dead-letter stream."""

@@ -53,6 +53,12 @@ class RedisSettings:
             (probes after 5 s idle, every 2 s, 3 lost: about 11 s). redis-py pays for a
             per-command timeout with a task and a timer on every command, about a third of
             the client's CPU per round trip here (see ``benchmarks/RESULTS.md``).
+        max_connections: Most connections one client's pool opens. The pool blocks: a
+            burst of commands waits for a free connection, it never fails for want of one.
+            Most traffic shares one pipelined connection besides (``batch.py``), and result
+            waits one subscription.
+        client_name: ``CLIENT SETNAME`` of every connection (empty: none), to tell a
+            process's connections apart in ``CLIENT LIST``.
     """
 
     url: str = DEFAULT_URL
@@ -64,6 +70,8 @@ class RedisSettings:
     lease_seconds: float = 30.0
     retries: int = 10
     socket_timeout: float = 0.0
+    max_connections: int = 16
+    client_name: str = ""
 
     @classmethod
     def from_env(cls, **overrides: Any) -> RedisSettings:
@@ -84,8 +92,10 @@ class RedisSettings:
         set here. ``BusyLoadingError`` is a ``ConnectionError``: a restarted server replaying
         its append-only file is waited for too.
         """
-        return aioredis.Redis.from_url(
+        pool = aioredis.BlockingConnectionPool.from_url(
             self.url,
+            max_connections=self.max_connections,
+            timeout=None,
             decode_responses=False,
             retry=self.retry(),
             retry_on_error=[ConnectionError, TimeoutError],
@@ -93,7 +103,9 @@ class RedisSettings:
             socket_connect_timeout=_CONNECT_TIMEOUT,
             socket_keepalive=True,
             socket_keepalive_options=_KEEPALIVE,
+            client_name=self.client_name or None,
         )
+        return aioredis.Redis.from_pool(pool)
 
     def namespaced(self, tag: str) -> RedisSettings:
         """These settings with a queue and key prefixes of their own, ``tag`` in each: for

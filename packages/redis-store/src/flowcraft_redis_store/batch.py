@@ -25,8 +25,8 @@ from redis.asyncio.retry import Retry
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError, NoScriptError
 
-from flowcraft_redis._settings import RedisSettings
-from flowcraft_redis._wire import wire_for
+from flowcraft_redis_store.settings import RedisSettings
+from flowcraft_redis_store.wire import wire_for
 
 __all__ = ["BatchedStore", "Batcher", "Command", "pairs"]
 

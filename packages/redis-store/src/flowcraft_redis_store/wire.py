@@ -116,9 +116,11 @@ class Wire:
         timeout: float | None = None,
         keepalive: Mapping[int, int] | None = None,
         encoding: str | None = None,
+        client_name: str | None = None,
     ) -> None:
         self._address = (host, port, path)
         self._db = db
+        self._client_name = client_name
         self._auth = (username, password)
         self._connect_timeout = connect_timeout
         self.timeout = timeout
@@ -199,6 +201,8 @@ class Wire:
                 )
             if self._db:
                 setup.append(("SELECT", self._db))
+            if self._client_name:
+                setup.append(("CLIENT", "SETNAME", self._client_name))
             if setup:
                 for reply in await protocol.send(_pack(setup), len(setup)):
                     if isinstance(reply, ResponseError):
@@ -233,6 +237,7 @@ def wire_for(connection_class: type, kwargs: Mapping[str, Any]) -> Wire | None:
         "password": kwargs.get("password"),
         "connect_timeout": float(kwargs.get("socket_connect_timeout") or 5.0),
         "timeout": float(timeout) if timeout else None,
+        "client_name": kwargs.get("client_name"),
         "encoding": str(kwargs.get("encoding") or "utf-8")
         if kwargs.get("decode_responses")
         else None,

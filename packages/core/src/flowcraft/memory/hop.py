@@ -1,0 +1,83 @@
+"""``MemoryHopCommitter``: the reference of the one-step hop (``flowcraft.backend.Hop``).
+
+Plain Python over the memory stores, run without an await, so nothing else of this process
+interleaves with it: the same all-or-nothing step the Redis transports make in one Lua script
+(``flowcraft_redis/hop.py``), written to be read. A backend with server-side transactions
+implements this, step for step.
+"""
+
+from __future__ import annotations
+
+from flowcraft.distributed._hop import ArrivalRead, Hop, HopCommit
+from flowcraft.distributed._protocols import Arrival, Delivery
+from flowcraft.distributed._storage import patch_writes
+from flowcraft.memory.context import MemoryContextStore
+from flowcraft.memory.coordination import MemoryCoordinationStore, Step
+from flowcraft.memory.queue import MemoryQueue
+
+__all__ = ["MemoryHopCommitter"]
+
+
+class MemoryHopCommitter:
+    """Applies hops to a memory backend's stores and queue in one step."""
+
+    reads_ahead = False
+
+    def __init__(
+        self,
+        queue: MemoryQueue,
+        context: MemoryContextStore,
+        coordination: MemoryCoordinationStore,
+    ) -> None:
+        self._queue = queue
+        self._context = context
+        self._coordination = coordination
+
+    async def commit(self, delivery: Delivery, hop: Hop) -> HopCommit:
+        """Apply ``hop`` and ack ``delivery``, or answer ``slow`` having changed nothing."""
+        # Validated first: an invalid patch must leave everything unchanged.
+        sets, deletes = patch_writes(hop.context_ops)
+        ttl = hop.ttl
+        with self._coordination.step() as step:
+            # A result stored already (a redelivery, a race) or a graph changed by spliced
+            # nodes: the generic path decides what to do.
+            if step.get(hop.result_key) is not None or step.members(hop.dynamic):
+                return HopCommit("slow")
+            step.set(hop.result_key, hop.result_record, ttl)
+            self._context.apply(hop.run_id, sets, deletes)
+            for target in hop.targets:
+                step.add(target.taken, target.mark, ttl)
+                step.add(target.resolved, target.source, ttl)
+            fired: list[str] = []
+            reserved: Delivery | None = None
+            for target in hop.targets:
+                if target.preds and not set(target.preds) <= step.members(target.resolved):
+                    step.add(hop.pending, target.member, ttl)
+                    continue
+                step.add(hop.enqueued, target.member, ttl)
+                if step.set_if_not_exist(target.fence, "fired", ttl):
+                    if target.reserve and target.arrival is not None:
+                        reserved = self._queue.leased(target.body)
+                        reserved.arrival = self._read(step, hop.run_id, target.arrival)
+                    else:
+                        self._queue.put(target.body)
+                    fired.append(target.member)
+                elif step.get(target.fence) == "skipped":
+                    step.add(hop.done, target.member, ttl)
+            done = step.add(hop.done, hop.member, ttl)
+            enqueued = step.add(hop.enqueued, hop.member, ttl)
+            following = reserved
+            if following is None and hop.follow:
+                taken = self._queue.take(1)
+                following = taken[0] if taken else None
+            if done >= enqueued:
+                # The run may be over: the adapter ends it, then acks the job.
+                return HopCommit("quiescent", fired, following)
+            self._queue.settle(delivery)
+            return HopCommit("committed", fired, following)
+
+    def _read(self, step: Step, run_id: str, read: ArrivalRead) -> Arrival:
+        strings = [step.get(key) for key in read.keys]
+        sets = [step.members(key) for key in read.set_keys]
+        keys = read.context_keys
+        return strings, sets, self._context.fields(run_id, keys) if keys else {}
