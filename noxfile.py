@@ -72,14 +72,16 @@ def example(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Benchmarks; results go to benchmarks/results/. ``nox -s bench -- redis`` for Redis."""
+    """Benchmarks; results go to benchmarks/results/. ``./run bench -- <backend>`` runs
+    ``benchmarks/bench_<backend>.py`` (e.g. ``redis``); without a backend, the in-memory one."""
     args = list(session.posargs)
     # `./run bench -- redis` hands nox a second "--", which reaches the posargs.
     if args[:1] == ["--"]:
         args = args[1:]
-    if args[:1] == ["redis"]:
+    script = ROOT / "benchmarks" / f"bench_{args[0].replace('-', '_')}.py" if args else None
+    if script is not None and script.exists():
         _install_packages(session, "-e", SERVICES)
-        session.run("python", "benchmarks/bench_redis.py", *args[1:])
+        session.run("python", str(script.relative_to(ROOT)), *args[1:])
         return
     _install_packages(session)
     session.run("python", "benchmarks/bench_inmem.py", "--ts", *args)
