@@ -13,9 +13,11 @@ with a node that got some but not all of what its join needs.
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import inspect
 import logging
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from flowcraft.blueprint import NodeDefinition
@@ -27,10 +29,16 @@ from flowcraft.errors import (
     NodeExecutionError,
     WorkflowCancelled,
 )
-from flowcraft.node import CancelSignal, NodeContext, NodeResult
+from flowcraft.node import CancelSignal, NodeContext, NodeResult, to_node_result
 from flowcraft.result import WorkflowStatus
 from flowcraft.runtime import _announce as announce
-from flowcraft.runtime._executor import Attempts, Invoker, invoker_for, run_with_middleware
+from flowcraft.runtime._executor import (
+    Attempts,
+    Invoker,
+    invoker_for,
+    run_with_middleware,
+    threaded_body,
+)
 from flowcraft.runtime._graph import Graph, NodeSpec
 from flowcraft.runtime._inputs import resolve_inputs
 from flowcraft.runtime._routing import (
@@ -39,6 +47,7 @@ from flowcraft.runtime._routing import (
     routing_edges,
     select_edges,
 )
+from flowcraft.runtime._threads import run_in_thread
 
 if TYPE_CHECKING:
     from flowcraft.runtime.runtime import FlowRuntime
@@ -55,6 +64,10 @@ _DEAD = -1
 _MISSING: Any = object()
 _Rescue = tuple[str, Any, FlowcraftError]
 """A pending rescue: the failed primary, its input and its error."""
+_Step = tuple[str, NodeSpec, Callable[[NodeContext], Any]]
+"""One node of a chain run in a worker thread: its id, its spec and its sync function."""
+# A listener of these sees each node when the loop handles it, so nodes are not chained for it.
+_LIVE_EVENTS = ("node:start", "node:finish", "context:change")
 
 COMPLETED = "completed"
 SKIPPED = "skipped"
@@ -63,6 +76,10 @@ AWAITING = "awaiting"
 RUNNING = "running"
 READY = "ready"
 RESCUED = "rescued"
+
+
+def _single_attempt(attempts: Attempts) -> bool:
+    return attempts.max_attempts == 1 and attempts.timeout is None
 
 
 class _NoSignal:
@@ -229,6 +246,13 @@ class Run:
         ctx = self._context_for(node_id, spec, value)
         try:
             invoker, attempts = self._prepare(node_id, spec)
+            if rescues is None and not self.middleware:
+                body = threaded_body(invoker)
+                if body is not None and _single_attempt(attempts) and self._may_chain():
+                    chain = self._chain_from(node_id, spec, body)
+                    if chain is not None:
+                        await self._run_chain(chain, ctx)
+                        return
             if self.middleware:
 
                 async def core() -> NodeResult:
@@ -250,6 +274,158 @@ class Run:
             self.state[node_id] = AWAITING
             return
         self.complete(node_id, spec, result, rescues=rescues)
+
+    # ----------------------------------------------------------------- chains of sync nodes
+
+    def _may_chain(self) -> bool:
+        bus = self.bus
+        return bus is None or not any(bus.wants(event) for event in _LIVE_EVENTS)
+
+    def _chain_from(
+        self, node_id: str, spec: NodeSpec, body: Callable[[NodeContext], Any]
+    ) -> list[_Step] | None:
+        """The chain of threaded sync nodes starting at ``node_id``, or None if it is just that
+        node.
+
+        Each next node is the only target of the previous one's only, unconditional edge, has
+        no other predecessor and takes that predecessor's output as its input unchanged: what
+        runs it next is then known before its predecessor ran, whatever the result.
+        """
+        steps: list[_Step] = [(node_id, spec, body)]
+        nodes = self.graph.nodes
+        while True:
+            if spec.fallback is not None or spec.is_loop or len(spec.routing_edges) != 1:
+                break
+            if not spec.unconditional:
+                break
+            target = spec.routing_edges[0][1].target
+            spec = nodes[target]
+            if (
+                len(spec.preds) != 1
+                or spec.has_in_transform
+                or spec.definition.inputs is not None
+                or spec.is_loop
+                or target in self.graph.primaries
+                or self.state.get(target)
+            ):
+                break
+            try:
+                invoker, attempts = self._prepare(target, spec)
+            except Exception:
+                break  # the node fails when the engine runs it itself
+            following = threaded_body(invoker)
+            if following is None or not _single_attempt(attempts):
+                break
+            steps.append((target, spec, following))
+        return steps if len(steps) > 1 else None
+
+    async def _run_chain(self, steps: list[_Step], ctx: NodeContext) -> None:
+        """Run a chain of sync nodes in one worker thread, then complete them here in order.
+
+        The chain costs one thread hop instead of one per node, and the loop stays free
+        meanwhile. The thread stops at a failure, or once the run is halted.
+        """
+        outcomes: list[Any] = []
+        try:
+            await run_in_thread(
+                self._chain_in_thread, steps, ctx, len(self.graph.dynamic), outcomes
+            )
+        except asyncio.CancelledError:
+            # The nodes the thread finished before the cancellation keep their completion, as
+            # in hops of their own; the one it is still running is abandoned.
+            self._complete_chain(steps, ctx, outcomes[:])
+            raise
+        pending = self._complete_chain(steps, ctx, outcomes)
+        if pending is not None:
+            node_id, spec, value, awaitable = pending
+            outcome: NodeResult | BaseException
+            try:
+                outcome = to_node_result(await awaitable)
+            except BaseException as exc:
+                outcome = exc
+            self._chained_outcome(node_id, spec, value, outcome)
+
+    def _complete_chain(
+        self, steps: list[_Step], ctx: NodeContext, outcomes: list[Any]
+    ) -> tuple[str, NodeSpec, Any, Any] | None:
+        """Complete each node the thread ran, in order; the last one's awaitable, if it gave
+        one, is returned with its node id, spec and input for the caller to await."""
+        ready = self._ready
+        bus = self.bus
+        value = ctx.input
+        last = len(outcomes) - 1
+        for index, outcome in enumerate(outcomes):
+            node_id = steps[index][0]
+            spec = self.graph.nodes[node_id]
+            if index:
+                self.state[node_id] = RUNNING
+                value = self.data.get(OUTPUTS + steps[index - 1][0])
+                if bus is not None:
+                    announce.node_start(bus, self.run_id, self.blueprint_id, node_id, value)
+            if not isinstance(outcome, NodeResult | BaseException):
+                return node_id, spec, value, outcome
+            result = self._chained_outcome(node_id, spec, value, outcome)
+            if result is None or index == last:
+                return None
+            following = steps[index + 1][0]
+            if self.halted and not self.state.get(following):
+                # The run stopped after the thread ran the next node (it checks before each):
+                # that node's completion stands, as it would have in a hop of its own.
+                self._route(node_id, spec, result, None)
+            # The completion routed to exactly the next node, unless a spliced dynamic node
+            # changed the graph meanwhile: the engine then runs the next node when it is due.
+            if not ready or ready[-1] != following or self.state.get(following) != READY:
+                return None
+            ready.pop()
+            if self._continuing:
+                self._resume_loops()
+        return None
+
+    def _chained_outcome(
+        self, node_id: str, spec: NodeSpec, value: Any, outcome: NodeResult | BaseException
+    ) -> NodeResult | None:
+        """Complete a chained node, or fail it, as ``_run_node`` does; its result if it
+        completed."""
+        if isinstance(outcome, WorkflowCancelled):
+            self.cancelled = True
+            return None
+        if isinstance(outcome, Exception):
+            self._fail(node_id, spec, outcome, value)
+            return None
+        if isinstance(outcome, BaseException):
+            raise outcome
+        if self.awaiting and node_id in self.awaiting:
+            self.state[node_id] = AWAITING
+            return None
+        self.complete(node_id, spec, outcome)
+        return outcome
+
+    def _chain_in_thread(
+        self, steps: list[_Step], ctx: NodeContext, dynamic: int, outcomes: list[Any]
+    ) -> None:
+        # Each outcome is a NodeResult, the exception the node raised, or the awaitable a sync
+        # function returned (the loop awaits it), appended as soon as the node ends.
+        output: Any = None
+        for index, (node_id, spec, body) in enumerate(steps):
+            if index:
+                # A spliced dynamic node may have changed what follows; the loop decides then.
+                if self.halted or len(self.graph.dynamic) != dynamic:
+                    return
+                ctx = self._context_for(node_id, spec, output)
+            try:
+                # Each node gets its own copy of the context variables, as in a hop of its own.
+                value = contextvars.copy_context().run(body, ctx)
+                if inspect.isawaitable(value):
+                    outcomes.append(value)
+                    return
+                result = to_node_result(value)
+            except BaseException as exc:  # handed to the loop, which fails the node with it
+                outcomes.append(exc)
+                return
+            outcomes.append(result)
+            if result.dynamic_nodes or node_id in self.awaiting:
+                return
+            output = result.output
 
     def _prepare(self, node_id: str, spec: NodeSpec) -> tuple[Invoker, Attempts]:
         # The invoker and retry policy are kept on the spec while the implementation and the

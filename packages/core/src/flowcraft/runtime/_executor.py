@@ -12,10 +12,10 @@ from typing import Any
 from flowcraft.errors import FlowcraftError, NodeExecutionError, NodeTimeoutError, WorkflowCancelled
 from flowcraft.events import EventBus
 from flowcraft.middleware import Middleware
-from flowcraft.node import Node, NodeContext, NodeResult, to_node_result
+from flowcraft.node import Node, NodeContext, NodeResult, is_inline, to_node_result
 from flowcraft.runtime._threads import run_in_thread
 
-__all__ = ["Invoker", "invoker_for", "run_with_middleware"]
+__all__ = ["Invoker", "invoker_for", "run_with_middleware", "threaded_body"]
 
 _log = logging.getLogger("flowcraft.runtime")
 
@@ -36,16 +36,25 @@ class Attempts:
         self.bus = bus
 
 
-def _is_async(fn: Any) -> bool:
-    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+# How a node's callable runs: awaited on the loop, called on the loop (sync, opted in with
+# @inline), or called in a worker thread (sync, the default).
+_ASYNC = 0
+_INLINE = 1
+_THREAD = 2
+
+
+def _mode(fn: Any, inline: bool = False) -> int:
+    if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
         getattr(fn, "__call__", None)  # noqa: B004 - async callable objects
-    )
+    ):
+        return _ASYNC
+    return _INLINE if inline or is_inline(fn) else _THREAD
 
 
-async def _call(fn: Callable[..., Any], is_async: bool, *args: Any) -> Any:
-    if is_async:
+async def _call(fn: Callable[..., Any], mode: int, *args: Any) -> Any:
+    if mode == _ASYNC:
         return await fn(*args)
-    value = await run_in_thread(fn, *args)
+    value = fn(*args) if mode == _INLINE else await run_in_thread(fn, *args)
     if inspect.isawaitable(value):
         value = await value
     return value
@@ -107,22 +116,38 @@ async def _retrying(
             attempt += 1
 
 
+# Kept on the invoker itself: a registry would keep the invokers of uncached implementations.
+_BODY = "_flowcraft_threaded_body"
+
+
+def threaded_body(invoker: Invoker) -> Callable[[NodeContext], Any] | None:
+    """The sync function behind ``invoker`` if it runs in a worker thread, else None.
+
+    The engine calls such functions itself to run a chain of them in one thread hop.
+    """
+    body: Callable[[NodeContext], Any] | None = getattr(invoker, _BODY, None)
+    return body
+
+
 def _function_invoker(fn: Callable[..., Any]) -> Invoker:
-    is_async = _is_async(fn)
+    mode = _mode(fn)
 
     async def invoke(ctx: NodeContext, attempts: Attempts) -> NodeResult:
         if attempts.max_attempts == 1 and attempts.timeout is None:
-            if is_async:
+            if mode == _ASYNC:
                 return to_node_result(await fn(ctx))
-            return to_node_result(await _call(fn, False, ctx))
-        return to_node_result(await _retrying(ctx, attempts, lambda: _call(fn, is_async, ctx)))
+            return to_node_result(await _call(fn, mode, ctx))
+        return to_node_result(await _retrying(ctx, attempts, lambda: _call(fn, mode, ctx)))
 
+    if mode == _THREAD:
+        setattr(invoke, _BODY, fn)
     return invoke
 
 
 def _class_invoker(cls: type[Node]) -> Invoker:
+    inline = is_inline(cls)
     phases = {
-        name: _is_async(getattr(cls, name))
+        name: _mode(getattr(cls, name), inline)
         for name in ("prep", "exec", "post", "fallback", "recover")
     }
 
