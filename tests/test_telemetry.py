@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -14,7 +15,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
-from flowcraft import FlowRuntime, NodeContext, create_flow
+from flowcraft import FlowRuntime, NodeContext, NodeResult, create_flow
+from flowcraft.context import MemoryContext
 from flowcraft.telemetry import (
     OpenTelemetryMiddleware,
     attached_trace_context,
@@ -132,6 +134,25 @@ async def test_each_attempt_gets_its_own_span(tracing: Any) -> None:
         assert user.parent is not None and user.parent.span_id == attempt.context.span_id
 
 
+async def test_spans_opened_by_sync_nodes_nest_under_their_attempt(tracing: Any) -> None:
+    provider, exporter = tracing
+    runtime = FlowRuntime(middleware=[OpenTelemetryMiddleware(provider)])
+    tracer = provider.get_tracer("user")
+
+    def work(ctx: NodeContext) -> None:
+        with tracer.start_as_current_span(f"user-work-{ctx.node_id}"):
+            pass
+
+    flow = create_flow("sync-spans").node("a", work).node("b", work).edge("a", "b")
+    result = await flow.run(runtime)
+    assert result.status == "completed"
+    spans = exporter.get_finished_spans()
+    for node_id in ("a", "b"):
+        (attempt,) = _nodes(spans, node_id)
+        (user,) = [s for s in spans if s.name == f"user-work-{node_id}"]
+        assert user.parent is not None and user.parent.span_id == attempt.context.span_id
+
+
 async def test_failed_run_marks_spans_as_errors(tracing: Any) -> None:
     provider, exporter = tracing
     runtime, _ = _runtime(provider)
@@ -187,19 +208,84 @@ def test_trace_context_round_trips(tracing: Any) -> None:
 
 
 async def test_node_without_local_run_span_joins_the_attached_context(tracing: Any) -> None:
-    # What a distributed worker does: no bus events here, only the carried context.
+    # What a distributed worker does: no run span in this process, only the carried context.
     provider, exporter = tracing
     otel = OpenTelemetryMiddleware(provider)
-    runtime = FlowRuntime(middleware=[otel])
     tracer = provider.get_tracer("client")
     with tracer.start_as_current_span("client start") as root:
         carrier = inject_trace_context()
+    ctx = NodeContext(
+        input=None,
+        context=MemoryContext({}),
+        params={},
+        dependencies={},
+        signal=asyncio.Event(),
+        node_id="a",
+        run_id="elsewhere",
+        blueprint_id="remote",
+    )
+
+    async def node() -> NodeResult:
+        return NodeResult(output=1)
+
     with attached_trace_context(carrier):
-        result = await create_flow("remote").node("a", lambda ctx: 1).run(runtime)
+        assert await otel.around_node(ctx, "a", node) == NodeResult(output=1)
+    (span,) = _nodes(exporter.get_finished_spans(), "a")
+    assert span.context.trace_id == root.get_span_context().trace_id
+    assert span.parent is not None and span.parent.span_id == root.get_span_context().span_id
+
+
+async def test_middleware_passed_to_the_runtime_traces_like_install(tracing: Any) -> None:
+    # Issue 16 (5): FlowRuntime(middleware=[otel]) gave node spans in two traces, no run span.
+    provider, exporter = tracing
+    runtime = FlowRuntime(middleware=[OpenTelemetryMiddleware(provider)])
+    calls = {"n": 0}
+
+    def flaky(ctx: NodeContext) -> int:
+        calls["n"] += 1
+        if calls["n"] < 2:
+            raise RuntimeError("boom")
+        return 1
+
+    flow = create_flow("passed").node("a", flaky, config={"maxRetries": 2})
+    flow.node("b", lambda ctx: 2).edge("a", "b")
+    result = await flow.run(runtime)
     assert result.status == "completed"
-    (node,) = _nodes(exporter.get_finished_spans(), "a")
-    assert node.context.trace_id == root.get_span_context().trace_id
-    assert node.parent is not None and node.parent.span_id == root.get_span_context().span_id
+    spans = exporter.get_finished_spans()
+    (run,) = _runs(spans)
+    assert (run.attributes or {})["flowcraft.status"] == "completed"
+    assert {s.context.trace_id for s in spans} == {run.context.trace_id}
+    attempts = _nodes(spans, "a")
+    assert [(s.attributes or {})["flowcraft.attempt"] for s in attempts] == [1, 2]
+    for span in [*attempts, *_nodes(spans, "b")]:
+        assert span.parent is not None and span.parent.span_id == run.context.span_id
+
+
+async def test_middleware_added_later_traces_and_listens_once(tracing: Any) -> None:
+    provider, exporter = tracing
+    runtime = FlowRuntime()
+    otel = OpenTelemetryMiddleware(provider)
+    runtime.middleware.append(otel)
+    calls = {"n": 0}
+
+    def fails_in_third_run(ctx: NodeContext) -> int:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("boom")
+        return 1
+
+    flow = create_flow("later").node("a", fails_in_third_run, config={"maxRetries": 2})
+    results = [await flow.run(runtime), await flow.run(runtime)]
+    otel.install(runtime)
+    results.append(await flow.run(runtime))
+    spans = exporter.get_finished_spans()
+    runs = _runs(spans)
+    assert [(s.attributes or {})["flowcraft.run_id"] for s in runs] == [r.run_id for r in results]
+    assert len({s.context.trace_id for s in runs}) == 3
+    assert runtime.middleware == [otel]
+    # Listening to the bus twice would split the retried attempt once per subscription.
+    third = [s for s in _nodes(spans, "a") if s.context.trace_id == runs[2].context.trace_id]
+    assert [(s.attributes or {})["flowcraft.status"] for s in third] == ["failed", "completed"]
 
 
 async def test_trace_context_of_a_running_run(tracing: Any) -> None:

@@ -16,8 +16,11 @@ Spans:
 
 Usage::
 
-    runtime = FlowRuntime()
-    OpenTelemetryMiddleware().install(runtime)   # adds the middleware and an event bus hook
+    runtime = FlowRuntime(middleware=[OpenTelemetryMiddleware()])
+    # or: OpenTelemetryMiddleware().install(runtime), which puts it first among the middleware
+
+Either way the runtime has it subscribe to the runtime's event bus before each run (creating a
+bus if there is none), which is how it learns when runs start and end.
 
 Across processes the W3C trace context travels as a plain ``dict`` (:func:`inject_trace_context`
 on the producer, :func:`attached_trace_context` around the consumer's work). A node attempt
@@ -35,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import weakref
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from contextvars import Token
@@ -214,9 +218,10 @@ class OpenTelemetryMiddleware(Middleware, RunHooks):
             in memory). Distributed jobs keep theirs in the run's context store instead.
         max_open_runs: Bound on runs whose span is kept open or suspended in this process.
 
-    Call :meth:`install` on a runtime or a distributed adapter (or add the middleware and
-    :meth:`attach` it to the event bus yourself): the bus tells it when runs start, retry and
-    finish; on an adapter, its run hooks open the run span when a run is started.
+    Pass it in a runtime's ``middleware`` (the runtime then calls :meth:`bind_runtime` before
+    each run), or call :meth:`install` on a runtime or a distributed adapter: the event bus tells
+    it when runs start, retry and finish; on an adapter, its run hooks open the run span when a
+    run is started.
     """
 
     def __init__(
@@ -232,6 +237,7 @@ class OpenTelemetryMiddleware(Middleware, RunHooks):
         self._runs: OrderedDict[str, Span] = OrderedDict()
         self._suspended: OrderedDict[str, SpanContext] = OrderedDict()
         self._attempts: dict[tuple[str, str, str], _Attempt] = {}
+        self._buses: weakref.WeakSet[EventBus] = weakref.WeakSet()
 
     # ----------------------------------------------------------------- wiring
 
@@ -245,15 +251,29 @@ class OpenTelemetryMiddleware(Middleware, RunHooks):
         """
         if self not in target.middleware:
             target.middleware.insert(0, self)
-        if target.event_bus is None:
-            target.event_bus = EventBus()
-        self.attach(target.event_bus)
+        self.bind_runtime(target)
         if isinstance(target, DistributedAdapter) and self not in target.hooks:
             target.hooks.append(self)
         return target
 
+    def bind_runtime(self, target: _Target) -> None:
+        """Listen to ``target``'s event bus, creating one if it has none.
+
+        A :class:`~flowcraft.runtime.FlowRuntime` calls it before each run for every middleware
+        in its list; calling it again is harmless.
+        """
+        if target.event_bus is None:
+            target.event_bus = EventBus()
+        self.attach(target.event_bus)
+
     def attach(self, bus: EventBus) -> None:
-        """Listen to run start/resume/finish and retries on ``bus`` (inline, never queued)."""
+        """Listen to run start/resume/finish and retries on ``bus`` (inline, never queued).
+
+        Attaching to a bus already attached to does nothing.
+        """
+        if bus in self._buses:
+            return
+        self._buses.add(bus)
         bus.subscribe(
             self.on_event,
             ["workflow:start", "workflow:resume", "workflow:finish", "node:retry"],

@@ -37,7 +37,12 @@ class FlowRuntime:
         registry: ``uses`` key → implementation (function or :class:`~flowcraft.node.Node`).
         blueprints: Blueprint id → blueprint, for subflows and the timer scheduler.
         dependencies: Services handed to every node as ``ctx.dependencies``.
-        middleware: Wrappers around every node (see :mod:`flowcraft.middleware`).
+        middleware: Wrappers around every node (see :mod:`flowcraft.middleware`). A middleware
+            with a ``bind_runtime(runtime)`` method, such as
+            :class:`~flowcraft.telemetry.OpenTelemetryMiddleware`, has it called before each
+            run (so also when added to ``runtime.middleware`` later): it may subscribe to the
+            event bus, or create one, to learn more than its node hooks tell. It must be
+            idempotent.
         event_bus: Receives workflow events; nothing is built when nobody listens.
         evaluator: Evaluates edge conditions and transforms; defaults to the safe evaluator.
         serializer: Turns contexts into text; defaults to JSON.
@@ -234,6 +239,11 @@ class FlowRuntime:
         registry = {**self.registry, **function_registry} if function_registry else self.registry
         graph = graph_for(blueprint)
         graph.check_expressions(self.evaluator)
+        # Before the run exists: it takes the event bus a middleware may create here.
+        for middleware in self.middleware:
+            bind = getattr(middleware, "bind_runtime", None)
+            if bind is not None:
+                bind(self)
         return Run(
             self,
             graph,
