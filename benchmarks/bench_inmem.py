@@ -1,9 +1,10 @@
 """In-memory benchmark: chain of 200 no-op nodes and a 1→200→1 fan, async and sync nodes.
 
-Usage: python benchmarks/bench_inmem.py [--reps 5] [--loop 50] [--ts] [--out FILE]
+Usage: python benchmarks/bench_inmem.py [--reps 5] [--loop 50] [--rounds 3] [--ts] [--out FILE]
 
 Reports nodes/s (min and median over repetitions) and, with ``--ts`` where Node.js is present,
-runs the TypeScript Flowcraft on the same shapes in the same session and prints ours/TS.
+runs the TypeScript Flowcraft on the same shapes after each round of ours and prints ours/TS,
+per round and as the median of the rounds.
 """
 
 from __future__ import annotations
@@ -118,11 +119,31 @@ def run_ts(reps: int, loop: int) -> dict[str, Any] | None:
     return data
 
 
+def ratios_vs_ts(ours: dict[str, Any], ts: dict[str, Any] | None) -> dict[str, Any]:
+    """ours/TS per shape: loop medians (typical runs) and bests (runs least disturbed)."""
+    if ts is None:
+        return {}
+    ratios = {}
+    for shape, nodes in (("chain200", 200), ("fan200", 202)):
+        ts_median = statistics.median(ts[shape]["loop_runs_per_s"]) * nodes
+        ts_best = max(ts[shape]["loop_runs_per_s"]) * nodes
+        for variant in (shape, f"{shape}-sync"):
+            median = ours[variant]["loop_nodes_per_s_median"] / ts_median
+            best = ours[variant]["loop_nodes_per_s_best"] / ts_best
+            ratios[variant] = {"median": median, "best": best}
+            print(
+                f"ratio ours/TS {variant:14s} median {median:5.2f} best {best:5.2f}"
+                f"  (TS median {ts_median:7.0f}, best {ts_best:7.0f} nodes/s)"
+            )
+    return ratios
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--loop", type=int, default=50)
     parser.add_argument("--ts", action="store_true", help="also run the TypeScript anchor")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of ours, then the anchor")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "inmem.json")
     args = parser.parse_args()
 
@@ -133,33 +154,36 @@ def main() -> None:
         "fan200-sync": (fan(200, noop_sync), 202),
     }
     print(f"python {platform.python_version()} cpus={os.cpu_count()} {platform.platform()}")
-    ours: dict[str, Any] = {}
-    for name, (flow, nodes) in shapes.items():
-        ours[name] = stats = asyncio.run(measure(flow, nodes, args.reps, args.loop))
-        print(
-            f"{name:14s} single run: nodes/s median {stats['nodes_per_s_median']:9.0f}"
-            f" best {stats['nodes_per_s_best']:9.0f} | {args.loop}-run loop: nodes/s median"
-            f" {stats['loop_nodes_per_s_median']:9.0f} min {stats['loop_nodes_per_s_min']:9.0f}"
-        )
-    report: dict[str, Any] = {"python": ours, "argv": sys.argv[1:]}
-    if args.ts:
-        ts = run_ts(args.reps, args.loop)
-        if ts is not None:
-            report["ts"] = ts
-            # Medians compare typical runs; bests compare runs least disturbed by other load.
-            ratios = {}
-            for shape, nodes in (("chain200", 200), ("fan200", 202)):
-                ts_median = statistics.median(ts[shape]["loop_runs_per_s"]) * nodes
-                ts_best = max(ts[shape]["loop_runs_per_s"]) * nodes
-                for variant in (shape, f"{shape}-sync"):
-                    median = ours[variant]["loop_nodes_per_s_median"] / ts_median
-                    best = ours[variant]["loop_nodes_per_s_best"] / ts_best
-                    ratios[variant] = {"median": median, "best": best}
-                    print(
-                        f"ratio ours/TS {variant:14s} median {median:5.2f} best {best:5.2f}"
-                        f"  (TS median {ts_median:7.0f}, best {ts_best:7.0f} nodes/s)"
-                    )
-            report["ratios_vs_ts"] = ratios
+    # This VM's speed drifts within minutes: each round measures every shape, then the anchor,
+    # and a ratio divides a round's figure by the anchor's figure of the same round.
+    rounds: list[dict[str, Any]] = []
+    for number in range(1, args.rounds + 1):
+        print(f"round {number}/{args.rounds}")
+        ours: dict[str, Any] = {}
+        for name, (flow, nodes) in shapes.items():
+            ours[name] = stats = asyncio.run(measure(flow, nodes, args.reps, args.loop))
+            print(
+                f"{name:14s} single run: nodes/s median {stats['nodes_per_s_median']:9.0f}"
+                f" best {stats['nodes_per_s_best']:9.0f} | {args.loop}-run loop: nodes/s median"
+                f" {stats['loop_nodes_per_s_median']:9.0f}"
+                f" min {stats['loop_nodes_per_s_min']:9.0f}"
+            )
+        ts = run_ts(args.reps, args.loop) if args.ts else None
+        rounds.append({"python": ours, "ts": ts, "ratios_vs_ts": ratios_vs_ts(ours, ts)})
+    report: dict[str, Any] = {"rounds": rounds, "argv": sys.argv[1:]}
+    if all(r["ratios_vs_ts"] for r in rounds):
+        summary = {}
+        print(f"ratios ours/TS over {len(rounds)} rounds (median of the rounds' ratios):")
+        for variant in rounds[0]["ratios_vs_ts"]:
+            median = statistics.median(r["ratios_vs_ts"][variant]["median"] for r in rounds)
+            best = statistics.median(r["ratios_vs_ts"][variant]["best"] for r in rounds)
+            per_round = " ".join(f"{r['ratios_vs_ts'][variant]['median']:.2f}" for r in rounds)
+            summary[variant] = {"median": median, "best": best}
+            print(
+                f"ratio ours/TS {variant:14s} median {median:5.2f} best {best:5.2f}"
+                f"  (medians by round: {per_round})"
+            )
+        report["ratios_vs_ts"] = summary
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
     print(f"results written to {args.out}")
