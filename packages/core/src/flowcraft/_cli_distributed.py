@@ -147,13 +147,46 @@ def _backend_options(f: Callable[..., Any]) -> Callable[..., Any]:
     help="Deliveries of a job after which it is dead-lettered and its run failed"
     " (env: FLOWCRAFT_MAX_DELIVERIES).",
 )
-def worker(backend: str, app: str, concurrency: int, grace: float, max_deliveries: int) -> None:
-    """Serve jobs of a distributed backend until SIGTERM or SIGINT (then stop gracefully)."""
+@click.option(
+    "--reconcile-every",
+    type=click.FloatRange(min=0),
+    default=None,
+    envvar="FLOWCRAFT_RECONCILE_EVERY",
+    help="Seconds between the reconcile passes one worker of the deployment makes; 0: never"
+    " (default: the lease; env: FLOWCRAFT_RECONCILE_EVERY).",
+)
+@click.option(
+    "--stalled-after",
+    type=click.FloatRange(min=0),
+    default=None,
+    envvar="FLOWCRAFT_STALLED_AFTER",
+    help="Seconds without progress after which a run is reconciled"
+    " (default: ten leases, at least 60; env: FLOWCRAFT_STALLED_AFTER).",
+)
+def worker(
+    backend: str,
+    app: str,
+    concurrency: int,
+    grace: float,
+    max_deliveries: int,
+    reconcile_every: float | None,
+    stalled_after: float | None,
+) -> None:
+    """Serve jobs of a distributed backend until SIGTERM or SIGINT (then stop gracefully).
+
+    One worker of the deployment at a time also re-enqueues the lost jobs of stalled runs.
+    """
     adapter = _adapter(backend, app, concurrency)
     logging.basicConfig(level=logging.INFO)
 
     async def serve() -> None:
-        running = Worker(adapter, concurrency=concurrency, max_deliveries=max_deliveries)
+        running = Worker(
+            adapter,
+            concurrency=concurrency,
+            max_deliveries=max_deliveries,
+            reconcile_every=reconcile_every,
+            stalled_after=stalled_after,
+        )
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):

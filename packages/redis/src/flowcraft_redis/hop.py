@@ -82,7 +82,7 @@ for i, t in ipairs(meta.targets) do
   -- Only predecessors ever join a target's resolved set, so counting them is enough.
   if t.preds == 0 or redis.call('SCARD', KEYS[base + 2]) >= t.preds then
     redis.call('SADD', enq, t.member)
-    if redis.call('SET', KEYS[base + 1], 'fired', 'NX', 'PX', ttl) then
+    if redis.call('SET', KEYS[base + 1], 'fired:' .. meta.member, 'NX', 'PX', ttl) then
       if i == meta.reserve then
         -- Leased to this worker in the delayed set: if the worker dies, it comes due.
         local now = redis.call('TIME')

@@ -13,7 +13,7 @@ from flowcraft.distributed._current import CurrentJob, running_job
 from flowcraft.distributed._jobrun import StoreContext
 from flowcraft.distributed._keys import INTERNAL
 from flowcraft.distributed._operations import Operations
-from flowcraft.distributed._payload import JobPayload, job_id
+from flowcraft.distributed._payload import JobPayload, job_id, member_of
 from flowcraft.distributed._results import error_from_dict
 from flowcraft.distributed._subflow import child_outcome, is_subflow, start_child
 from flowcraft.errors import (
@@ -343,7 +343,7 @@ async def _failed(
         )
         fence = adapter.keys.fallback(payload.run_id, payload.node_id, payload.iteration)
         member = job_id(fallback, payload.iteration, f"fb:{payload.node_id}")
-        await adapter.enqueue_job(job, member, fence=fence)
+        await adapter.enqueue_job(job, member, fence=fence, by=member_of(payload))
         return
     if bus is not None:
         announce.node_error(bus, payload.run_id, payload.blueprint_id, payload.node_id, error)

@@ -54,6 +54,16 @@ class Keys:
         in epoch seconds with six decimals."""
         return f"{self.namespace}:timers"
 
+    @property
+    def reconciling(self) -> str:
+        """Lease of the worker that reconciles this period (workers elect one through it)."""
+        return f"{self.namespace}:reconciling"
+
+    def held(self, run: str) -> str:
+        """Set of the run's jobs a live worker holds past a third of their lease (the lease
+        heartbeat adds them with a TTL of one lease): the reconciler leaves the run alone."""
+        return f"{self.namespace}:held:{run}"
+
     def final(self, run: str) -> str:
         """The run's final result, written once."""
         return f"{self.namespace}:final:{run}"
@@ -96,7 +106,8 @@ class Keys:
         return f"{self.namespace}:taken:{run}:{iteration}:{target}"
 
     def fire(self, run: str, target: str, iteration: int) -> str:
-        """Fence: ``fired`` or ``skipped``, written once per target and iteration."""
+        """Fence: ``fired:<job id>`` (the job that fired it; ``fired`` from a client) or
+        ``skipped``, written once per target and iteration."""
         return f"{self.namespace}:fire:{run}:{iteration}:{target}"
 
     def result(self, run: str, node: str, iteration: int) -> str:

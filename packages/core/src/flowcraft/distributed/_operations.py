@@ -230,8 +230,10 @@ class Operations(Routing):
         meta = await self.meta(run_id)
         if meta is None:
             raise JobRejected(f"run '{run_id}' has no recorded blueprint", run_id=run_id)
-        enqueued = await self.coordination.members(self.keys.enqueued(run_id))
+        # Done first: a job counted in flight after this read is in the later one, and a
+        # job is counted in flight before it is counted done.
         done = await self.coordination.members(self.keys.done(run_id))
+        enqueued = await self.coordination.members(self.keys.enqueued(run_id))
         out: set[str] = set()
         for member in sorted(enqueued - done):
             node, iteration, role = parse_job_id(member)

@@ -10,7 +10,7 @@ import orjson
 
 from flowcraft.errors import SerializationError
 
-__all__ = ["JobPayload", "job_id", "parse_job_id"]
+__all__ = ["JobPayload", "fired_by", "job_id", "member_of", "parse_job_id"]
 
 
 def job_id(node_id: str, iteration: int, role: str = "") -> str:
@@ -22,6 +22,26 @@ def parse_job_id(value: str) -> tuple[str, int, str]:
     """Inverse of :func:`job_id`."""
     node_id, iteration, role = orjson.loads(value)
     return str(node_id), int(iteration), str(role)
+
+
+def member_of(payload: JobPayload) -> str:
+    """The job id of a job: its node, iteration and role (a fallback's ``fb:<primary>``, a
+    resume's ``resume``)."""
+    rescues = payload.extra.get("rescues")
+    if isinstance(rescues, str):
+        role = f"fb:{rescues}"
+    elif payload.resume is not None:
+        role = "resume"
+    else:
+        role = ""
+    return job_id(payload.node_id, payload.iteration, role)
+
+
+def fired_by(member: str | None) -> str:
+    """The value of a fire fence (``Keys.fire``, ``Keys.fallback``) taken by the job
+    ``member``: a redelivery of that job, finding its own mark, enqueues the successor again
+    (its first delivery may have died between taking the fence and enqueueing)."""
+    return "fired" if member is None else f"fired:{member}"
 
 
 _FIELDS = {"runId", "blueprintId", "nodeId", "attempt", "iteration", "traceContext", "resume"}

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from flowcraft.blueprint import EdgeDefinition
-from flowcraft.distributed._payload import JobPayload, job_id
+from flowcraft.distributed._payload import JobPayload, job_id, member_of
 from flowcraft.distributed._runs import Runs
 from flowcraft.node import NodeResult
 from flowcraft.runtime import _announce as announce
@@ -101,8 +101,13 @@ class Routing(Runs):
     async def settle(self, payload: JobPayload, graph: Graph, work: list[tuple[str, int]]) -> None:
         run_id = payload.run_id
         keys, store = self.keys, self.coordination
+        # A job re-fires a target whose fence it holds (a redelivery), so one that reaches a
+        # target twice here (two edges into it) must fire it once.
+        fired: set[tuple[str, int]] = set()
         while work:
             target, iteration = work.pop(0)
+            if (target, iteration) in fired:
+                continue
             spec = graph.nodes[target]
             resolved = await store.members(keys.resolved(run_id, target, iteration))
             taken = await store.members(keys.taken(run_id, target, iteration))
@@ -114,17 +119,20 @@ class Routing(Runs):
                     else {p for p in spec.preds if p in body}
                 )
                 if taken:
+                    fired.add((target, iteration))
                     await self._fire(payload, target, iteration)
                 elif relevant and relevant <= resolved:
                     await self._skip(payload, graph, target, iteration, work)
                 continue
             if spec.join_any and taken:
+                fired.add((target, iteration))
                 await self._fire(payload, target, iteration)
             elif set(spec.preds) <= resolved:
                 if taken:
                     graph = await self._current_graph(payload, graph)
                     if not set(graph.nodes[target].preds) <= resolved:
                         continue
+                    fired.add((target, iteration))
                     await self._fire(payload, target, iteration)
                 else:
                     await self._skip(payload, graph, target, iteration, work)
@@ -151,7 +159,7 @@ class Routing(Runs):
     async def _fire(self, payload: JobPayload, target: str, iteration: int) -> None:
         job = self.successor_payload(payload, target, iteration)
         fence = self.keys.fire(payload.run_id, target, iteration)
-        await self.enqueue_job(job, job_id(target, iteration), fence=fence)
+        await self.enqueue_job(job, job_id(target, iteration), fence=fence, by=member_of(payload))
 
     async def _skip(
         self,

@@ -26,7 +26,7 @@ import orjson
 from flowcraft.distributed._base import Parts
 from flowcraft.distributed._jobrun import JobRun
 from flowcraft.distributed._keys import AWAITING, INTERNAL, RESUME, STATUS, TRACE
-from flowcraft.distributed._payload import JobPayload, job_id, parse_job_id
+from flowcraft.distributed._payload import JobPayload, fired_by, job_id, parse_job_id
 from flowcraft.distributed._results import error_from_dict
 from flowcraft.errors import FlowcraftError
 from flowcraft.hooks import RunInfo, call_after_run
@@ -48,17 +48,33 @@ class Runs(Parts):
 
     # ----------------------------------------------------------------- jobs in flight
 
-    async def enqueue_job(self, job: JobPayload, member: str, *, fence: str | None = None) -> bool:
-        """Count ``job`` as in flight, then enqueue it unless ``fence`` was already taken."""
+    async def enqueue_job(
+        self,
+        job: JobPayload,
+        member: str,
+        *,
+        fence: str | None = None,
+        by: str | None = None,
+    ) -> bool:
+        """Count ``job`` as in flight, then enqueue it unless ``fence`` was taken before;
+        whether this call enqueued it.
+
+        ``by`` is the job id of the job firing it: a fence that job took itself on an earlier
+        delivery does not stop it (see ``_payload.fired_by``).
+        """
         await self.coordination.add_to_set(self.keys.enqueued(job.run_id), member, self.ttl)
+        mark = fired_by(by)
         if fence is not None and not await self.coordination.set_if_not_exist(
-            fence, "fired", self.ttl
+            fence, mark, self.ttl
         ):
-            if await self.coordination.get(fence) == "skipped":
+            value = await self.coordination.get(fence)
+            if value == "skipped":
                 # The target was skipped before (so no job of it will ever count itself
                 # done): settle the count this call just raised.
                 await self.job_done(job.run_id, member)
-            return False
+                return False
+            if by is None or value != mark:
+                return False
         await self.queue.enqueue(job.to_json())
         bus = self.event_bus
         if bus is not None and bus.wants("job:enqueued"):
@@ -283,8 +299,11 @@ class Runs(Parts):
         store, keys = self.coordination, self.keys
         if await store.get(keys.final(parent)) is not None:
             return
+        # Done first: a job counted in flight after this read is in the later one, and a
+        # job is counted in flight before it is counted done.
+        done = await store.members(keys.done(parent))
         enqueued = await store.members(keys.enqueued(parent))
-        if enqueued and enqueued <= await store.members(keys.done(parent)):
+        if enqueued and enqueued <= done:
             await self.quiescent(parent)
 
     # ----------------------------------------------------------------- a job's view

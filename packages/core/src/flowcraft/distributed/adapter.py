@@ -172,8 +172,13 @@ class DistributedAdapter(Operations):
             await self._reject(delivery, _run_id_of(delivery.body), str(exc))
             return
 
+        held = job_id(payload.node_id, payload.iteration)
+
         async def renew() -> None:
             await self.queue.extend_lease(delivery, self.lease)
+            # A long node shows its run is alive: the reconciler must not hand its job to
+            # another worker while this one still runs it.
+            await self.coordination.add_to_set(self.keys.held(payload.run_id), held, self.lease)
 
         heartbeat = self.renewals.add(renew)
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Literal, TypedDict
@@ -12,6 +13,8 @@ from flowcraft.distributed.adapter import DistributedAdapter
 __all__ = ["ReconcileStats", "Reconciler"]
 
 _log = logging.getLogger("flowcraft.reconciler")
+_CHUNK = 256
+"""Runs whose progress one step of a scan reads at once."""
 
 
 class ReconcileStats(TypedDict):
@@ -41,15 +44,21 @@ class Reconciler:
         now = time.time() if now is None else now
         adapter = self.adapter
         stats: ReconcileStats = {"scanned": 0, "stalled": 0, "reconciled": 0, "failed": 0}
-        for run_id in sorted(await adapter.coordination.members(adapter.keys.runs)):
-            stats["scanned"] += 1
-            progress = await self.last_progress(run_id)
-            if progress is None or now - progress < self.stalled_after:
-                continue
-            stats["stalled"] += 1
-            outcome = await self.reconcile_stalled(run_id, progress)
-            if outcome != "skipped":
-                stats[outcome] += 1
+        run_ids = sorted(await adapter.coordination.members(adapter.keys.runs))
+        for start in range(0, len(run_ids), _CHUNK):
+            chunk = run_ids[start : start + _CHUNK]
+            # Read concurrently: a backend that batches answers a chunk in one round trip.
+            progress = await asyncio.gather(*(self.last_progress(r) for r in chunk))
+            for run_id, last in zip(chunk, progress, strict=True):
+                stats["scanned"] += 1
+                if last is None or now - last < self.stalled_after:
+                    continue
+                if await adapter.coordination.members(adapter.keys.held(run_id)):
+                    continue  # a live worker is running a long node of it
+                stats["stalled"] += 1
+                outcome = await self.reconcile_stalled(run_id, last)
+                if outcome != "skipped":
+                    stats[outcome] += 1
         return stats
 
     async def last_progress(self, run_id: str) -> float | None:

@@ -1,4 +1,5 @@
-"""``Worker``: pulls jobs from an adapter's queue, runs them concurrently, fires sleep timers."""
+"""``Worker``: pulls jobs from an adapter's queue, runs them concurrently, fires sleep timers
+and, one worker of a deployment at a time, reconciles stalled runs."""
 
 from __future__ import annotations
 
@@ -6,10 +7,12 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from types import TracebackType
 
 from flowcraft.distributed._protocols import Delivery
 from flowcraft.distributed.adapter import DistributedAdapter
+from flowcraft.distributed.reconciler import Reconciler
 from flowcraft.errors import ConnectionFailed
 
 __all__ = ["Worker"]
@@ -46,6 +49,15 @@ class Worker:
             kept failing in the backend (not a lost connection, which is waited out), or its
             worker kept dying. Without a limit such a job would come back once per lease
             forever.
+        reconcile_every: Seconds between reconcile passes; each period one worker of the
+            deployment (elected through the coordination store) re-enqueues the lost jobs of
+            stalled runs (:class:`~flowcraft.distributed.Reconciler`), so no deployment needs a
+            separate process to guarantee completion. Default: the adapter's lease; 0: never.
+        stalled_after: Seconds without progress after which a run counts as stalled (jobs a
+            live worker holds, however long, never do). Default: ten leases, at least a
+            minute. Keep it above the longest time a job may wait in the queue: a job
+            reconciled while still queued runs twice. (A worker killed mid-hop needs no
+            reconcile: its job is redelivered after the lease and enqueues what it fired.)
     """
 
     def __init__(
@@ -56,8 +68,16 @@ class Worker:
         receive_wait: float = 0.2,
         timer_interval: float = 0.2,
         max_deliveries: int = 10,
+        reconcile_every: float | None = None,
+        stalled_after: float | None = None,
     ) -> None:
         self.adapter = adapter
+        self.reconcile_every = adapter.lease if reconcile_every is None else reconcile_every
+        self.reconciler = Reconciler(
+            adapter,
+            stalled_after=max(60.0, 10 * adapter.lease) if stalled_after is None else stalled_after,
+        )
+        self._token = uuid.uuid4().hex
         self.max_deliveries = max(1, max_deliveries)
         self.concurrency = max(1, concurrency)
         self.receive_wait = receive_wait
@@ -95,7 +115,9 @@ class Worker:
             await self._main
 
     async def _serve(self) -> None:
-        timers = asyncio.ensure_future(self._timers())
+        chores = [asyncio.ensure_future(self._timers())]
+        if self.reconcile_every > 0:
+            chores.append(asyncio.ensure_future(self._reconcile()))
         failures = 0
         try:
             while not self._stopping:
@@ -131,9 +153,10 @@ class Worker:
                     self._jobs[task] = delivery
                     task.add_done_callback(self._finished)
         finally:
-            timers.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await timers
+            for chore in chores:
+                chore.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await chore
 
     def _release_slots(self, count: int) -> None:
         for _ in range(count):
@@ -221,6 +244,28 @@ class Worker:
                     _log.warning("firing sleep timers failed (%s)", exc)
                 else:
                     _log.exception("firing sleep timers failed")
+
+    async def _reconcile(self) -> None:
+        adapter = self.adapter
+        while not self._stopping:
+            await asyncio.sleep(self.reconcile_every)
+            try:
+                # One worker per period: the lease expires before the next one.
+                elected = await adapter.coordination.set_if_not_exist(
+                    adapter.keys.reconciling, self._token, self.reconcile_every * 0.9
+                )
+                if not elected:
+                    continue
+                stats = await self.reconciler.run()
+                if stats["reconciled"] or stats["failed"]:
+                    _log.warning("reconciled stalled runs: %s", stats)
+            except Exception as exc:
+                if _cancel_pending():
+                    raise asyncio.CancelledError from exc
+                if isinstance(exc, ConnectionFailed):
+                    _log.warning("reconciling failed (%s)", exc)
+                else:
+                    _log.exception("reconciling failed")
 
     async def stop(self, timeout: float = 30.0) -> None:
         """Stop taking jobs, let running ones finish for ``timeout`` s, release the rest.

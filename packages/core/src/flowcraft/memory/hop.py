@@ -9,6 +9,7 @@ implements this, step for step.
 from __future__ import annotations
 
 from flowcraft.distributed._hop import ArrivalRead, Hop, HopCommit
+from flowcraft.distributed._payload import fired_by
 from flowcraft.distributed._protocols import Arrival, Delivery
 from flowcraft.distributed._storage import patch_writes
 from flowcraft.memory.context import MemoryContextStore
@@ -55,7 +56,7 @@ class MemoryHopCommitter:
                     step.add(hop.pending, target.member, ttl)
                     continue
                 step.add(hop.enqueued, target.member, ttl)
-                if step.set_if_not_exist(target.fence, "fired", ttl):
+                if step.set_if_not_exist(target.fence, fired_by(hop.member), ttl):
                     if target.reserve and target.arrival is not None:
                         reserved = self._queue.leased(target.body)
                         reserved.arrival = self._read(step, hop.run_id, target.arrival)
