@@ -51,6 +51,10 @@ class BackendFixture(Protocol):
     def queued_jobs(self, deployment: Any) -> int:
         """How many jobs the deployment's queue holds (waiting, delayed or leased)."""
 
+    def client_connections(self, deployment: Any, adapter: DistributedAdapter) -> int:
+        """How many server connections ``adapter`` holds open now, counted by the server where
+        it can tell them apart (0 for a backend without connections)."""
+
     async def inject(self, deployment: Any, body: str) -> None:
         """Put a raw (possibly malformed) job on the queue, as a foreign producer could."""
 

@@ -49,6 +49,10 @@ class Fixture:
         """Jobs in the queue, leased ones included."""
         return len(deployment.queue)
 
+    def client_connections(self, deployment: MemoryBackend, adapter: DistributedAdapter) -> int:
+        """None: everything is in this process."""
+        return 0
+
     async def inject(self, deployment: MemoryBackend, body: str) -> None:
         """Put a raw (possibly malformed) job on the queue."""
         deployment.queue.put(body)

@@ -10,6 +10,7 @@ import os
 import subprocess
 import uuid
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import redis as sync_redis
@@ -89,9 +90,9 @@ class Fixture:
     ) -> DistributedAdapter:
         """An adapter (one per worker or client) over ``deployment``."""
         options.setdefault("lease", deployment.lease)
-        adapter = self.adapter_class(
-            deployment.settings, registry=registry, blueprints=blueprints, **options
-        )
+        # Named, so that the server can count each adapter's connections.
+        settings = replace(deployment.settings, client_name=f"fc-{uuid.uuid4().hex[:12]}")
+        adapter = self.adapter_class(settings, registry=registry, blueprints=blueprints, **options)
         deployment.adapters.append(adapter)
         return adapter
 
@@ -114,6 +115,12 @@ class Fixture:
                 + client.zcard(f"{prefix}:delayed")
                 + client.zcard(f"{prefix}:prioritized")
             )
+
+    def client_connections(self, deployment: Deployment, adapter: DistributedAdapter) -> int:
+        """Connections the server has open under the adapter's client name."""
+        name = getattr(adapter, "settings", deployment.settings).client_name
+        with sync_redis.Redis.from_url(self.url, decode_responses=True) as client:
+            return sum(1 for c in client.client_list() if c.get("name") == name)
 
     def dead_letters(self, deployment: Deployment) -> list[str]:
         """Reasons of the jobs BullMQ holds as failed."""

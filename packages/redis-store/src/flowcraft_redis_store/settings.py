@@ -127,6 +127,8 @@ class RedisSettings:
         connection_class = parsed.pop("connection_class", None)
         parsed["socket_timeout"] = self.socket_timeout or None
         parsed["socket_connect_timeout"] = _CONNECT_TIMEOUT
+        if self.client_name:
+            parsed["client_name"] = self.client_name
         if connection_class is UnixDomainSocketConnection:
             parsed["unix_socket_path"] = parsed.pop("path")
             return parsed

@@ -162,19 +162,32 @@ class StreamsQueue:
             return []
         max_jobs = min(max_jobs, self._batch)
         async with translated():
-            await self._ensure_group()
-            now = time.monotonic()
-            if now >= self._next_promote:
-                # Delayed jobs are rare (back-off); a tenth of a second is their resolution.
-                self._next_promote = now + 0.1
-                await self._promote(keys=[self.delayed, self.stream], args=[_CLAIM_BATCH])
-            out: list[Delivery] = []
-            if now >= self._next_claim:
-                self._next_claim = now + self._lease_ms / 4000
-                out = await self._claim_stale(max_jobs)
-            if not out:
-                out = await self._read_new(max_jobs, wait)
+            try:
+                out = await self._receive_ready(max_jobs, wait)
+            except ResponseError as exc:
+                if not str(exc).startswith(("NOGROUP", "UNBLOCKED")):
+                    raise
+                # The group is gone (the server restarted without persistence, or the stream
+                # was deleted, which also ends a blocked read): make it again on the next
+                # receive, which comes at once.
+                self._group_ready = False
+                return []
         self._held.update(d.handle for d in out)
+        return out
+
+    async def _receive_ready(self, max_jobs: int, wait: float) -> list[Delivery]:
+        await self._ensure_group()
+        now = time.monotonic()
+        if now >= self._next_promote:
+            # Delayed jobs are rare (back-off); a tenth of a second is their resolution.
+            self._next_promote = now + 0.1
+            await self._promote(keys=[self.delayed, self.stream], args=[_CLAIM_BATCH])
+        out: list[Delivery] = []
+        if now >= self._next_claim:
+            self._next_claim = now + self._lease_ms / 4000
+            out = await self._claim_stale(max_jobs)
+        if not out:
+            out = await self._read_new(max_jobs, wait)
         return out
 
     async def _ensure_group(self) -> None:
@@ -189,28 +202,21 @@ class StreamsQueue:
         self._group_ready = True
 
     async def _read_new(self, max_jobs: int, wait: float) -> list[Delivery]:
-        try:
-            if self._batcher.pipelined:
-                # Under load there is nearly always something to read: try without blocking,
-                # in the tick's batch, before a blocking read (which must have a connection
-                # of its own). The jobs' arrival reads come with it.
-                args = [GROUP, self.consumer, max_jobs]
-                received = await self._batcher.script(self._receive, [self.stream], args)
-                if received:
-                    return [_received(entry) for entry in received]
-            reply = await self._redis.xreadgroup(
-                GROUP,
-                self.consumer,
-                {self.stream: ">"},
-                count=max_jobs,
-                block=max(1, int(wait * 1000)),
-            )
-        except ResponseError as exc:
-            if "NOGROUP" not in str(exc):
-                raise
-            # The server lost the group (restarted without persistence): make it again.
-            self._group_ready = False
-            return []
+        if self._batcher.pipelined:
+            # Under load there is nearly always something to read: try without blocking, in
+            # the tick's batch, before a blocking read (which must have a connection of its
+            # own). The jobs' arrival reads come with it.
+            args = [GROUP, self.consumer, max_jobs]
+            received = await self._batcher.script(self._receive, [self.stream], args)
+            if received:
+                return [_received(entry) for entry in received]
+        reply = await self._redis.xreadgroup(
+            GROUP,
+            self.consumer,
+            {self.stream: ">"},
+            count=max_jobs,
+            block=max(1, int(wait * 1000)),
+        )
         return _deliveries(reply)
 
     async def _claim_stale(self, max_jobs: int) -> list[Delivery]:
