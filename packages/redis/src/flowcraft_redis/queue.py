@@ -75,8 +75,8 @@ class BullMQQueue:
         settings: Connection and queue name.
         concurrency: Jobs BullMQ hands over at once (the worker's concurrency).
         lock_duration: Seconds a job's lock lasts between renewals (the lease).
-        keep_completed: Seconds completed jobs stay visible to dashboards.
         keep_failed: Seconds failed (dead-lettered) jobs are kept.
+        keep_failed_count: Most failed jobs kept.
         batcher: The adapter's per-tick batch: jobs due now are added through it, with
             bullmq's own script and arguments, instead of on bullmq's connection.
     """
@@ -87,17 +87,20 @@ class BullMQQueue:
         *,
         concurrency: int = 16,
         lock_duration: float = 30.0,
-        keep_completed: int = 3600,
         keep_failed: int = 7 * 86400,
+        keep_failed_count: int = 10_000,
         batcher: Batcher | None = None,
     ) -> None:
         self._settings = settings
         self._batcher = batcher
         self._concurrency = concurrency
         self._lock_ms = int(lock_duration * 1000)
+        # A completed job's effects are in the stores: its hash is removed at once (bullmq's
+        # age-based removal runs only when later jobs finish, so an idle queue kept them
+        # forever). Dead letters stay for operators, bounded in age and number.
         self._job_opts: dict[str, Any] = {
-            "removeOnComplete": {"age": keep_completed},
-            "removeOnFail": {"age": keep_failed},
+            "removeOnComplete": True,
+            "removeOnFail": {"age": keep_failed, "count": keep_failed_count},
         }
         self._producer: BullQueue | None = None
         self._consumer: BullWorker | None = None

@@ -15,6 +15,7 @@ linked back by ``Keys.parent`` (see ``_subflow.py`` for the node's side).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Mapping
@@ -23,7 +24,7 @@ from typing import Any, cast
 
 import orjson
 
-from flowcraft.distributed._base import Parts
+from flowcraft.distributed._base import Parts, parse_meta
 from flowcraft.distributed._jobrun import JobRun
 from flowcraft.distributed._keys import AWAITING, INTERNAL, RESUME, STATUS, TRACE
 from flowcraft.distributed._payload import JobPayload, fired_by, job_id, parse_job_id
@@ -164,7 +165,48 @@ class Runs(Parts):
             member = job_id(node_id, iteration, "resume")
             await store.add_to_set(keys.enqueued(parent), member, self.ttl)
             await self.resume_node(parent, node_id, iteration, {"subflow": run_id})
+        await self.forget(run_id)
         await store.remove_from_set(keys.runs, run_id)
+
+    async def forget(self, run_id: str) -> None:
+        """Delete a finished run's bookkeeping: only its final record and meta stay (with
+        its context, which its result is read from) until their TTL.
+
+        A late redelivery of one of its jobs reads the final record on arrival and is dropped,
+        so nothing needs the rest. Done before the run leaves the unfinished-runs set, so a
+        crash in between is repeated by the reconciler.
+        """
+        keys, store = self.keys, self.coordination
+        strings, (enqueued,) = await store.read([keys.meta(run_id)], [keys.enqueued(run_id)])
+        members = [parse_job_id(m) for m in enqueued]
+        nodes = {node for node, _, _ in members}
+        meta = parse_meta(strings[0])
+        blueprint = self.blueprints.get(meta[0]) if meta is not None else None
+        if blueprint is not None:
+            # Skipped nodes have fences and marks but never a job.
+            nodes.update((await self.graph_of(run_id, blueprint)).nodes)
+        doomed = [
+            keys.enqueued(run_id),
+            keys.done(run_id),
+            keys.parked(run_id),
+            keys.pending(run_id),
+            keys.dynamic(run_id),
+            keys.held(run_id),
+            keys.parent(run_id),
+        ]
+        for iteration in {i for _, i, _ in members} | {0}:
+            for node in nodes:
+                doomed += [
+                    keys.result(run_id, node, iteration),
+                    keys.fire(run_id, node, iteration),
+                    keys.resolved(run_id, node, iteration),
+                    keys.taken(run_id, node, iteration),
+                    keys.rescue(run_id, node, iteration),
+                    keys.resumed(run_id, node, iteration),
+                    keys.fallback(run_id, node, iteration),
+                ]
+        # Concurrent: a store that batches deletes them in a round trip or two.
+        await asyncio.gather(*(store.delete(key) for key in doomed))
 
     async def final_result(self, run_id: str) -> WorkflowResult | None:
         """The run's result if it is finished or awaiting, else None."""
