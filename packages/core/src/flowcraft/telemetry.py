@@ -455,9 +455,11 @@ class OpenTelemetryMiddleware(Middleware, RunHooks):
     async def around_node(self, ctx: NodeContext, node_id: str, next: NextFn) -> Any:
         """Open the node's first attempt span, run the node, close the last attempt span."""
         parent, links = await self._parent_and_links(ctx)
-        span, span_ctx = self._start_attempt(ctx, 1, links, parent)
+        # Distributed runs make each retry a job of its own, which knows its attempt.
+        first = max(1, ctx.attempt)
+        span, span_ctx = self._start_attempt(ctx, first, links, parent)
         key = (ctx.run_id, ctx.blueprint_id, node_id)
-        state = _Attempt(span, otel_context.attach(span_ctx), 1, links, parent)
+        state = _Attempt(span, otel_context.attach(span_ctx), first, links, parent)
         self._attempts[key] = state
         status = "completed"
         error: BaseException | None = None

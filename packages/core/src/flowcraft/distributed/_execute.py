@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,6 +16,7 @@ from flowcraft.distributed._keys import INTERNAL
 from flowcraft.distributed._operations import Operations
 from flowcraft.distributed._payload import JobPayload, job_id, member_of
 from flowcraft.distributed._results import error_from_dict
+from flowcraft.distributed._runs import child_attempt
 from flowcraft.distributed._subflow import child_outcome, is_subflow, start_child
 from flowcraft.errors import (
     FlowcraftError,
@@ -24,12 +26,27 @@ from flowcraft.errors import (
 )
 from flowcraft.node import NodeContext, NodeResult, PatchOperation
 from flowcraft.runtime import _announce as announce
-from flowcraft.runtime._executor import Attempts, invoker_for, run_with_middleware
+from flowcraft.runtime._executor import (
+    Attempts,
+    announce_retry,
+    backoff,
+    invoker_for,
+    run_with_middleware,
+)
 from flowcraft.runtime._graph import Graph, NodeSpec
 from flowcraft.runtime._inputs import resolve_inputs
 from flowcraft.runtime._routing import input_from_edges
 
-__all__ = ["Outcome", "Prefetch", "announcer", "execute_node", "as_error", "prefetch_keys"]
+__all__ = [
+    "DEFERRED",
+    "Deferred",
+    "Outcome",
+    "Prefetch",
+    "announcer",
+    "as_error",
+    "execute_node",
+    "prefetch_keys",
+]
 
 _log = logging.getLogger("flowcraft.distributed")
 INPUTS = "_inputs."
@@ -205,8 +222,9 @@ async def execute_node(
     spec: NodeSpec,
     role: str,
     prefetch: Prefetch | None = None,
-) -> Outcome | None:
-    """Run the job's node; None when it paused or failed (both already recorded).
+) -> Outcome | Deferred | None:
+    """Run the job's node; None when it paused or failed (both already recorded), DEFERRED
+    when a failed attempt will be retried by a timer (the job is not done).
 
     ``prefetch`` is what was read for the job when it arrived.
     """
@@ -215,7 +233,15 @@ async def execute_node(
         try:
             result, writes = await child_outcome(adapter, payload, spec)
         except NodeExecutionError as exc:
-            await _failed(adapter, payload, spec, as_error(payload, exc), role)
+            error = as_error(payload, exc)
+            # The child's attempt is the subflow node's: its retry starts a new child.
+            attempt = child_attempt(str((payload.resume or {}).get("subflow") or ""))
+            if attempt < spec.max_attempts and not error.is_fatal:
+                await adapter.coordination.delete(
+                    adapter.keys.resumed(payload.run_id, node_id, payload.iteration)
+                )
+                return await _retry_later(adapter, payload, spec, "", attempt, error)
+            await _failed(adapter, payload, spec, error, role)
             return None
         return Outcome(result, writes)
     if role == "resume":
@@ -238,6 +264,12 @@ async def execute_node(
     else:
         value, data, ops, taken = await _input(adapter, payload, graph, node_id, prefetch)
     run = adapter.job_run(payload.run_id, data)
+    attempt = payload.attempt
+    if spec.max_attempts > 1:
+        # Counted in the store, not per delivery: a redelivered or retried job continues
+        # the count.
+        key = adapter.keys.attempts(payload.run_id, node_id, payload.iteration, role)
+        attempt = await adapter.coordination.increment(key, adapter.ttl)
     signal = asyncio.Event()
     bus = adapter.event_bus
     if bus is not None:
@@ -251,7 +283,7 @@ async def execute_node(
         node_id=node_id,
         run_id=payload.run_id,
         blueprint_id=payload.blueprint_id,
-        attempt=payload.attempt,
+        attempt=attempt,
         run=run,
     )
 
@@ -278,12 +310,15 @@ async def execute_node(
     except WorkflowCancelled:
         return None
     except Exception as exc:
-        await _failed(adapter, payload, spec, as_error(payload, exc), role)
+        error = as_error(payload, exc)
+        if attempt < spec.max_attempts and not error.is_fatal:
+            return await _retry_later(adapter, payload, spec, role, attempt, error)
+        await _failed(adapter, payload, spec, error, role)
         return None
     finally:
         adapter.watches.remove(watching)
     if run.child is not None and run.paused is not None:
-        await start_child(adapter, payload, run.paused, *run.child)
+        await start_child(adapter, payload, run.paused, *run.child, attempt)
         return None
     if run.paused is not None:
         await adapter.park(payload, run.paused)
@@ -303,7 +338,8 @@ async def _invoke(
             node_id=payload.node_id,
         ) from None
     invoker = invoker_for(implementation)
-    attempts = Attempts(spec.max_attempts, spec.retry_delay, spec.timeout, adapter.event_bus)
+    # One attempt per job: a retry is a job of its own, after a durable timer.
+    attempts = Attempts(ctx.attempt, 0.0, spec.timeout, adapter.event_bus, first=ctx.attempt)
     if not adapter.middleware:
         return await invoker(ctx, attempts)
 
@@ -314,6 +350,44 @@ async def _invoke(
             raise as_error(payload, exc) from exc
 
     return await run_with_middleware(adapter.middleware, ctx, core)
+
+
+class Deferred:
+    """What :func:`execute_node` returns for a failed attempt a timer will retry."""
+
+
+DEFERRED = Deferred()
+
+
+async def _retry_later(
+    adapter: Operations,
+    payload: JobPayload,
+    spec: NodeSpec,
+    role: str,
+    attempt: int,
+    error: FlowcraftError,
+) -> Deferred:
+    """Schedule attempt ``attempt + 1`` as a durable timer; the worker's slot is free
+    meanwhile, and a worker that dies during the back-off loses nothing."""
+    run_id = payload.run_id
+    announce_retry(adapter.event_bus, run_id, payload.blueprint_id, payload.node_id, attempt, error)
+    delay = backoff(spec.retry_delay, attempt)
+    job = JobPayload(
+        run_id=run_id,
+        blueprint_id=payload.blueprint_id,
+        node_id=payload.node_id,
+        attempt=attempt + 1,
+        iteration=payload.iteration,
+        trace_context=payload.trace_context,
+        resume=None if role != "resume" or is_subflow(adapter, spec) else payload.resume,
+        extra=payload.extra,
+    )
+    # The job stays counted in flight; held, the reconciler leaves its run alone meanwhile.
+    await adapter.coordination.add_to_set(
+        adapter.keys.held(run_id), member_of(payload), delay + 2 * adapter.lease
+    )
+    await adapter.schedule_retry(job, time.time() + delay)
+    return DEFERRED
 
 
 async def _failed(

@@ -50,8 +50,8 @@ class Keys:
 
     @property
     def timers(self) -> str:
-        """Set of pending sleep timers ``<wakeAt>|<JSON [runId, nodeId, iteration]>``, ``wakeAt``
-        in epoch seconds with six decimals."""
+        """Set of pending timers ``<wakeAt>|<JSON>``, ``wakeAt`` in epoch seconds with six
+        decimals: a sleep's ``[runId, nodeId, iteration]``, or a retry's job (an object)."""
         return f"{self.namespace}:timers"
 
     @property
@@ -125,6 +125,11 @@ class Keys:
     def fallback(self, run: str, node: str, iteration: int) -> str:
         """Fence: a failed node's fallback is started once."""
         return f"{self.namespace}:fallback:{run}:{iteration}:{node}"
+
+    def attempts(self, run: str, node: str, iteration: int, role: str = "") -> str:
+        """Counter of the attempts started at a node with retries (durable: a crash neither
+        resets nor repeats a number)."""
+        return f"{self.namespace}:attempts:{run}:{iteration}:{node}:{role}"
 
     def timer_fired(self, timer: str) -> str:
         """Fence: a timer wakes its node once."""

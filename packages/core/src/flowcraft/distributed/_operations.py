@@ -14,7 +14,7 @@ from flowcraft.distributed._keys import AWAITING, PROGRESS, RESUME, STATUS, TRAC
 from flowcraft.distributed._payload import JobPayload, job_id, parse_job_id
 from flowcraft.distributed._results import ResultWaiter
 from flowcraft.distributed._routing import Routing
-from flowcraft.distributed._runs import child_run_id
+from flowcraft.distributed._runs import child_of
 from flowcraft.errors import JobRejected, ResumeError
 from flowcraft.hooks import RunInfo, call_before_run
 from flowcraft.result import WorkflowResult
@@ -161,11 +161,13 @@ class Operations(Routing):
         for n, i, _ in parked:
             if node_id is not None and n != node_id:
                 continue
-            if (details.get(AWAITING + n) or {}).get("reason") == "subflow":
+            awaiting = details.get(AWAITING + n) or {}
+            if awaiting.get("reason") == "subflow":
                 # A subflow node awaits while its child does; the resume goes to the child.
-                if not await self.child_awaits(run_id, n, i):
+                child = child_of(run_id, n, i, awaiting)
+                if not await self.child_awaits(child):
                     continue
-                children[n] = child_run_id(run_id, n, i)
+                children[n] = child
             candidates.append((n, i))
         if not candidates:
             what = f"node '{node_id}' is not" if node_id else "no node is"
@@ -259,27 +261,39 @@ class Operations(Routing):
             await self.quiescent(run_id)
         return out
 
+    async def schedule_retry(self, job: JobPayload, wake: float) -> None:
+        """Enqueue ``job`` (a node's next attempt) at epoch second ``wake``, durably: any
+        worker's timer scan fires it."""
+        timer = f"{wake:.6f}|{job.to_json()}"
+        await self.coordination.add_to_set(self.keys.timers, timer, self.ttl)
+
     async def fire_due_timers(self, now: float | None = None) -> int:
-        """Wake every sleeping node whose time has come; how many were woken."""
+        """Wake every sleeping node and enqueue every retry whose time has come; how many."""
         now = time.time() if now is None else now
         fired = 0
         for timer in await self.coordination.members(self.keys.timers):
-            wake, run_id, node_id, iteration = _parse_timer(timer)
+            wake, target = _parse_timer(timer)
             if wake > now:
                 continue
+            run_id = target.run_id if isinstance(target, JobPayload) else target[0]
             if (
                 await self.coordination.set_if_not_exist(
                     self.keys.timer_fired(timer), "1", self.ttl
                 )
                 and await self.coordination.get(self.keys.final(run_id)) is None
             ):
-                await self.resume_node(run_id, node_id, iteration, {})
+                if isinstance(target, JobPayload):
+                    await self.queue.enqueue(target.to_json())
+                else:
+                    await self.resume_node(*target, {})
                 fired += 1
             await self.coordination.remove_from_set(self.keys.timers, timer)
         return fired
 
 
-def _parse_timer(timer: str) -> tuple[float, str, str, int]:
+def _parse_timer(timer: str) -> tuple[float, JobPayload | tuple[str, str, int]]:
     wake, _, rest = timer.partition("|")
+    if rest.startswith("{"):
+        return float(wake), JobPayload.from_json(rest)
     run_id, node_id, iteration = orjson.loads(rest)
-    return float(wake), str(run_id), str(node_id), int(iteration)
+    return float(wake), (str(run_id), str(node_id), int(iteration))

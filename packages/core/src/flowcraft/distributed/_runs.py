@@ -34,14 +34,27 @@ from flowcraft.hooks import RunInfo, call_after_run
 from flowcraft.result import WorkflowResult, WorkflowStatus
 from flowcraft.serializer import JsonSerializer
 
-__all__ = ["Runs", "child_run_id"]
+__all__ = ["Runs", "child_attempt", "child_of", "child_run_id"]
 
 _log = logging.getLogger("flowcraft.distributed")
 
 
-def child_run_id(run_id: str, node_id: str, iteration: int) -> str:
-    """The run id of the child a subflow node starts in one iteration."""
-    return f"{run_id}/{node_id}@{iteration}"
+def child_run_id(run_id: str, node_id: str, iteration: int, attempt: int = 1) -> str:
+    """The run id of the child a subflow node starts in one iteration and attempt."""
+    base = f"{run_id}/{node_id}@{iteration}"
+    return base if attempt <= 1 else f"{base}#{attempt}"
+
+
+def child_attempt(child_id: str) -> int:
+    """The attempt of the subflow node that started ``child_id``."""
+    _, hash_, attempt = child_id.rpartition("#")
+    return int(attempt) if hash_ and attempt.isdigit() else 1
+
+
+def child_of(run_id: str, node_id: str, iteration: int, details: Mapping[str, Any]) -> str:
+    """The child run a parked subflow node waits for (recorded in its awaiting details)."""
+    child = details.get("childRunId")
+    return child if isinstance(child, str) else child_run_id(run_id, node_id, iteration)
 
 
 class Runs(Parts):
@@ -154,7 +167,8 @@ class Runs(Parts):
         (raw_link,), (parked,) = await store.read([keys.parent(run_id)], [keys.parked(run_id)])
         for member in parked:
             node_id, iteration, _ = parse_job_id(member)
-            child_id = child_run_id(run_id, node_id, iteration)
+            details = await self.context.get(run_id, AWAITING + node_id) or {}
+            child_id = child_of(run_id, node_id, iteration, details)
             if await store.get(keys.parent(child_id)) is not None:
                 await self.publish_final(child_id, "cancelled")
         link = _link(raw_link)
@@ -314,9 +328,8 @@ class Runs(Parts):
         await self.enqueue_job(job, member)
         return True
 
-    async def child_awaits(self, run_id: str, node_id: str, iteration: int) -> bool:
+    async def child_awaits(self, child_id: str) -> bool:
         """Whether the child run of a parked subflow node awaits a resume."""
-        child_id = child_run_id(run_id, node_id, iteration)
         if await self.coordination.get(self.keys.final(child_id)) is not None:
             return False
         return bool(await self.context.get(child_id, STATUS) == "awaiting")
@@ -329,7 +342,7 @@ class Runs(Parts):
         if reason != "subflow":
             return True
         node_id, iteration, _ = parse_job_id(member)
-        return await self.child_awaits(run_id, node_id, iteration)
+        return await self.child_awaits(child_of(run_id, node_id, iteration, details))
 
     async def _wake_parent(self, run_id: str) -> None:
         # ``run_id`` now awaits a resume: its parent awaits too once nothing else of it runs.

@@ -69,11 +69,13 @@ async def start_child(
     details: Mapping[str, Any],
     blueprint_id: str,
     data: Mapping[str, Any],
+    attempt: int = 1,
 ) -> None:
-    """Link, park and start the child a subflow job asked for (each step repeatable)."""
+    """Link, park and start the child a subflow job asked for (each step repeatable); a
+    retried subflow node starts a child of its own per attempt."""
     run_id, node_id, iteration = payload.run_id, payload.node_id, payload.iteration
     store, keys = adapter.coordination, adapter.keys
-    child_id = child_run_id(run_id, node_id, iteration)
+    child_id = child_run_id(run_id, node_id, iteration, attempt)
     link = orjson.dumps([run_id, node_id, iteration]).decode()
     await store.set_if_not_exist(keys.parent(child_id), link, adapter.ttl)
     # Parked before the child starts, so that the child's end always finds the node parked.
@@ -102,7 +104,8 @@ async def child_outcome(
             message carries the child's first error, which names the child's node.
     """
     run_id, node_id, iteration = payload.run_id, payload.node_id, payload.iteration
-    child_id = child_run_id(run_id, node_id, iteration)
+    child = (payload.resume or {}).get("subflow")
+    child_id = child if isinstance(child, str) else child_run_id(run_id, node_id, iteration)
     # Also here, not only in resume_node: a resume job re-enqueued by reconcile may follow a
     # crash between the resume fence and the unpark.
     await adapter.coordination.remove_from_set(

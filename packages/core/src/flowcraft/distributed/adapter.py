@@ -23,6 +23,7 @@ from flowcraft.blueprint import Blueprint, EdgeDefinition
 from flowcraft.context import OUTPUTS
 from flowcraft.distributed._base import Closer, parse_meta
 from flowcraft.distributed._execute import (
+    DEFERRED,
     Outcome,
     Prefetch,
     announcer,
@@ -320,7 +321,9 @@ class DistributedAdapter(Operations):
         result: NodeResult | None = None
         if stored is None:
             outcome = await execute_node(self, payload, graph, spec, role, job.prefetch)
-            if outcome is None:
+            if outcome is DEFERRED:
+                return  # a timer enqueues its next attempt; until then it is not done
+            if not isinstance(outcome, Outcome):
                 await self.job_done(run_id, member)
                 return
             record = orjson.dumps(outcome.result.to_dict()).decode()

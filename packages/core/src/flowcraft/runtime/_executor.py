@@ -23,17 +23,27 @@ Invoker = Callable[[NodeContext, "Attempts"], Awaitable[NodeResult]]
 
 
 class Attempts:
-    """Retry policy of one execution, and where ``node:retry`` events go."""
+    """Retry policy of one execution, and where ``node:retry`` events go.
 
-    __slots__ = ("bus", "delay", "max_attempts", "timeout")
+    ``first`` is the number of the first attempt: a distributed job runs one attempt, its
+    number counted durably, with ``max_attempts == first``.
+    """
+
+    __slots__ = ("bus", "delay", "first", "max_attempts", "timeout")
 
     def __init__(
-        self, max_attempts: int, delay: float, timeout: float | None, bus: EventBus | None
+        self,
+        max_attempts: int,
+        delay: float,
+        timeout: float | None,
+        bus: EventBus | None,
+        first: int = 1,
     ) -> None:
         self.max_attempts = max_attempts
         self.delay = delay
         self.timeout = timeout
         self.bus = bus
+        self.first = first
 
 
 # How a node's callable runs: awaited on the loop, called on the loop (sync, opted in with
@@ -84,7 +94,7 @@ def _stop_retrying(exc: BaseException) -> bool:
 async def _retrying(
     ctx: NodeContext, attempts: Attempts, run_once: Callable[[], Awaitable[Any]]
 ) -> Any:
-    attempt = 1
+    attempt = attempts.first
     while True:
         if ctx.signal.is_set():
             raise WorkflowCancelled(
@@ -98,22 +108,38 @@ async def _retrying(
         except Exception as exc:
             if attempt >= attempts.max_attempts or _stop_retrying(exc):
                 raise
-            bus = attempts.bus
-            if bus is not None and bus.wants("node:retry"):
-                bus.emit(
-                    "node:retry",
-                    {
-                        "nodeId": ctx.node_id,
-                        "attempt": attempt,
-                        "executionId": ctx.run_id,
-                        "blueprintId": ctx.blueprint_id,
-                        "error": str(exc),
-                    },
-                )
-            _log.warning("node %s attempt %d failed: %r; retrying", ctx.node_id, attempt, exc)
+            announce_retry(attempts.bus, ctx.run_id, ctx.blueprint_id, ctx.node_id, attempt, exc)
             if attempts.delay > 0:
-                await asyncio.sleep(attempts.delay * (2 ** (attempt - 1)))
+                await asyncio.sleep(backoff(attempts.delay, attempt))
             attempt += 1
+
+
+def backoff(delay: float, attempt: int) -> float:
+    """Seconds to wait after failed attempt ``attempt`` (from 1): ``delay`` doubling."""
+    return float(delay * 2 ** (attempt - 1))
+
+
+def announce_retry(
+    bus: EventBus | None,
+    run_id: str,
+    blueprint_id: str,
+    node_id: str,
+    attempt: int,
+    exc: BaseException,
+) -> None:
+    """``node:retry`` for a failed attempt that will be retried, and a warning."""
+    if bus is not None and bus.wants("node:retry"):
+        bus.emit(
+            "node:retry",
+            {
+                "nodeId": node_id,
+                "attempt": attempt,
+                "executionId": run_id,
+                "blueprintId": blueprint_id,
+                "error": str(exc),
+            },
+        )
+    _log.warning("node %s attempt %d failed: %r; retrying", node_id, attempt, exc)
 
 
 # Kept on the invoker itself: a registry would keep the invokers of uncached implementations.
