@@ -24,11 +24,13 @@ HERE = Path(__file__).parent
 
 async def test_a_node_in_back_off_frees_its_slot(harness: Harness) -> None:
     attempts: list[int] = []
+    first_failed = asyncio.Event()
     other_ran_during_back_off = asyncio.Event()
 
     async def flaky(ctx: NodeContext) -> int:
         attempts.append(ctx.attempt)
         if ctx.attempt < 2:
+            first_failed.set()
             raise RuntimeError("first attempt fails")
         return ctx.attempt
 
@@ -42,8 +44,7 @@ async def test_a_node_in_back_off_frees_its_slot(harness: Harness) -> None:
     harness.worker(concurrency=1)
     client = harness.client
     flaky_run = await client.start("flaky")
-    while not attempts:
-        await asyncio.sleep(0.02)
+    await asyncio.wait_for(first_failed.wait(), T)
     # One slot, and the flaky node waits out its back-off: the slot serves another run.
     assert (await client.run("quick", timeout=T)).status == "completed"
     assert other_ran_during_back_off.is_set()
