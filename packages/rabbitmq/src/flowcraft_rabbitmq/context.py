@@ -1,0 +1,111 @@
+"""``PostgresContextStore``: one row per ``(run_id, key)`` with a ``jsonb`` value.
+
+A patch is one statement (a delete and an upsert in one CTE), so it applies all-or-nothing and
+writes only the keys it names. Keys and values are always bound as parameters. Every row
+carries ``expires_at`` (``state_ttl_seconds`` after its last write, reset when the run ends);
+reads ignore expired rows and the pool's cleanup deletes them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import Any
+
+from flowcraft.backend import SerializationError, decode_value, patch_writes
+from flowcraft.node import PatchOperation
+from flowcraft_rabbitmq._pg import Pool
+
+__all__ = ["PostgresContextStore"]
+
+# A NUL escape in encoded JSON: "\u0000" after an even number of backslashes.
+_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
+
+
+class PostgresContextStore:
+    """A :class:`~flowcraft.backend.ContextStore` on PostgreSQL (table ``<prefix>context``).
+
+    A value is one ``jsonb`` datum: up to 255 MB, but a job's whole arrival read travels in one
+    reply, so keep values far smaller. ``jsonb`` cannot hold the NUL character (``\\u0000``)
+    in a string; such a value is refused with :class:`~flowcraft.backend.SerializationError`.
+    """
+
+    def __init__(self, pool: Pool) -> None:
+        self._pool = pool
+        ttl = f"now() + make_interval(secs => {int(pool.settings.state_ttl_seconds)})"
+        alive = "expires_at > now()"
+        q = pool.query
+        self._get = q(
+            f"SELECT value::text FROM {{context}} WHERE run_id = %s AND key = %s AND {alive}"
+        )
+        self._has = q(f"SELECT 1 FROM {{context}} WHERE run_id = %s AND key = %s AND {alive}")
+        self._many = q(
+            "SELECT key, value::text FROM {context}"
+            f" WHERE run_id = %s AND key = ANY(%s) AND {alive}"
+        )
+        self._all = q(f"SELECT key, value::text FROM {{context}} WHERE run_id = %s AND {alive}")
+        self._delete = q(
+            f"DELETE FROM {{context}} WHERE run_id = %s AND key = %s RETURNING {alive}"
+        )
+        self._delete_run = q("DELETE FROM {context} WHERE run_id = %s")
+        self._patch = q(
+            "WITH gone AS (DELETE FROM {context} WHERE run_id = %(run)s AND key = ANY(%(deletes)s))"
+            " INSERT INTO {context} (run_id, key, value, expires_at)"
+            f" SELECT %(run)s, k, v::jsonb, {ttl}"
+            " FROM unnest(%(keys)s::text[], %(values)s::text[]) AS w(k, v)"
+            " ON CONFLICT (run_id, key)"
+            " DO UPDATE SET value = EXCLUDED.value, expires_at = EXCLUDED.expires_at"
+        )
+
+    async def get(self, run_id: str, key: str) -> Any:
+        async with self._pool.connection() as conn:
+            row = await (await conn.execute(self._get, (run_id, key))).fetchone()
+        return None if row is None else decode_value(str(row[0]))
+
+    async def set(self, run_id: str, key: str, value: Any) -> None:
+        await self.patch(run_id, [{"op": "set", "key": key, "value": value}])
+
+    async def has(self, run_id: str, key: str) -> bool:
+        async with self._pool.connection() as conn:
+            return await (await conn.execute(self._has, (run_id, key))).fetchone() is not None
+
+    async def delete(self, run_id: str, key: str) -> bool:
+        async with self._pool.connection() as conn:
+            row = await (await conn.execute(self._delete, (run_id, key))).fetchone()
+        return row is not None and bool(row[0])
+
+    async def get_many(self, run_id: str, keys: Iterable[str]) -> dict[str, Any]:
+        wanted = list(keys)
+        if not wanted:
+            return {}
+        async with self._pool.connection() as conn:
+            rows = await (await conn.execute(self._many, (run_id, wanted))).fetchall()
+        return {str(k): decode_value(str(v)) for k, v in rows}
+
+    async def patch(self, run_id: str, operations: Iterable[PatchOperation]) -> None:
+        sets, deletes = patch_writes(operations)
+        if not sets and not deletes:
+            return
+        values = []
+        for key, raw in sets.items():
+            if _NUL.search(raw):
+                raise SerializationError(
+                    f"context key '{key}' holds a string with a NUL character, which"
+                    " PostgreSQL's jsonb cannot store"
+                )
+            values.append(raw.decode())
+        params = {"run": run_id, "deletes": deletes, "keys": list(sets), "values": values}
+
+        async def write(conn: Any) -> None:
+            await conn.execute(self._patch, params)
+
+        await self._pool.run(write)
+
+    async def to_dict(self, run_id: str) -> dict[str, Any]:
+        async with self._pool.connection() as conn:
+            rows = await (await conn.execute(self._all, (run_id,))).fetchall()
+        return {str(k): decode_value(str(v)) for k, v in rows}
+
+    async def delete_run(self, run_id: str) -> None:
+        async with self._pool.connection() as conn:
+            await conn.execute(self._delete_run, (run_id,))
