@@ -45,7 +45,8 @@ class SqsSettings:
         region: Region, when not configured the botocore way.
         sqs_endpoint: SQS endpoint, when not configured the botocore way (an emulator).
         dynamodb_endpoint: DynamoDB endpoint, likewise.
-        max_connections: Most HTTP connections per client.
+        max_connections: Most HTTP connections of each of the two clients (SQS, DynamoDB);
+            a burst of calls waits for a free one, it never fails for want of one.
         max_attempts: Attempts of one call (botocore's "standard" retry mode).
     """
 
@@ -61,7 +62,7 @@ class SqsSettings:
     region: str | None = None
     sqs_endpoint: str | None = None
     dynamodb_endpoint: str | None = None
-    max_connections: int = 64
+    max_connections: int = 10
     max_attempts: int = 5
 
     def __post_init__(self) -> None:
