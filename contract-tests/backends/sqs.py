@@ -1,0 +1,266 @@
+"""Contract-suite fixture of flowcraft-sqs: SQS on ElasticMQ, DynamoDB on DynamoDB Local.
+
+``FLOWCRAFT_SQS_SERVERS=moto`` runs the suite against moto server instead (both services in
+one process; it enforces limits ElasticMQ does not, e.g. the 12-hour visibility cap).
+
+The servers are chosen here, not by ambient variables: ``services up all`` writes one env
+file in which the last provider's ``AWS_ENDPOINT_URL_*`` win, so the endpoints each provider
+returns are passed to the adapters and workers explicitly.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any
+
+import boto3
+
+from backends._fixture import spawn_worker
+from flowcraft.blueprint import Blueprint
+from flowcraft.distributed import ContextStore, CoordinationStore, DistributedAdapter
+from flowcraft_sqs import (
+    DynamoContextStore,
+    DynamoCoordinationStore,
+    SqsAdapter,
+    SqsQueue,
+    SqsSettings,
+    Table,
+)
+from flowcraft_sqs.clients import Clients
+
+__all__ = ["Deployment", "Fixture"]
+
+_PROFILES = {"emulators": ("elasticmq", "dynamodb-local"), "moto": ("moto", "moto")}
+_TABLE = "flowcraft-contract"
+
+
+def _start(name: str) -> dict[str, str]:
+    from flowcraft_services import resolve
+    from flowcraft_services.registry import PROVIDERS, canonical
+
+    mode = os.environ.get("FLOWCRAFT_SERVICES_MODE")
+    if mode is None and os.environ.get(PROVIDERS[canonical(name)].env_vars[0]):
+        # An ambient endpoint may be another provider's (see the module docstring).
+        mode = "local"
+    return dict(resolve(name, mode).start())
+
+
+class Deployment:
+    """One test's share: a job queue, a dead-letter queue and a key prefix of its own."""
+
+    def __init__(self, base: SqsSettings, lease: float) -> None:
+        tag = f"t{uuid.uuid4().hex[:10]}"
+        self.settings = replace(base, queue=tag, key_prefix=f"{tag}/", lease_seconds=lease)
+        self.lease = lease
+        self.adapters: list[DistributedAdapter] = []
+        self.clients: list[Clients] = []
+        self.dead: list[str] = []
+
+
+class Fixture:
+    """What the suite needs from a backend."""
+
+    name = "sqs"
+
+    def __init__(self) -> None:
+        self.base = SqsSettings()
+        self.env: dict[str, str] = {}
+
+    def provision(self) -> None:
+        """Start (or reach) the profile's servers and create the shared table."""
+        profile = os.environ.get("FLOWCRAFT_SQS_SERVERS", "emulators")
+        if profile not in _PROFILES:
+            raise ValueError(f"FLOWCRAFT_SQS_SERVERS must be one of {sorted(_PROFILES)}")
+        sqs_name, dynamodb_name = _PROFILES[profile]
+        sqs_env = _start(sqs_name)
+        dynamodb_env = sqs_env if dynamodb_name == sqs_name else _start(dynamodb_name)
+        sqs = sqs_env["AWS_ENDPOINT_URL_SQS"]
+        dynamodb = dynamodb_env["AWS_ENDPOINT_URL_DYNAMODB"]
+        self.env = {
+            "AWS_ACCESS_KEY_ID": sqs_env["AWS_ACCESS_KEY_ID"],
+            "AWS_SECRET_ACCESS_KEY": sqs_env["AWS_SECRET_ACCESS_KEY"],
+            "AWS_DEFAULT_REGION": sqs_env["AWS_DEFAULT_REGION"],
+            "AWS_ENDPOINT_URL_SQS": sqs,
+            "AWS_ENDPOINT_URL_DYNAMODB": dynamodb,
+        }
+        # In-process clients get the same, explicitly (botocore reads no env var over them).
+        for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"):
+            os.environ.setdefault(name, self.env[name])
+        self.base = SqsSettings(
+            table=_TABLE,
+            region=self.env["AWS_DEFAULT_REGION"],
+            sqs_endpoint=sqs,
+            dynamodb_endpoint=dynamodb,
+        )
+        self._sqs().list_queues()
+        self._dynamodb().list_tables()
+
+    def _client(self, service: str) -> Any:
+        return boto3.client(
+            service,
+            endpoint_url=self.env[f"AWS_ENDPOINT_URL_{service.upper()}"],
+            region_name=self.env["AWS_DEFAULT_REGION"],
+            aws_access_key_id=self.env["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=self.env["AWS_SECRET_ACCESS_KEY"],
+        )
+
+    def _sqs(self) -> Any:
+        return self._client("sqs")
+
+    def _dynamodb(self) -> Any:
+        return self._client("dynamodb")
+
+    def spawn_worker(
+        self, deployment: Deployment, app: str, env: Mapping[str, str]
+    ) -> subprocess.Popen[bytes]:
+        """A ``flowcraft worker`` process serving ``deployment``."""
+        settings = deployment.settings
+        settings_env = {
+            **self.env,
+            "FLOWCRAFT_SQS_QUEUE": settings.queue,
+            "FLOWCRAFT_SQS_TABLE": settings.table,
+            "FLOWCRAFT_SQS_KEY_PREFIX": settings.key_prefix,
+            "FLOWCRAFT_SQS_LEASE_SECONDS": str(deployment.lease),
+        }
+        return spawn_worker(self.name, app, {**env, **settings_env})
+
+    def deployment(self, *, lease: float) -> Deployment:
+        """A fresh queue and key prefix for one test."""
+        return Deployment(self.base, lease)
+
+    def adapter(
+        self,
+        deployment: Deployment,
+        registry: Mapping[str, Any],
+        blueprints: Mapping[str, Blueprint],
+        **options: Any,
+    ) -> DistributedAdapter:
+        """An adapter (one per worker or client) over ``deployment``."""
+        options.setdefault("lease", deployment.lease)
+        adapter = SqsAdapter(
+            deployment.settings, registry=registry, blueprints=blueprints, **options
+        )
+        deployment.adapters.append(adapter)
+        return adapter
+
+    def stores(self, deployment: Deployment) -> tuple[CoordinationStore, ContextStore]:
+        """Stores on clients of their own (closed at reset)."""
+        clients = Clients(deployment.settings)
+        deployment.clients.append(clients)
+        table = Table(clients)
+        return DynamoCoordinationStore(table), DynamoContextStore(table)
+
+    def client_connections(self, deployment: Deployment, adapter: DistributedAdapter) -> int:
+        """HTTP connections the adapter's two clients hold open (idle or in use).
+
+        The emulators cannot tell clients apart, so this asks the clients' aiohttp
+        connectors (private attributes: test-only introspection).
+        """
+        assert isinstance(adapter, SqsAdapter)
+        clients = adapter.clients
+        total = 0
+        for client in (clients._sqs, clients._dynamodb):
+            if client is None:
+                continue
+            sessions = getattr(client._endpoint.http_session, "_sessions", None) or {}
+            for session in sessions.values():
+                connector = session.connector
+                if connector is not None:
+                    idle = sum(len(c) for c in connector._conns.values())
+                    total += idle + len(connector._acquired)
+        return total
+
+    def _url(self, name: str) -> str | None:
+        try:
+            return str(self._sqs().get_queue_url(QueueName=name)["QueueUrl"])
+        except Exception:
+            return None
+
+    def queued_jobs(self, deployment: Deployment) -> int:
+        """Jobs the queue holds: visible, in flight or delayed (exact on the emulators)."""
+        url = self._url(deployment.settings.queue_name)
+        if url is None:
+            return 0
+        names = [
+            "ApproximateNumberOfMessages",
+            "ApproximateNumberOfMessagesNotVisible",
+            "ApproximateNumberOfMessagesDelayed",
+        ]
+        attributes = self._sqs().get_queue_attributes(QueueUrl=url, AttributeNames=names)
+        return sum(int(attributes["Attributes"].get(n, 0)) for n in names)
+
+    def dead_letters(self, deployment: Deployment) -> list[str]:
+        """Reasons of the dead-lettered jobs (drained from the dead-letter queue and kept)."""
+        url = self._url(deployment.settings.dead_letter_queue_name)
+        if url is None:
+            return list(deployment.dead)
+        sqs = self._sqs()
+        while True:
+            reply = sqs.receive_message(
+                QueueUrl=url,
+                MaxNumberOfMessages=10,
+                WaitTimeSeconds=0,
+                MessageAttributeNames=["All"],
+            )
+            messages = reply.get("Messages", [])
+            if not messages:
+                return list(deployment.dead)
+            for message in messages:
+                reason = message.get("MessageAttributes", {}).get("reason", {})
+                deployment.dead.append(str(reason.get("StringValue", "redriven by SQS")))
+                sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+
+    async def inject(self, deployment: Deployment, body: str) -> None:
+        """Put a raw (possibly malformed) job on the queue, as a foreign producer could."""
+        clients = Clients(deployment.settings)
+        try:
+            await SqsQueue(clients).enqueue(body)
+        finally:
+            await clients.close()
+
+    async def reset(self, deployment: Deployment) -> None:
+        """Close the test's adapters and delete its items, jobs and dead letters."""
+        for adapter in deployment.adapters:
+            await adapter.close()
+        for clients in deployment.clients:
+            await clients.close()
+        deployment.adapters.clear()
+        deployment.clients.clear()
+        deployment.dead.clear()
+        settings = deployment.settings
+        sqs = self._sqs()
+        for name in (settings.queue_name, settings.dead_letter_queue_name):
+            url = self._url(name)
+            if url is not None:
+                sqs.purge_queue(QueueUrl=url)
+        dynamodb = self._dynamodb()
+        scan: dict[str, Any] = {
+            "TableName": settings.table,
+            "FilterExpression": "begins_with(#pk, :p)",
+            "ExpressionAttributeNames": {"#pk": "pk"},
+            "ExpressionAttributeValues": {":p": {"S": settings.key_prefix}},
+            "ProjectionExpression": "#pk, sk",
+        }
+        try:
+            pages = list(_scan(dynamodb, scan))
+        except dynamodb.exceptions.ResourceNotFoundException:
+            return
+        for keys in pages:
+            for start in range(0, len(keys), 25):
+                requests = [{"DeleteRequest": {"Key": k}} for k in keys[start : start + 25]]
+                while requests:
+                    reply = dynamodb.batch_write_item(RequestItems={settings.table: requests})
+                    requests = reply.get("UnprocessedItems", {}).get(settings.table, [])
+
+
+def _scan(dynamodb: Any, request: dict[str, Any]) -> Any:
+    while True:
+        reply = dynamodb.scan(**request)
+        yield reply.get("Items", [])
+        if not reply.get("LastEvaluatedKey"):
+            return
+        request["ExclusiveStartKey"] = reply["LastEvaluatedKey"]
