@@ -1,4 +1,5 @@
-"""An order pipeline served by RabbitMQ workers: ``flowcraft worker --backend rabbitmq --app app:app``.
+"""An order pipeline served by RabbitMQ workers (``flowcraft worker --backend rabbitmq
+--app app:app``).
 
 ::
 
