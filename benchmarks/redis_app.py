@@ -22,16 +22,28 @@ from typing import Any
 
 from flowcraft import Blueprint, NodeContext, load_blueprint
 
-__all__ = ["CHAIN", "FAN", "FIRST", "NODE_COUNT", "RAW_JOB", "RAW_JOB_OPTS", "TERMINAL", "app"]
+__all__ = [
+    "CHAIN",
+    "FAN",
+    "FIRST",
+    "NODE_COUNT",
+    "RAW_JOB",
+    "RAW_JOB_OPTS",
+    "SINGLE",
+    "TERMINAL",
+    "app",
+]
 
 CHAIN = "chain20"
 FAN = "fan20"
+SINGLE = "single"
+"""One node: what a client waiting on many runs at once costs, not the runs."""
 NODE_COUNT = {CHAIN: 20, FAN: 22}
 FIRST = {CHAIN: "n0", FAN: "start"}
 TERMINAL = {CHAIN: "n19", FAN: "join"}
 RAW_JOB = "noop"
 # The options the BullMQ transport gives its jobs, so both pay for the same bookkeeping.
-RAW_JOB_OPTS = {"removeOnComplete": {"age": 3600}, "removeOnFail": {"age": 7 * 86400}}
+RAW_JOB_OPTS = {"removeOnComplete": True, "removeOnFail": {"age": 7 * 86400, "count": 10_000}}
 
 
 async def noop(ctx: NodeContext) -> int:
@@ -62,7 +74,11 @@ def _fan(width: int) -> Blueprint:
 
 app: dict[str, Any] = {
     "registry": {"noop": noop, "stamp": stamp},
-    "blueprints": {CHAIN: _chain(20), FAN: _fan(20)},
+    "blueprints": {
+        CHAIN: _chain(20),
+        FAN: _fan(20),
+        SINGLE: load_blueprint({"id": SINGLE, "nodes": [{"id": "only", "uses": "noop"}]}),
+    },
 }
 
 

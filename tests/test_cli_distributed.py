@@ -199,3 +199,34 @@ def test_main_without_click_exits_2_with_a_hint() -> None:
     )
     assert proc.returncode == 2
     assert "pip install 'flowcraft-core[cli]'" in proc.stderr
+
+
+def test_watch_follows_a_run_with_a_progress_bar(
+    runner: CliRunner, shared_memory: MemoryBackend
+) -> None:
+    import asyncio
+
+    from cli_sample import flow
+
+    from flowcraft.distributed import Client, Worker
+
+    sample = {"registry": flow.function_registry, "blueprints": {"cli-sample": flow.to_blueprint()}}
+
+    async def run() -> str:
+        worker_adapter = MemoryAdapter(shared_memory, run_events=True, **sample)
+        worker = Worker(worker_adapter)
+        worker.start()
+        client = Client(MemoryAdapter(shared_memory, run_events=True, **sample))
+        run_id = await client.start("cli-sample", {"x": 1})
+        await client.wait(run_id, timeout=10)
+        await worker.stop()
+        await worker_adapter.close()
+        await client.adapter.close()
+        return run_id
+
+    run_id = asyncio.run(run())
+    watched = runner.invoke(cli, ["watch", run_id, *APP, "--no-follow"])
+    assert "workflow:start" in watched.stdout
+    assert "✓" in watched.stdout
+    unknown = runner.invoke(cli, ["watch", "nope", *APP, "--no-follow"])
+    assert unknown.exit_code == 1

@@ -18,10 +18,19 @@ from importlib.metadata import entry_points
 from typing import Any, TypeVar
 
 import click
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 from flowcraft._cli_commands import EXIT_FAILED, BadInput, _import_attr, _load_state, cli
 from flowcraft.distributed import Client, DistributedAdapter, Reconciler, Worker
 from flowcraft.errors import FlowcraftError
+from flowcraft.events import FlowEvent
 
 __all__ = ["load_app", "resolve_backend"]
 
@@ -64,7 +73,9 @@ def resolve_backend(name: str) -> Callable[..., Any]:
     )
 
 
-def _adapter(backend: str, app: str, concurrency: int | None = None) -> DistributedAdapter:
+def _adapter(
+    backend: str, app: str, concurrency: int | None = None, *, run_events: bool = False
+) -> DistributedAdapter:
     try:
         factory = resolve_backend(backend)
         registry, blueprints = load_app(app)
@@ -74,6 +85,8 @@ def _adapter(backend: str, app: str, concurrency: int | None = None) -> Distribu
     # Backends whose queue client has a concurrency of its own (BullMQ) get the worker's.
     if concurrency is not None and "concurrency" in inspect.signature(factory).parameters:
         options["concurrency"] = concurrency
+    if run_events:
+        options["run_events"] = True
     adapter: DistributedAdapter = factory(registry=registry, blueprints=blueprints, **options)
     return adapter
 
@@ -163,6 +176,13 @@ def _backend_options(f: Callable[..., Any]) -> Callable[..., Any]:
     help="Seconds without progress after which a run is reconciled"
     " (default: ten leases, at least 60; env: FLOWCRAFT_STALLED_AFTER).",
 )
+@click.option(
+    "--run-events",
+    is_flag=True,
+    envvar="FLOWCRAFT_RUN_EVENTS",
+    help="Write every event of the runs this worker serves to the backend's event log, for"
+    " `flowcraft watch` and Client.events (costs throughput; env: FLOWCRAFT_RUN_EVENTS).",
+)
 def worker(
     backend: str,
     app: str,
@@ -171,12 +191,13 @@ def worker(
     max_deliveries: int,
     reconcile_every: float | None,
     stalled_after: float | None,
+    run_events: bool,
 ) -> None:
     """Serve jobs of a distributed backend until SIGTERM or SIGINT (then stop gracefully).
 
     One worker of the deployment at a time also re-enqueues the lost jobs of stalled runs.
     """
-    adapter = _adapter(backend, app, concurrency)
+    adapter = _adapter(backend, app, concurrency, run_events=run_events)
     logging.basicConfig(level=logging.INFO)
 
     async def serve() -> None:
@@ -212,6 +233,64 @@ def start(blueprint_id: str, backend: str, app: str, state: str | None) -> None:
     """Start a run of BLUEPRINT_ID; print its run id."""
     initial = _load_state(state)
     click.echo(_with_client(backend, app, lambda c: c.start(blueprint_id, initial)))
+
+
+@cli.command()
+@click.argument("run_id")
+@_backend_options
+@click.option("--no-follow", is_flag=True, help="Print the events so far and exit.")
+def watch(run_id: str, backend: str, app: str, no_follow: bool) -> None:
+    """Show RUN_ID's events live, with a progress bar of its nodes; exit 1 unless it completed.
+
+    Its workers must write events (``flowcraft worker --run-events``).
+    """
+
+    async def follow(client: Client) -> str:
+        adapter = client.adapter
+        meta = await adapter.meta(run_id)
+        blueprint = adapter.blueprints.get(meta[0]) if meta is not None else None
+        total = len(blueprint.nodes) if blueprint is not None else None
+        status = "running"
+        with Progress(
+            SpinnerColumn(),
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            transient=False,
+        ) as progress:
+            task = progress.add_task(run_id, total=total)
+            async for event in client.events(run_id, follow=not no_follow):
+                line = _event_line(event)
+                if line is not None:
+                    progress.console.print(line, highlight=False)
+                if event.type in ("node:finish", "node:skipped"):
+                    progress.advance(task)
+                elif event.type == "workflow:finish":
+                    status = str(event.payload.get("status"))
+                    progress.update(task, description=f"{run_id} {status}")
+        return status
+
+    if _with_client(backend, app, follow) != "completed":
+        raise SystemExit(EXIT_FAILED)
+
+
+def _event_line(event: FlowEvent) -> str | None:
+    payload = event.payload
+    node = payload.get("nodeId")
+    if event.type == "node:finish":
+        return f"✓ {node}"
+    if event.type == "node:error":
+        error = payload.get("error")
+        return f"✗ {node}: {error.get('message') if isinstance(error, dict) else error}"
+    if event.type == "node:retry":
+        return f"↻ {node} attempt {payload.get('attempt')} failed: {payload.get('error')}"
+    if event.type == "node:fallback":
+        return f"↪ {node} → {payload.get('fallback')}"
+    if event.type.startswith("workflow:"):
+        extra = f" {payload.get('status')}" if "status" in payload else ""
+        return f"{event.type}{extra}"
+    return None
 
 
 @cli.command()

@@ -9,6 +9,7 @@ from flowcraft_redis_store.batch import BatchedStore, Batcher, Command, pairs
 from flowcraft_redis_store.context import RedisContextStore, decode_fields
 from flowcraft_redis_store.coordination import RedisCoordinationStore
 from flowcraft_redis_store.errors import retryable_errors, text, translated
+from flowcraft_redis_store.events import RedisEventLog
 from flowcraft_redis_store.results import RedisResultChannel
 from flowcraft_redis_store.settings import DEFAULT_URL, RedisSettings
 
@@ -16,6 +17,7 @@ __all__ = [
     # Stores
     "RedisContextStore",
     "RedisCoordinationStore",
+    "RedisEventLog",
     "RedisResultChannel",
     # Connection and layout
     "DEFAULT_URL",

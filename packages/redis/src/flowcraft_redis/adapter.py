@@ -31,6 +31,7 @@ from flowcraft_redis_store import (
     Batcher,
     RedisContextStore,
     RedisCoordinationStore,
+    RedisEventLog,
     RedisResultChannel,
     RedisSettings,
 )
@@ -76,6 +77,7 @@ class _RedisAdapter(DistributedAdapter):
             results=RedisResultChannel(*parts),
             hops=hops,
             arrivals=RedisArrivalReader(*parts),
+            events=RedisEventLog(*parts),
             closers=closers,
             registry=registry,
             blueprints=blueprints,

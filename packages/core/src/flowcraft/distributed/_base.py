@@ -15,11 +15,13 @@ import orjson
 
 from flowcraft.blueprint import Blueprint, NodeDefinition
 from flowcraft.builtins import BUILTINS
+from flowcraft.distributed._events import EventForwarder, StoreEventLog
 from flowcraft.distributed._keys import DYNAMIC, Keys
 from flowcraft.distributed._protocols import (
     ArrivalReader,
     ContextStore,
     CoordinationStore,
+    EventLog,
     HopCommitter,
     Queue,
     ResultChannel,
@@ -51,6 +53,8 @@ class Parts:
         results: ResultChannel | None = None,
         hops: HopCommitter | None = None,
         arrivals: ArrivalReader | None = None,
+        events: EventLog | None = None,
+        run_events: bool = False,
         closers: Sequence[Closer] = (),
         registry: Mapping[str, Any] | None = None,
         blueprints: Mapping[str, Blueprint] | None = None,
@@ -73,6 +77,8 @@ class Parts:
             _check("hops", hops, HopCommitter)
         if arrivals is not None:
             _check("arrivals", arrivals, ArrivalReader)
+        if events is not None:
+            _check("events", events, EventLog)
         self.queue = queue
         self.context = context
         self.coordination = coordination
@@ -91,6 +97,12 @@ class Parts:
         self.lease = lease
         self.cancel_poll = cancel_poll
         self.hooks: list[RunHooks] = list(hooks or [])
+        self.event_log: EventLog = events or StoreEventLog(coordination, self.keys, ttl=ttl)
+        self.forwarder: EventForwarder | None = None
+        if run_events:
+            # Every event of this process is built and written: off by default for speed.
+            self.event_bus = event_bus or EventBus()
+            self.forwarder = EventForwarder(self.event_log, self.event_bus)
         self.graphs: dict[tuple[str, frozenset[str]], Graph] = {}
         self.renewals = Ticker(lease / 3, "lease heartbeat")
         self.watches = Ticker(cancel_poll, "cancellation watcher")

@@ -131,6 +131,10 @@ class Keys:
         resets nor repeats a number)."""
         return f"{self.namespace}:attempts:{run}:{iteration}:{node}:{role}"
 
+    def events(self, run: str) -> str:
+        """The run's event log, where the backend keeps it in the coordination store."""
+        return f"{self.namespace}:events:{run}"
+
     def timer_fired(self, timer: str) -> str:
         """Fence: a timer wakes its node once."""
         return f"{self.namespace}:timerfired:{timer}"

@@ -184,35 +184,6 @@ class Operations(Routing):
             raise ResumeError(f"run '{run_id}': node '{node}' was already resumed", run_id=run_id)
         return node
 
-    async def resume_node(
-        self, run_id: str, node_id: str, iteration: int, data: Mapping[str, Any]
-    ) -> bool:
-        """Enqueue the job that completes an awaiting node (once); whether this call did."""
-        fence = self.keys.resumed(run_id, node_id, iteration)
-        if not await self.coordination.set_if_not_exist(fence, "resumed", self.ttl):
-            return False
-        meta = await self.meta(run_id)
-        member = job_id(node_id, iteration, "resume")
-        await self.context.patch(
-            run_id,
-            [
-                {"op": "set", "key": RESUME + member, "value": dict(data)},
-                {"op": "delete", "key": STATUS},
-            ],
-        )
-        await self.coordination.remove_from_set(
-            self.keys.parked(run_id), job_id(node_id, iteration)
-        )
-        job = JobPayload(
-            run_id=run_id,
-            blueprint_id=meta[0] if meta else "",
-            node_id=node_id,
-            iteration=iteration,
-            resume=dict(data),
-        )
-        await self.enqueue_job(job, member)
-        return True
-
     async def reconcile(self, run_id: str) -> set[str]:
         """Re-enqueue the jobs of an unfinished run that were counted but never finished.
 

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Arrival",
+    "EventLog",
     "ArrivalReader",
     "ContextStore",
     "CoordinationStore",
@@ -221,3 +222,19 @@ class ArrivalReader(Protocol):
     ) -> Arrival:
         """Coordination ``keys`` and ``set_keys`` (as ``CoordinationStore.read``) and the
         present ``context_keys`` of the run (none when None)."""
+
+
+@runtime_checkable
+class EventLog(Protocol):
+    """Optional: each run's events, readable from any process (``client.events``).
+
+    Every append keeps the log's TTL; a log holds at most its bounded number of events (the
+    oldest go first).
+    """
+
+    async def append(self, run_id: str, events: Sequence[bytes]) -> None:
+        """Add ``events`` (each ``FlowEvent.to_dict()`` as JSON) at the end of the run's log."""
+
+    async def read(self, run_id: str, after: str | None, wait: float) -> list[tuple[str, bytes]]:
+        """The events after cursor ``after`` (None: from the first kept), as ``(cursor, JSON)``
+        pairs in order; waits up to ``wait`` seconds for one when there are none."""

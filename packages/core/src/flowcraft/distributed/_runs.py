@@ -30,6 +30,7 @@ from flowcraft.distributed._keys import AWAITING, INTERNAL, RESUME, STATUS, TRAC
 from flowcraft.distributed._payload import JobPayload, fired_by, job_id, parse_job_id
 from flowcraft.distributed._results import error_from_dict
 from flowcraft.errors import FlowcraftError
+from flowcraft.events import EventType
 from flowcraft.hooks import RunInfo, call_after_run
 from flowcraft.result import WorkflowResult, WorkflowStatus
 from flowcraft.serializer import JsonSerializer
@@ -117,6 +118,7 @@ class Runs(Parts):
             ]
             if human:
                 await self.context.set(run_id, STATUS, "awaiting")
+                await self._announce_run("workflow:pause", run_id)
                 await self.publish(run_id, "awaiting")
                 await self._after_run(run_id, "awaiting", [])
                 await self._wake_parent(run_id)
@@ -140,9 +142,15 @@ class Runs(Parts):
         if not won:
             return False
         await self.publish(run_id, status, list(errors or []))
-        bus = self.event_bus
-        if bus is not None and bus.wants("workflow:finish"):
-            bus.emit("workflow:finish", {"executionId": run_id, "status": status})
+        if status == "stalled":
+            await self._announce_run("workflow:stall", run_id)
+            await self._announce_run("workflow:pause", run_id)
+        await self._announce_run(
+            "workflow:finish",
+            run_id,
+            status=status,
+            errors=[e.to_dict() for e in errors or []],
+        )
         await self._after_run(run_id, status, list(errors or []))
         await self.end_links(run_id)
         return True
@@ -326,7 +334,16 @@ class Runs(Parts):
             resume=dict(data),
         )
         await self.enqueue_job(job, member)
+        await self._announce_run("workflow:resume", run_id, nodeId=node_id)
         return True
+
+    async def _announce_run(self, event: EventType, run_id: str, **payload: Any) -> None:
+        # The memory runtime's payloads: the blueprint id is read only when someone listens.
+        bus = self.event_bus
+        if bus is None or not bus.wants(event):
+            return
+        meta = await self.meta(run_id)
+        bus.emit(event, {"blueprintId": meta[0] if meta else "", "executionId": run_id, **payload})
 
     async def child_awaits(self, child_id: str) -> bool:
         """Whether the child run of a parked subflow node awaits a resume."""

@@ -41,6 +41,7 @@ from flowcraft.distributed._protocols import (
     ContextStore,
     CoordinationStore,
     Delivery,
+    EventLog,
     HopCommitter,
     Queue,
     ResultChannel,
@@ -80,6 +81,10 @@ class DistributedAdapter(Operations):
             per process).
         hops: Optional: the backend's one-step hop (see ``_hop.py``).
         arrivals: Optional: the backend's one-round-trip arrival read.
+        events: Optional: the backend's log of each run's events; without one, logs are kept
+            in the coordination store (``Client.events`` reads them from any process).
+        run_events: Write this process's events of each run to its log (every event is then
+            built and stored: off by default, as it costs throughput).
         closers: Called last by :meth:`close` (clients the backend opened for this adapter).
         registry: ``uses`` key → implementation; built-ins are included.
         blueprints: Blueprint id → blueprint the workers can run.
@@ -110,6 +115,8 @@ class DistributedAdapter(Operations):
         results: ResultChannel | None = None,
         hops: HopCommitter | None = None,
         arrivals: ArrivalReader | None = None,
+        events: EventLog | None = None,
+        run_events: bool = False,
         closers: Sequence[Closer] = (),
         registry: Mapping[str, Any] | None = None,
         blueprints: Mapping[str, Blueprint] | None = None,
@@ -130,6 +137,8 @@ class DistributedAdapter(Operations):
             results=results,
             hops=hops,
             arrivals=arrivals,
+            events=events,
+            run_events=run_events,
             closers=closers,
             # Subflows run as child runs here, not inside the node as in memory.
             registry={"subflow": subflow_job, **(registry or {})},
@@ -148,6 +157,8 @@ class DistributedAdapter(Operations):
     async def close(self) -> None:
         """Stop listening for results, close the queue, then whatever the backend opened;
         safe to call repeatedly."""
+        if self.forwarder is not None:
+            await self.forwarder.close()
         waiter, self._waiter = self._waiter, None
         if waiter is not None:
             await waiter.close()
@@ -328,7 +339,6 @@ class DistributedAdapter(Operations):
                 return
             record = orjson.dumps(outcome.result.to_dict()).decode()
             if not role and await self._fast_hop(job, outcome, record):
-                self._finished(payload, outcome, rescues)
                 return
             if outcome.ops:
                 # The context writes a step after the result here (the hop step stores both
@@ -387,6 +397,8 @@ class DistributedAdapter(Operations):
         if commit.outcome == "slow":
             return False
         delivery.next = commit.next
+        # Before the run may end below: a node's events precede the run's finish.
+        self._finished(payload, outcome, None)
         bus = self.event_bus
         if bus is not None and bus.wants("job:enqueued"):
             fired = set(commit.fired)

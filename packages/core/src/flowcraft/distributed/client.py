@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
+from flowcraft.distributed._events import read_events
 from flowcraft.distributed.adapter import DistributedAdapter
+from flowcraft.events import FlowEvent
 from flowcraft.result import WorkflowResult
 
 __all__ = ["Client"]
@@ -69,3 +71,9 @@ class Client:
         if output is _UNSET:
             return await self.adapter.resume_with_action(run_id, action, node_id=node_id)
         return await self.adapter.resume_with_action(run_id, action, output, node_id)
+
+    def events(self, run_id: str, *, follow: bool = True) -> AsyncIterator[FlowEvent]:
+        """The run's events as the workers that ran it wrote them (their adapters need
+        ``run_events=True``): from the first kept, then, with ``follow``, live until the run
+        finishes. Works from any process of the deployment."""
+        return read_events(self.adapter.event_log, run_id, follow=follow)

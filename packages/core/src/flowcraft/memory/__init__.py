@@ -3,6 +3,7 @@
 from flowcraft.memory.adapter import JoinTimeout, MemoryAdapter, MemoryBackend
 from flowcraft.memory.context import MemoryContextStore
 from flowcraft.memory.coordination import MemoryCoordinationStore
+from flowcraft.memory.events import MemoryEventLog
 from flowcraft.memory.hop import MemoryHopCommitter
 from flowcraft.memory.queue import DeadLetter, MemoryQueue
 from flowcraft.memory.results import MemoryResultChannel
@@ -14,6 +15,7 @@ __all__ = [
     "MemoryBackend",
     "MemoryContextStore",
     "MemoryCoordinationStore",
+    "MemoryEventLog",
     "MemoryHopCommitter",
     "MemoryQueue",
     "MemoryResultChannel",

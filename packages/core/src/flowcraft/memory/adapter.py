@@ -21,6 +21,7 @@ from flowcraft.distributed import DistributedAdapter
 from flowcraft.errors import FlowcraftError
 from flowcraft.memory.context import MemoryContextStore
 from flowcraft.memory.coordination import MemoryCoordinationStore
+from flowcraft.memory.events import MemoryEventLog
 from flowcraft.memory.hop import MemoryHopCommitter
 from flowcraft.memory.queue import MemoryQueue
 from flowcraft.memory.results import MemoryResultChannel, MemoryWakes
@@ -49,6 +50,7 @@ class MemoryBackend:
         self.context = MemoryContextStore()
         self.coordination = MemoryCoordinationStore()
         self.wakes = MemoryWakes()
+        self.events = MemoryEventLog()
         self.hops = MemoryHopCommitter(self.queue, self.context, self.coordination)
         self.hop_step = hop_step
 
@@ -57,6 +59,7 @@ class MemoryBackend:
         self.queue.purge()
         self.context.purge()
         self.coordination.purge()
+        self.events.purge()
 
 
 class MemoryAdapter(DistributedAdapter):
@@ -86,6 +89,7 @@ class MemoryAdapter(DistributedAdapter):
             coordination=self.backend.coordination,
             results=MemoryResultChannel(self.backend.wakes),
             hops=self.backend.hops if self.backend.hop_step else None,
+            events=self.backend.events,
             registry=registry,
             blueprints=blueprints,
             **options,
