@@ -137,7 +137,8 @@ async def read_events(
         batch = await log.read(run_id, cursor, wait if follow else 0.0)
         if not batch and not follow:
             return
-        for cursor, raw in batch:
+        for position, raw in batch:
+            cursor = position
             event = _event(raw)
             if event is None:
                 continue
