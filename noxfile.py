@@ -34,6 +34,12 @@ nox.options.reuse_existing_virtualenvs = True
 nox.options.sessions = ["ci"]
 
 
+def _args(session: nox.Session) -> list[str]:
+    """The session's arguments: ``./run tests -- -k x`` hands nox a second "--", dropped here."""
+    args = list(session.posargs)
+    return args[1:] if args[:1] == ["--"] else args
+
+
 def _install_packages(session: nox.Session, *extra: str) -> None:
     args: list[str] = []
     for package in PACKAGES:
@@ -45,7 +51,7 @@ def _install_packages(session: nox.Session, *extra: str) -> None:
 def tests(session: nox.Session) -> None:
     """Core unit tests (no services needed)."""
     _install_packages(session, *DEV)
-    session.run("pytest", "tests", *session.posargs)
+    session.run("pytest", "tests", *_args(session))
 
 
 @nox.session
@@ -74,10 +80,7 @@ def example(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Benchmarks; results go to benchmarks/results/. ``./run bench -- <backend>`` runs
     ``benchmarks/bench_<backend>.py`` (e.g. ``redis``); without a backend, the in-memory one."""
-    args = list(session.posargs)
-    # `./run bench -- redis` hands nox a second "--", which reaches the posargs.
-    if args[:1] == ["--"]:
-        args = args[1:]
+    args = _args(session)
     script = ROOT / "benchmarks" / f"bench_{args[0].replace('-', '_')}.py" if args else None
     if script is not None and script.exists():
         _install_packages(session, "-e", SERVICES)
@@ -99,7 +102,7 @@ BACKENDS = sorted(
 def _contract(session: nox.Session, backend: str) -> None:
     extra = [] if backend == "memory" else ["-e", SERVICES]
     _install_packages(session, *DEV, *extra)
-    session.run("pytest", "contract-tests", "--backend", backend, *session.posargs)
+    session.run("pytest", "contract-tests", "--backend", backend, *_args(session))
 
 
 def _contract_session(backend: str) -> None:
@@ -125,10 +128,7 @@ def _chaos_session(backend: str) -> None:
     def run(session: nox.Session) -> None:
         import argparse
 
-        args = list(session.posargs)
-        # `./run chaos-x -- --runs N` hands nox a second "--", which reaches the posargs.
-        if args[:1] == ["--"]:
-            args = args[1:]
+        args = _args(session)
         parser = argparse.ArgumentParser(prog=f"chaos-{backend}")
         parser.add_argument("--runs", type=int, default=200)
         parser.add_argument("--kills", type=int, default=20)
@@ -160,7 +160,7 @@ REDIS_TESTS = ["pytest", "packages/redis/tests", "-q", "-p", "no:cacheprovider",
 def redis(session: nox.Session) -> None:
     """The Redis backend's tests (TS-client interop, restarts, reconciler)."""
     _install_packages(session, *DEV, "-e", f"{SERVICES}[test]")
-    session.run(*REDIS_TESTS, *session.posargs)
+    session.run(*REDIS_TESTS, *_args(session))
 
 
 @nox.session

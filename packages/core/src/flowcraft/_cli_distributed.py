@@ -18,14 +18,6 @@ from importlib.metadata import entry_points
 from typing import Any, TypeVar
 
 import click
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    SpinnerColumn,
-    TextColumn,
-    TimeElapsedColumn,
-)
 
 from flowcraft._cli_commands import EXIT_FAILED, BadInput, _import_attr, _load_state, cli
 from flowcraft.distributed import Client, DistributedAdapter, Reconciler, Worker
@@ -244,6 +236,16 @@ def watch(run_id: str, backend: str, app: str, no_follow: bool) -> None:
 
     Its workers must write events (``flowcraft worker --run-events``).
     """
+
+    # Only here: a worker needs click alone.
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+    )
 
     async def follow(client: Client) -> str:
         adapter = client.adapter
