@@ -9,7 +9,8 @@ timers) → ``adapter`` (handling one delivery, with ``_execute`` and ``_subflow
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any
+from types import MappingProxyType
+from typing import Any, ClassVar
 
 import orjson
 
@@ -43,6 +44,10 @@ Closer = Callable[[], Awaitable[None]]
 class Parts:
     """The backend's parts and the adapter's settings (see
     :class:`~flowcraft.distributed.DistributedAdapter` for the arguments)."""
+
+    builtins: ClassVar[Mapping[str, Any]] = MappingProxyType({})
+    """Implementations a layer above puts in place of core's built-ins (subflows run as child
+    runs in distributed mode, not inside the node)."""
 
     def __init__(
         self,
@@ -86,7 +91,7 @@ class Parts:
         self.hops = hops
         self.arrivals = arrivals
         self.closers = list(closers)
-        self.registry: dict[str, Any] = {**BUILTINS, **(registry or {})}
+        self.registry: dict[str, Any] = {**BUILTINS, **self.builtins, **(registry or {})}
         self.blueprints = dict(blueprints or {})
         self.dependencies: Mapping[str, Any] = dict(dependencies or {})
         self.middleware: list[Middleware] = list(middleware or [])

@@ -13,15 +13,16 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from types import MappingProxyType
+from typing import Any, ClassVar
 
 import orjson
 
 from flowcraft.blueprint import Blueprint, EdgeDefinition
 from flowcraft.context import OUTPUTS
-from flowcraft.distributed._base import Closer, parse_meta
+from flowcraft.distributed._base import parse_meta
 from flowcraft.distributed._execute import (
     DEFERRED,
     Outcome,
@@ -37,14 +38,7 @@ from flowcraft.distributed._operations import Operations
 from flowcraft.distributed._payload import JobPayload, job_id
 from flowcraft.distributed._protocols import (
     Arrival,
-    ArrivalReader,
-    ContextStore,
-    CoordinationStore,
     Delivery,
-    EventLog,
-    HopCommitter,
-    Queue,
-    ResultChannel,
 )
 from flowcraft.distributed._subflow import subflow_job
 from flowcraft.errors import (
@@ -53,10 +47,6 @@ from flowcraft.errors import (
     JobRejected,
     SerializationError,
 )
-from flowcraft.evaluator import Evaluator
-from flowcraft.events import EventBus
-from flowcraft.hooks import RunHooks
-from flowcraft.middleware import Middleware
 from flowcraft.node import NodeResult, PatchOperation
 from flowcraft.runtime import _announce as announce
 from flowcraft.runtime._graph import Graph, NodeSpec, graph_for
@@ -106,53 +96,7 @@ class DistributedAdapter(Operations):
         TypeError: A part does not implement its protocol.
     """
 
-    def __init__(
-        self,
-        *,
-        queue: Queue,
-        context: ContextStore,
-        coordination: CoordinationStore,
-        results: ResultChannel | None = None,
-        hops: HopCommitter | None = None,
-        arrivals: ArrivalReader | None = None,
-        events: EventLog | None = None,
-        run_events: bool = False,
-        closers: Sequence[Closer] = (),
-        registry: Mapping[str, Any] | None = None,
-        blueprints: Mapping[str, Blueprint] | None = None,
-        dependencies: Mapping[str, Any] | None = None,
-        middleware: list[Middleware] | None = None,
-        event_bus: EventBus | None = None,
-        evaluator: Evaluator | None = None,
-        namespace: str = "flowcraft",
-        ttl: float = 7 * 86400,
-        lease: float = 30.0,
-        cancel_poll: float = 0.5,
-        hooks: list[RunHooks] | None = None,
-    ) -> None:
-        super().__init__(
-            queue=queue,
-            context=context,
-            coordination=coordination,
-            results=results,
-            hops=hops,
-            arrivals=arrivals,
-            events=events,
-            run_events=run_events,
-            closers=closers,
-            # Subflows run as child runs here, not inside the node as in memory.
-            registry={"subflow": subflow_job, **(registry or {})},
-            blueprints=blueprints,
-            dependencies=dependencies,
-            middleware=middleware,
-            event_bus=event_bus,
-            evaluator=evaluator,
-            namespace=namespace,
-            ttl=ttl,
-            lease=lease,
-            cancel_poll=cancel_poll,
-            hooks=hooks,
-        )
+    builtins: ClassVar[Mapping[str, Any]] = MappingProxyType({"subflow": subflow_job})
 
     async def close(self) -> None:
         """Stop listening for results, close the queue, then whatever the backend opened;
