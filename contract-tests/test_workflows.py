@@ -9,7 +9,14 @@ from typing import Any
 import pytest
 from conftest import Harness, outputs
 
-from flowcraft import ExpressionError, NodeContext, NodeResult, SafeEvaluator, create_flow
+from flowcraft import (
+    ExpressionError,
+    FlowRuntime,
+    NodeContext,
+    NodeResult,
+    SafeEvaluator,
+    create_flow,
+)
 from flowcraft.distributed import Client
 from flowcraft.events import EventBus, FlowEvent
 
@@ -542,11 +549,9 @@ async def test_a_loop_body_side_branch_runs_once_per_iteration(harness: Harness)
     assert result.context["_outputs.after"] == 4
 
 
-async def test_join_of_an_inner_loop_exit_and_a_side_branch_stalls(harness: Harness) -> None:
-    """A known limitation (docs/distributed.md, Loops): jobs carry one loop iteration, so the join
-    sees the inner loop's exit and the side branch at different iterations. In memory this run
-    completes with ``_outputs.join == {"in": 2, "side": 1}``; whoever lifts the limitation makes
-    this test assert that and updates the docs."""
+async def test_a_join_of_an_inner_loop_exit_and_a_side_branch(harness: Harness) -> None:
+    """The join is in the outer loop's body: it sees the inner loop's exit and the side branch
+    at the same iteration of the outer loop (iterations are loop paths), as in memory."""
 
     async def count(ctx: NodeContext) -> int:
         key = "o" if ctx.node_id == "outer" else "k"
@@ -572,8 +577,56 @@ async def test_join_of_an_inner_loop_exit_and_a_side_branch_stalls(harness: Harn
     harness.add(flow)
     harness.worker()
     result = await harness.client.run("nested-join", {"o": 0, "k": 0}, timeout=T)
-    assert result.status == "stalled", result.errors
-    assert "_outputs.join" not in result.context
+    assert result.status == "completed", result.errors
+    assert result.context["_outputs.join"] == {"in": 2, "side": 1}
+
+
+async def test_three_nested_loops_with_joins_match_the_memory_runtime(harness: Harness) -> None:
+    async def count(ctx: NodeContext) -> int:
+        key = f"c_{ctx.node_id}"
+        n = int(await ctx.context.get(key, 0)) + 1
+        await ctx.context.set(key, n)
+        if ctx.node_id == "mid":
+            await ctx.context.set("c_inner", 0)
+        if ctx.node_id == "outer":
+            await ctx.context.set("c_mid", 0)
+        return n
+
+    flow = (
+        create_flow("three-loops")
+        .node("init", one)
+        .node("outer", count)
+        .node("mid", count)
+        .node("inner", count)
+        .node("side", count)
+        .node("mj", echo)
+        .node("oj", echo)
+        .node("done", echo)
+        .loop("li", start_node_id="inner", end_node_id="inner", condition='context["c_inner"] < 2')
+        .loop("lm", start_node_id="mid", end_node_id="mj", condition='context["c_mid"] < 2')
+        .loop("lo", start_node_id="outer", end_node_id="oj", condition='context["c_outer"] < 2')
+        .edge("init", "lo")
+        .edge("outer", "lm")
+        .edge("outer", "side")
+        .edge("mid", "li")
+        .edge("li", "mj")
+        .edge("mid", "mj")
+        .edge("lm", "oj")
+        .edge("side", "oj")
+        .edge("lo", "done")
+    )
+    start = {"c_outer": 0, "c_mid": 0, "c_inner": 0, "c_side": 0}
+    expected = await flow.run(FlowRuntime(), start)
+    assert expected.status == "completed", expected.errors
+    harness.add(flow)
+    harness.worker()
+    result = await harness.client.run("three-loops", start, timeout=T)
+    assert result.status == "completed", result.errors
+    counters = {k: v for k, v in result.context.items() if k.startswith("c_")}
+    assert counters == {k: v for k, v in expected.context.items() if k.startswith("c_")}
+    assert expected.context["c_inner"] == 2  # the loops did loop
+    for node in ("mj", "oj", "done"):
+        assert result.context[f"_outputs.{node}"] == expected.context[f"_outputs.{node}"], node
 
 
 def _set(key: str, value: Any) -> Any:

@@ -23,7 +23,10 @@ from flowcraft.runtime import _announce as announce
 from flowcraft.runtime._graph import Graph
 from flowcraft.runtime._routing import condition_holds, routing_edges, select_edges
 
-__all__ = ["Routing"]
+__all__ = ["LEVEL", "Routing"]
+
+LEVEL = 1 << 20
+"""Iterations one loop counts before its digit would spill into the next nesting level's."""
 
 
 class Routing(Runs):
@@ -33,17 +36,26 @@ class Routing(Runs):
     def target_iteration(graph: Graph, source: str, target: str, iteration: int) -> int:
         """The iteration of ``target`` reached from ``source`` in ``iteration``.
 
-        A controller's edge into its body starts the next iteration, edges inside one loop
-        keep it, and anything else (entering or leaving a loop) is the outer iteration 0.
+        An iteration is the path of the loops around a node, one counter per nesting level:
+        the outermost loop's counter in the lowest digit of base ``LEVEL``, each inner loop's
+        one digit higher. A controller's edge into its body counts its own digit up; an edge
+        leaving loops drops their digits (it goes back to the iteration of the loop around
+        it, 0 outside every loop); every other edge keeps the path. So a join in an outer
+        loop's body sees its branches at the same iteration whether or not one of them went
+        through an inner loop. A graph without nested loops counts 0, 1, 2, ... as before.
         """
         bodies = graph.loop_bodies
         if source in bodies and target in bodies[source]:
-            return iteration + 1
-        for controller, body in bodies.items():
-            source_in = source == controller or source in body
-            if source_in and (target == controller or target in body):
-                return iteration
-        return 0
+            return iteration + LEVEL ** (_depth(graph, source) - 1)
+        left = [
+            controller
+            for controller, body in bodies.items()
+            if (source == controller or source in body)
+            and not (target == controller or target in body)
+        ]
+        if left:
+            return iteration % LEVEL ** (min(_depth(graph, c) for c in left) - 1)
+        return iteration
 
     # ----------------------------------------------------------------- routing
 
@@ -115,7 +127,7 @@ class Routing(Runs):
                 body = graph.loop_bodies[target]
                 relevant = (
                     set(graph.loop_entries[target])
-                    if iteration == 0
+                    if _count(graph, target, iteration) == 0
                     else {p for p in spec.preds if p in body}
                 )
                 if taken:
@@ -213,3 +225,15 @@ class Routing(Runs):
             if await store.get(keys.fire(run_id, other, iteration)) != "skipped":
                 return
         await self._skip(payload, graph, fallback, iteration, work)
+
+
+def _depth(graph: Graph, controller: str) -> int:
+    """1 for an outermost loop, one more for each loop around ``controller``."""
+    return 1 + sum(
+        1 for other, body in graph.loop_bodies.items() if other != controller and controller in body
+    )
+
+
+def _count(graph: Graph, controller: str, iteration: int) -> int:
+    """The counter of ``controller``'s loop in ``iteration``: 0 while entering it."""
+    return (iteration // LEVEL ** (_depth(graph, controller) - 1)) % LEVEL
