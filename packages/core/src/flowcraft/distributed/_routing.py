@@ -25,7 +25,8 @@ from flowcraft.runtime._routing import condition_holds, routing_edges, select_ed
 
 __all__ = ["LEVEL", "Routing"]
 
-LEVEL = 1 << 20
+_BITS = 20
+LEVEL = 1 << _BITS
 """Iterations one loop counts before its digit would spill into the next nesting level's."""
 
 
@@ -46,7 +47,7 @@ class Routing(Runs):
         """
         bodies = graph.loop_bodies
         if source in bodies and target in bodies[source]:
-            return iteration + LEVEL ** (_depth(graph, source) - 1)
+            return iteration + _unit(_depth(graph, source))
         left = [
             controller
             for controller, body in bodies.items()
@@ -54,7 +55,7 @@ class Routing(Runs):
             and not (target == controller or target in body)
         ]
         if left:
-            return iteration % LEVEL ** (min(_depth(graph, c) for c in left) - 1)
+            return iteration % _unit(min(_depth(graph, c) for c in left))
         return iteration
 
     # ----------------------------------------------------------------- routing
@@ -236,4 +237,9 @@ def _depth(graph: Graph, controller: str) -> int:
 
 def _count(graph: Graph, controller: str, iteration: int) -> int:
     """The counter of ``controller``'s loop in ``iteration``: 0 while entering it."""
-    return (iteration // LEVEL ** (_depth(graph, controller) - 1)) % LEVEL
+    return (iteration // _unit(_depth(graph, controller))) % LEVEL
+
+
+def _unit(depth: int) -> int:
+    """One iteration of a loop at nesting ``depth`` (1: outermost)."""
+    return 1 << (_BITS * (depth - 1))
