@@ -32,6 +32,7 @@ from flowcraft.events import EventBus, EventType, FlowEvent
 from flowcraft.hooks import RunHooks, RunInfo
 
 if TYPE_CHECKING:
+    from flowcraft.distributed import Client
     from flowcraft.runtime.runtime import FlowRuntime
 
 __all__ = [
@@ -186,6 +187,15 @@ class RunRecorder(RunHooks):
     def attach(self, bus: EventBus) -> None:
         """Subscribe to the run and node events of ``bus`` (inline: the handler is quick)."""
         bus.subscribe(self, _RECORDED_EVENTS, inline=True)
+
+    async def follow(self, client: Client, run_id: str) -> RunRecord | None:
+        """Record a distributed run from its event log as it happens, until it finishes (its
+        workers need ``run_events=True``); run it as a task beside the web app to watch it
+        live. The run's record, or ``None`` when it has no events."""
+        async for event in client.events(run_id):
+            if event.type in _RECORDED_EVENTS:
+                self(event)
+        return self.get(run_id)
 
     def before_run(self, run: RunInfo) -> None:
         """Learn the run's blueprint before its first node runs."""
