@@ -178,6 +178,13 @@ def redis(session: nox.Session) -> None:
 
 
 @nox.session
+def rabbitmq(session: nox.Session) -> None:
+    """The RabbitMQ backend's own tests (consumer timeout on a node of its own, large values)."""
+    _install_packages(session, *DEV, "-e", f"{SERVICES}[test]")
+    session.run("pytest", "packages/rabbitmq/tests", "-q", "--timeout=900", *_args(session))
+
+
+@nox.session
 def services(session: nox.Session) -> None:
     """Install/start/stop the backends' servers: ``./run services up|down|status [name...]``."""
     session.install("--quiet", "-e", SERVICES)
@@ -224,6 +231,7 @@ def ci(session: nox.Session) -> None:
         for backend in CI_BACKENDS:
             session.run("pytest", "contract-tests", "--backend", backend, "-q")
         session.run(*REDIS_TESTS)
+        session.run("pytest", "packages/rabbitmq/tests", "-q", "--timeout=900")
         session.run(
             "pytest", "contract-tests/smoke", "-q", "-p", "no:cacheprovider", "--timeout=900"
         )
