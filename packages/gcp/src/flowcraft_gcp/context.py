@@ -1,0 +1,246 @@
+"""``FirestoreContextStore``: each run's context in Firestore, one document per key.
+
+Layout: ``<context_collection>/<run id>/keys/<key id>`` (ids escaped by :func:`document_id`)
+with fields ``k`` (the key), ``v`` (the JSON value as bytes) and ``expireAt`` (a TTL policy on
+it deletes the document once the retention has passed). One document per key, never one per run:
+
+* a run's context is not bounded by Firestore's 1 MiB document limit, and a node's write
+  rewrites only its keys;
+* parallel branches write different documents, so they do not contend for one document's
+  sustained rate of about one write per second;
+* a key is a document id, never a field path, so keys with dots, slashes or backticks are
+  stored as they are (a field path ``_outputs.n1`` would nest a map).
+
+A value too big for one document (over :data:`INLINE_MAX` bytes as JSON) is split into
+``parts`` subdocuments of the key's document, all written in one batch with a token that the
+reader checks, so a read never mixes two versions. A patch is one batched write (atomic) when
+it has at most 500 writes and 9 MiB; a larger one is split into batches written in order:
+each is atomic, and a crash between them leaves earlier batches written (the redelivered job
+writes the same patch again).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator, Iterable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import grpc
+from google.api_core import exceptions as google_errors
+from google.cloud import firestore
+from google.cloud.firestore_v1.async_document import AsyncDocumentReference
+from google.cloud.firestore_v1.base_document import DocumentSnapshot
+
+from flowcraft.backend import AdapterError, decode_value, encode_value, patch_writes, write_token
+from flowcraft.node import PatchOperation
+from flowcraft_gcp._errors import firestore_errors
+from flowcraft_gcp.settings import GcpSettings
+
+__all__ = ["CHUNK", "INLINE_MAX", "FirestoreContextStore", "document_id"]
+
+INLINE_MAX = 900_000
+"""Largest JSON value (bytes) kept in the key's own document; larger ones are split."""
+CHUNK = 900_000
+"""Bytes per part of a split value (a part document stays under the 1 MiB limit)."""
+_MAX_WRITES = 500
+"""Writes per batch (Firestore's limit on a commit)."""
+_MAX_BATCH_BYTES = 9 * 1024 * 1024
+"""Bytes per batch, under the 10 MiB limit of a request."""
+_MAX_ID_BYTES = 1500
+_READ_TRIES = 5
+
+_Write = tuple[AsyncDocumentReference, dict[str, Any] | None, int]
+"""A document to set (its data) or delete (None), and its size in bytes."""
+
+
+def document_id(key: str) -> str:
+    """The document id of a context key or run id (a child run's id holds slashes): ``%`` and
+    ``/`` escaped, the ids Firestore reserves (``.``, ``..``, ``__…__``, empty) prefixed with
+    ``%``, and a too-long one hashed."""
+    escaped = key.replace("%", "%25").replace("/", "%2F")
+    if escaped in ("", ".", "..") or (escaped.startswith("__") and escaped.endswith("__")):
+        escaped = "%" + escaped
+    if len(escaped.encode()) > _MAX_ID_BYTES:
+        escaped = "%h" + hashlib.sha256(key.encode()).hexdigest()
+    return escaped
+
+
+class FirestoreContextStore:
+    """A :class:`~flowcraft.backend.ContextStore` on Firestore (``firestore.AsyncClient``).
+
+    Args:
+        settings: Project, collection and retention.
+    """
+
+    def __init__(self, settings: GcpSettings) -> None:
+        self._settings = settings
+        self._client: firestore.AsyncClient | None = None
+
+    @property
+    def client(self) -> firestore.AsyncClient:
+        """The Firestore client, created on first use in the running loop (grpc.aio)."""
+        if self._client is None:
+            self._client = firestore.AsyncClient(project=self._settings.project)
+        return self._client
+
+    def _keys(self, run_id: str) -> Any:
+        return (
+            self.client.collection(self._settings.context_collection)
+            .document(document_id(run_id))
+            .collection("keys")
+        )
+
+    def _ref(self, run_id: str, key: str) -> AsyncDocumentReference:
+        ref: AsyncDocumentReference = self._keys(run_id).document(document_id(key))
+        return ref
+
+    def _expiry(self) -> datetime:
+        return datetime.now(UTC) + timedelta(seconds=self._settings.retention_seconds)
+
+    def _writes(self, ref: AsyncDocumentReference, key: str, raw: bytes) -> list[_Write]:
+        expire = self._expiry()
+        if len(raw) <= INLINE_MAX:
+            return [(ref, {"k": key, "v": raw, "expireAt": expire}, len(raw) + len(key))]
+        token = write_token()
+        parts = [raw[i : i + CHUNK] for i in range(0, len(raw), CHUNK)]
+        head = {"k": key, "n": len(parts), "t": token, "expireAt": expire}
+        out: list[_Write] = [(ref, head, len(key) + 64)]
+        for i, part in enumerate(parts):
+            data = {"v": part, "t": token, "expireAt": expire}
+            out.append((ref.collection("parts").document(str(i)), data, len(part) + 64))
+        return out
+
+    async def _commit(self, writes: list[_Write]) -> None:
+        batches: list[list[_Write]] = [[]]
+        size = 0
+        for write in writes:
+            if batches[-1] and (
+                len(batches[-1]) >= _MAX_WRITES or size + write[2] > _MAX_BATCH_BYTES
+            ):
+                batches.append([])
+                size = 0
+            batches[-1].append(write)
+            size += write[2]
+        async with firestore_errors:
+            for chunk in batches:
+                batch = self.client.batch()
+                for ref, data, _ in chunk:
+                    if data is None:
+                        batch.delete(ref)
+                    else:
+                        batch.set(ref, data)
+                await batch.commit()
+
+    async def _value(self, snapshot: DocumentSnapshot[Any]) -> Any:
+        """The decoded value of a key's document (reading its parts if split)."""
+        for _ in range(_READ_TRIES):
+            data = snapshot.to_dict() or {}
+            if "n" not in data:
+                return decode_value(data.get("v"))
+            ref: AsyncDocumentReference = snapshot.reference
+            part_refs = [ref.collection("parts").document(str(i)) for i in range(data["n"])]
+            parts: dict[str, bytes] = {}
+            tokens = set()
+            async for part in self.client.get_all(part_refs):
+                fields = part.to_dict() or {}
+                parts[part.id] = fields.get("v", b"")
+                tokens.add(fields.get("t"))
+            if tokens == {data["t"]} and len(parts) == data["n"]:
+                return decode_value(b"".join(parts[str(i)] for i in range(data["n"])))
+            # Rewritten while being read: read the key's document again.
+            snapshot = await ref.get()
+            if not snapshot.exists:
+                return None
+        raise AdapterError(f"firestore error: {snapshot.id} kept changing while it was read")
+
+    async def get(self, run_id: str, key: str) -> Any:
+        async with firestore_errors:
+            snapshot = await self._ref(run_id, key).get()
+            return await self._value(snapshot) if snapshot.exists else None
+
+    async def set(self, run_id: str, key: str, value: Any) -> None:
+        await self._commit(self._writes(self._ref(run_id, key), key, encode_value(key, value)))
+
+    async def has(self, run_id: str, key: str) -> bool:
+        async with firestore_errors:
+            snapshot = await self._ref(run_id, key).get(field_paths=["k"])
+        return bool(snapshot.exists)
+
+    async def delete(self, run_id: str, key: str) -> bool:
+        ref = self._ref(run_id, key)
+        async with firestore_errors:
+            snapshot = await ref.get(field_paths=["n"])
+            if not snapshot.exists:
+                return False
+            batch = self.client.batch()
+            batch.delete(ref, option=self.client.write_option(exists=True))
+            for i in range((snapshot.to_dict() or {}).get("n", 0)):
+                batch.delete(ref.collection("parts").document(str(i)))
+            try:
+                await batch.commit()
+            except google_errors.NotFound:
+                return False  # deleted by another writer since the read
+        return True
+
+    async def get_many(self, run_id: str, keys: Iterable[str]) -> dict[str, Any]:
+        wanted = list(dict.fromkeys(keys))
+        if not wanted:
+            return {}
+        refs = [self._ref(run_id, key) for key in wanted]
+        found: dict[str, Any] = {}
+        async with firestore_errors:
+            async for snapshot in self.client.get_all(refs):
+                if snapshot.exists:
+                    found[(snapshot.to_dict() or {})["k"]] = await self._value(snapshot)
+        return {key: found[key] for key in wanted if key in found}
+
+    async def patch(self, run_id: str, operations: Iterable[PatchOperation]) -> None:
+        sets, deletes = patch_writes(operations)
+        writes: list[_Write] = []
+        for key, raw in sets.items():
+            writes += self._writes(self._ref(run_id, key), key, raw)
+        writes += [(self._ref(run_id, key), None, 0) for key in deletes]
+        if writes:
+            await self._commit(writes)
+
+    async def _documents(self, run_id: str) -> AsyncIterator[DocumentSnapshot[Any]]:
+        async for snapshot in self._keys(run_id).stream():
+            yield snapshot
+
+    async def to_dict(self, run_id: str) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        async with firestore_errors:
+            async for snapshot in self._documents(run_id):
+                out[(snapshot.to_dict() or {})["k"]] = await self._value(snapshot)
+        return out
+
+    async def delete_run(self, run_id: str) -> None:
+        writes: list[_Write] = []
+        async with firestore_errors:
+            async for snapshot in self._keys(run_id).select(["n"]).stream():
+                ref: AsyncDocumentReference = snapshot.reference
+                parts = range((snapshot.to_dict() or {}).get("n", 0))
+                writes.append((ref, None, 0))
+                writes.extend((ref.collection("parts").document(str(i)), None, 0) for i in parts)
+        if writes:
+            await self._commit(writes)
+
+    def connections(self) -> int:
+        """1 while the client's gRPC channel is connected, else 0."""
+        if self._client is None:
+            return 0
+        channel = _transport(self._client).grpc_channel
+        return int(channel.get_state() == grpc.ChannelConnectivity.READY)
+
+    async def close(self) -> None:
+        """Close the client's channel; safe to call twice."""
+        client, self._client = self._client, None
+        if client is not None:
+            await _transport(client).close()
+
+
+def _transport(client: firestore.AsyncClient) -> Any:
+    # firestore.AsyncClient neither exposes nor closes the channel of the GAPIC client under
+    # it (its close() closes an HTTP session only).
+    return client._firestore_api.transport
