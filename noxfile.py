@@ -120,7 +120,14 @@ for _backend in BACKENDS:
 # The backends whose whole contract suite CI runs. A backend joins once it is done (its suite,
 # chaos included, green on its server; its benchmark bar met); until then it is tested with
 # ./run contract-<name>, and ./run contract-incubating runs all of those.
-CI_BACKENDS = ["memory", "memory-generic", "redis", "redis-streams"]
+CI_BACKENDS = [
+    "memory",
+    "memory-generic",
+    "redis",
+    "redis-streams",
+    "redis-cluster",
+    "redis-streams-cluster",
+]
 
 
 @nox.session(name="contract-incubating")
@@ -184,6 +191,28 @@ def rabbitmq(session: nox.Session) -> None:
     session.run("pytest", "packages/rabbitmq/tests", "-q", "--timeout=900", *_args(session))
 
 
+WHEELS = ["packages/core", "packages/redis-store", "packages/redis"]
+
+
+@nox.session
+def wheels(session: nox.Session) -> None:
+    """Build the Redis backend's wheels (and the core's), install them into a fresh virtualenv
+    and run the distributed example's worker commands and client from it (catches a file or a
+    dependency missing from a wheel)."""
+    import tempfile
+
+    session.install("--quiet", "-e", SERVICES)
+    with tempfile.TemporaryDirectory() as tmp:
+        dist, venv = Path(tmp) / "dist", Path(tmp) / "venv"
+        for package in WHEELS:
+            session.run("uv", "build", "--wheel", "-q", "-o", str(dist), package, external=True)
+        session.run("uv", "venv", "-q", "-p", "3.11", str(venv), external=True)
+        python = str(venv / "bin" / "python")
+        wheels = [str(w) for w in sorted(dist.glob("*.whl"))]
+        session.run("uv", "pip", "install", "-q", "-p", python, *wheels, external=True)
+        session.run("python", "packages/redis/tests/wheel_smoke.py", python)
+
+
 @nox.session
 def services(session: nox.Session) -> None:
     """Install/start/stop the backends' servers: ``./run services up|down|status [name...]``."""
@@ -231,6 +260,7 @@ def ci(session: nox.Session) -> None:
         for backend in CI_BACKENDS:
             session.run("pytest", "contract-tests", "--backend", backend, "-q")
         session.run(*REDIS_TESTS)
+        wheels(session)
         session.run("pytest", "packages/rabbitmq/tests", "-q", "--timeout=900")
         session.run(
             "pytest", "contract-tests/smoke", "-q", "-p", "no:cacheprovider", "--timeout=900"

@@ -83,18 +83,23 @@ app: dict[str, Any] = {
 
 
 async def _raw_worker(queue_name: str, concurrency: int, client: str) -> None:
+    import redis.asyncio as aioredis
     from bullmq import Queue, Worker
 
     from flowcraft_redis import RedisSettings
     from flowcraft_redis._scripts_client import ScriptsClient
+    from flowcraft_redis_store.settings import clone_pool
 
     settings = RedisSettings.from_env()
+    base = settings.client()
 
-    # "stock": bullmq's own client, with the connection options the BullMQ transport uses;
-    # "scripts": the client the transport gives bullmq's worker, so both pay the same per
-    # command and the difference is Flowcraft's orchestration.
+    # "stock": a plain redis-py client where the transport's connections go (as its producer
+    # gets); "scripts": the client the transport gives bullmq's worker, so both pay the same
+    # per command and the difference is Flowcraft's orchestration.
     def connection() -> Any:
-        return ScriptsClient(settings) if client == "scripts" else settings.bullmq_connection()
+        if client == "scripts":
+            return ScriptsClient(base, settings)
+        return aioredis.Redis.from_pool(clone_pool(base, decode_responses=True))
 
     queue = Queue(queue_name, {"connection": connection()})
 

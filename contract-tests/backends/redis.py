@@ -33,8 +33,8 @@ __all__ = ["Deployment", "Fixture"]
 class Deployment:
     """One test's share of the server: a queue and key namespace of its own."""
 
-    def __init__(self, url: str, lease: float) -> None:
-        self.settings = RedisSettings(url=url).namespaced(f"t{uuid.uuid4().hex[:8]}")
+    def __init__(self, settings: RedisSettings, lease: float) -> None:
+        self.settings = settings.namespaced(f"t{uuid.uuid4().hex[:8]}")
         self.lease = lease
         self.adapters: list[DistributedAdapter] = []
         self.clients: list[aioredis.Redis] = []
@@ -48,19 +48,31 @@ class Fixture:
     carries_raw_text = False
     """BullMQ stores job data as JSON, so injected text arrives as a JSON string."""
 
+    service = "redis"
+    """The ``flowcraft_services`` server started when ``url_variable`` is unset."""
+    url_variable = "REDIS_URL"
+
     def __init__(self) -> None:
         self.url = ""
 
     def provision(self) -> None:
-        """Reach ``REDIS_URL`` or start a server."""
-        url = os.environ.get("REDIS_URL")
+        """Reach the server ``url_variable`` names, or start one."""
+        url = os.environ.get(self.url_variable)
         if not url:
             from flowcraft_services import resolve
 
-            url = resolve("redis").start()["REDIS_URL"]
-        with sync_redis.Redis.from_url(url, socket_timeout=5) as client:
-            client.ping()
+            url = resolve(self.service).start()[self.url_variable]
         self.url = url
+        with self.sync(self.deployment(lease=1.0)) as client:
+            client.ping()
+
+    def settings(self) -> RedisSettings:
+        """The settings every deployment is namespaced from."""
+        return RedisSettings(url=self.url)
+
+    def sync(self, deployment: Deployment, **options: Any) -> sync_redis.Redis:
+        """A blocking client to where ``deployment``'s keys are."""
+        return sync_redis.Redis.from_url(self.url, **options)
 
     def spawn_worker(
         self, deployment: Deployment, app: str, env: Mapping[str, str]
@@ -74,12 +86,13 @@ class Fixture:
             "FLOWCRAFT_REDIS_STATUS_PREFIX": settings.status_prefix,
             "FLOWCRAFT_REDIS_COORDINATION_PREFIX": settings.coordination_prefix,
             "FLOWCRAFT_REDIS_LEASE_SECONDS": str(deployment.lease),
+            "FLOWCRAFT_REDIS_CLUSTER": str(settings.cluster),
         }
         return spawn_worker(self.name, app, {**env, **settings_env})
 
     def deployment(self, *, lease: float) -> Deployment:
         """A fresh namespace for one test."""
-        return Deployment(self.url, lease)
+        return Deployment(self.settings(), lease)
 
     def adapter(
         self,
@@ -107,8 +120,8 @@ class Fixture:
 
     def queued_jobs(self, deployment: Deployment) -> int:
         """Jobs BullMQ holds waiting, delayed, prioritized or active."""
-        prefix = f"bull:{deployment.settings.queue_name}"
-        with sync_redis.Redis.from_url(self.url) as client:
+        prefix = f"{deployment.settings.bullmq_prefix}:{deployment.settings.queue_name}"
+        with self.sync(deployment) as client:
             return int(
                 client.llen(f"{prefix}:wait")
                 + client.llen(f"{prefix}:active")
@@ -119,13 +132,13 @@ class Fixture:
     def client_connections(self, deployment: Deployment, adapter: DistributedAdapter) -> int:
         """Connections the server has open under the adapter's client name."""
         name = getattr(adapter, "settings", deployment.settings).client_name
-        with sync_redis.Redis.from_url(self.url, decode_responses=True) as client:
+        with self.sync(deployment, decode_responses=True) as client:
             return sum(1 for c in client.client_list() if c.get("name") == name)
 
     def dead_letters(self, deployment: Deployment) -> list[str]:
         """Reasons of the jobs BullMQ holds as failed."""
-        prefix = f"bull:{deployment.settings.queue_name}"
-        with sync_redis.Redis.from_url(self.url, decode_responses=True) as client:
+        prefix = f"{deployment.settings.bullmq_prefix}:{deployment.settings.queue_name}"
+        with self.sync(deployment, decode_responses=True) as client:
             ids = client.zrange(f"{prefix}:failed", 0, -1)
             return [str(client.hget(f"{prefix}:{i}", "failedReason") or "") for i in ids]
 
@@ -133,11 +146,16 @@ class Fixture:
         """Put a raw (possibly malformed) job on the queue, as a foreign producer could."""
         from bullmq import Queue
 
-        queue = Queue(deployment.settings.queue_name, {"connection": self.url})
+        settings = deployment.settings
+        connection = settings.client()
+        queue = Queue(
+            settings.queue_name, {"connection": connection, "prefix": settings.bullmq_prefix}
+        )
         try:
             await queue.add("executeNode", _raw(body), {})
         finally:
             await queue.close()
+            await connection.aclose()
 
     async def reset(self, deployment: Deployment) -> None:
         """Close every adapter of the test and delete its keys."""
@@ -147,10 +165,11 @@ class Fixture:
             await client.aclose()
         deployment.adapters.clear()
         deployment.clients.clear()
-        with sync_redis.Redis.from_url(self.url) as client:
-            for pattern in (f"*{deployment.settings.coordination_prefix}*", "bull:*"):
+        with self.sync(deployment) as client:
+            # Every key of the deployment names its namespace (BullMQ's by the queue name).
+            for pattern in (f"*{deployment.settings.coordination_prefix}*", "*bull:*"):
                 keys = list(client.scan_iter(match=pattern, count=1000))
-                if pattern.startswith("bull:"):
+                if pattern == "*bull:*":
                     keys = [k for k in keys if deployment.settings.queue_name.encode() in k]
                 if keys:
                     client.delete(*keys)

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import redis as sync_redis
-
 from backends.redis import Fixture as RedisFixture
 from flowcraft_redis import RedisStreamsAdapter
 
@@ -26,30 +24,28 @@ class Fixture(RedisFixture):
 
     def queued_jobs(self, deployment: Any) -> int:
         """Entries in the stream (pending ones included) and reservations."""
-        base = deployment.settings.queue_name
-        with sync_redis.Redis.from_url(self.url) as client:
-            return int(client.xlen(f"{base}:jobs") + client.zcard(f"{base}:delayed"))
+        key = deployment.settings.queue_key
+        with self.sync(deployment) as client:
+            return int(client.xlen(key("jobs")) + client.zcard(key("delayed")))
 
     def dead_letters(self, deployment: Any) -> list[str]:
         """Reasons recorded on the dead-letter stream."""
-        stream = f"{deployment.settings.queue_name}:dead"
-        with sync_redis.Redis.from_url(self.url, decode_responses=True) as client:
+        stream = deployment.settings.queue_key("dead")
+        with self.sync(deployment, decode_responses=True) as client:
             return [fields.get("reason", "") for _, fields in client.xrange(stream)]
 
     async def inject(self, deployment: Any, body: str) -> None:
         """Append a raw (possibly malformed) entry, as a foreign producer could."""
-        import redis.asyncio as aioredis
-
-        client = aioredis.Redis.from_url(self.url)
+        client = deployment.settings.client()
         try:
-            await client.xadd(f"{deployment.settings.queue_name}:jobs", {"body": body})
+            await client.xadd(deployment.settings.queue_key("jobs"), {"body": body})
         finally:
             await client.aclose()
 
     async def reset(self, deployment: Any) -> None:
         """Close the adapters and delete the test's keys, streams included."""
         await super().reset(deployment)
-        with sync_redis.Redis.from_url(self.url) as client:
-            keys = list(client.scan_iter(match=f"{deployment.settings.queue_name}:*", count=1000))
+        with self.sync(deployment) as client:
+            keys = list(client.scan_iter(match=f"*{deployment.settings.queue_name}:*", count=1000))
             if keys:
                 client.delete(*keys)

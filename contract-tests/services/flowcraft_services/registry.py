@@ -15,13 +15,15 @@ from .providers.moto import MotoService
 from .providers.postgres import PostgresService
 from .providers.pubsub import PubSubService
 from .providers.rabbitmq import RabbitMQService
-from .providers.redis import RedisService
+from .providers.redis import RedisClusterService, RedisService, RedisTLSService
 from .providers.tansu import TansuService
 
 PROVIDERS: dict[str, type[Service]] = {
     cls.name: cls
     for cls in (
         RedisService,
+        RedisClusterService,
+        RedisTLSService,
         PostgresService,
         RabbitMQService,
         MotoService,

@@ -190,7 +190,9 @@ def test_error_replies_get_redis_py_classes() -> None:
 async def test_bullmqs_client_sends_scripts_in_batches_and_the_rest_through_redis_py(
     redis_url: str,
 ) -> None:
-    client = ScriptsClient(RedisSettings(url=redis_url))
+    settings = RedisSettings(url=redis_url)
+    base = settings.client()
+    client = ScriptsClient(base, settings)
     key = f"scripts-{uuid.uuid4().hex}"
     script = client.register_script("return redis.call('INCRBY', KEYS[1], ARGV[1])")
     try:
@@ -219,3 +221,4 @@ async def test_bullmqs_client_sends_scripts_in_batches_and_the_rest_through_redi
     finally:
         await client.delete(key, key + ":list")
         await client.aclose()
+        await base.aclose()

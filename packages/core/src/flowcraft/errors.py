@@ -20,6 +20,7 @@ __all__ = [
     "NodeExecutionError",
     "NodeTimeoutError",
     "ResumeError",
+    "RunExists",
     "SerializationError",
     "WorkflowCancelled",
 ]
@@ -108,6 +109,11 @@ class ResumeError(FlowcraftError):
 
     def __init__(self, message: str, **kwargs: Any) -> None:
         super().__init__(message, is_fatal=True, **kwargs)
+
+
+class RunExists(FlowcraftError):
+    """A run was started under the id of a run started before (pass ``exists="attach"`` to
+    ``start_run`` to join that run instead)."""
 
 
 class SerializationError(FlowcraftError):

@@ -233,3 +233,13 @@ class BatchedStore:
         self._client = client
         self._settings = settings or RedisSettings()
         self._batch = batcher or Batcher(client, self._settings.retry(), wire=False)
+
+    @property
+    def client(self) -> aioredis.Redis:
+        """The client the store's commands go through."""
+        return self._client
+
+    @property
+    def settings(self) -> RedisSettings:
+        """The store's key layout."""
+        return self._settings

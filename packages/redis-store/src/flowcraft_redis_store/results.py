@@ -21,10 +21,12 @@ __all__ = ["RedisResultChannel"]
 
 _log = logging.getLogger("flowcraft.redis")
 _BACKOFF_MAX = 2.0
+_CANCELLED = "Workflow cancelled"
 
 
 class RedisResultChannel:
-    """Writes ``workflow:status:<runId>`` (the TS adapter's record, read by TS clients) and
+    """Writes ``workflow:status:<runId>`` (the TS adapter's record, read by TS clients; a
+    cancelled run's carries the reason ``Workflow cancelled`` unless its errors give one) and
     publishes the run id on ``<status prefix>wake``; a process listens with one connection.
 
     Pub/sub delivers at most once: after the listener's connection drops, waiters are told
@@ -35,7 +37,7 @@ class RedisResultChannel:
         self._redis = client
         self._settings = settings
         self._batch = batcher
-        self._channel = f"{settings.status_prefix}wake"
+        self._channel = settings.status_key("wake")
         self._task: asyncio.Task[None] | None = None
         self._pubsub: Any = None
 
@@ -45,7 +47,11 @@ class RedisResultChannel:
         commands: list[Command] = []
         if result is not None and result.status != "awaiting":
             status_key = self._settings.status_key(run_id)
-            commands.append(("SET", status_key, orjson.dumps(ts_status(result))))
+            record = ts_status(result)
+            if result.status == "cancelled":
+                # The TS client prints a cancelled run's reason; a cancel call gives none.
+                record.setdefault("reason", _CANCELLED)
+            commands.append(("SET", status_key, orjson.dumps(record)))
             if ttl > 0:
                 commands.append(("EXPIRE", status_key, ttl))
                 commands.append(("EXPIRE", self._settings.state_key(run_id), ttl))

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
+from urllib.parse import quote
 
 import redis.asyncio as aioredis
-from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection, parse_url
+from redis.asyncio.connection import ConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError, TimeoutError
 
-__all__ = ["DEFAULT_URL", "RedisSettings"]
+from flowcraft_redis_store.cluster import slot_connection_class
+
+__all__ = ["DEFAULT_URL", "RedisSettings", "clone_pool", "url_of"]
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 _BACKOFF_BASE = 0.05
@@ -59,6 +63,13 @@ class RedisSettings:
             waits one subscription.
         client_name: ``CLIENT SETNAME`` of every connection (empty: none), to tell a
             process's connections apart in ``CLIENT LIST``.
+        prefix: BullMQ's ``prefix`` option: the BullMQ transport's keys are
+            ``<prefix>:<queue>:*`` (the Streams transport does not use it).
+        cluster: ``url`` names a node of a Redis Cluster. Every key then carries the hash tag
+            (below), so a deployment lives in one slot, and connections go to the master that
+            serves that slot, found again on every reconnect (a failover or a moved slot).
+        hash_tag: The ``{tag}`` every key starts with (default: none standalone, the queue
+            name in a cluster). Setting it standalone prepares a move to a cluster.
     """
 
     url: str = DEFAULT_URL
@@ -72,6 +83,9 @@ class RedisSettings:
     socket_timeout: float = 0.0
     max_connections: int = 16
     client_name: str = ""
+    prefix: str = "bull"
+    cluster: bool = False
+    hash_tag: str = ""
 
     @classmethod
     def from_env(cls, **overrides: Any) -> RedisSettings:
@@ -80,10 +94,28 @@ class RedisSettings:
         values: dict[str, Any] = {"url": os.environ.get("REDIS_URL", DEFAULT_URL)}
         for item in fields(cls):
             raw = os.environ.get(f"FLOWCRAFT_REDIS_{item.name.upper()}")
-            if raw is not None:
-                values[item.name] = type(getattr(cls(), item.name))(raw)
+            if raw is None:
+                continue
+            kind = type(getattr(cls(), item.name))
+            # bool("false") is True: a flag is spelled out.
+            values[item.name] = raw.strip().lower() in _TRUE if kind is bool else kind(raw)
         values.update(overrides)
         return cls(**values)
+
+    @classmethod
+    def from_connection(
+        cls, connection: Mapping[str, Any] | str, **overrides: Any
+    ) -> RedisSettings:
+        """Settings from a DSN or a ``{host, port, db, username, password, tls}`` mapping (the
+        TypeScript adapter's ``connection`` object), then keyword overrides."""
+        url = connection if isinstance(connection, str) else url_of(connection)
+        return cls.from_env(url=url, **overrides)
+
+    @property
+    def tag(self) -> str:
+        """The ``{hash tag}`` every key starts with (with its colon), or empty."""
+        tag = self.hash_tag or (self.queue_name if self.cluster else "")
+        return f"{{{tag}}}:" if tag else ""
 
     def client(self) -> aioredis.Redis:
         """A new client (connection pool) for these settings, reconnecting as ``retries`` says.
@@ -105,6 +137,9 @@ class RedisSettings:
             socket_keepalive_options=_KEEPALIVE,
             client_name=self.client_name or None,
         )
+        if self.cluster:
+            pool.connection_class = slot_connection_class(pool.connection_class)
+            pool.connection_kwargs["cluster_slot_key"] = self.tag
         return aioredis.Redis.from_pool(pool)
 
     def namespaced(self, tag: str) -> RedisSettings:
@@ -119,35 +154,50 @@ class RedisSettings:
             coordination_prefix=f"{tag}:{self.coordination_prefix}",
         )
 
-    def bullmq_connection(self) -> dict[str, Any]:
-        """The ``connection`` option of bullmq's ``Queue`` and ``Worker`` for these settings:
-        the same server, socket timeout and keepalive as :meth:`client` (bullmq adds its own
-        retry policy)."""
-        parsed = dict(parse_url(self.url))
-        connection_class = parsed.pop("connection_class", None)
-        parsed["socket_timeout"] = self.socket_timeout or None
-        parsed["socket_connect_timeout"] = _CONNECT_TIMEOUT
-        if self.client_name:
-            parsed["client_name"] = self.client_name
-        if connection_class is UnixDomainSocketConnection:
-            parsed["unix_socket_path"] = parsed.pop("path")
-            return parsed
-        if connection_class is SSLConnection:
-            parsed["ssl"] = True
-        return {**parsed, "socket_keepalive": True, "socket_keepalive_options": _KEEPALIVE}
-
     def retry(self) -> Retry:
         """The reconnect policy: ``retries`` tries with jittered exponential back-off."""
         return Retry(ExponentialWithJitterBackoff(_BACKOFF_CAP, _BACKOFF_BASE), self.retries)
 
     def state_key(self, run_id: str) -> str:
         """The hash holding a run's context."""
-        return f"{self.state_prefix}{run_id}"
+        return f"{self.tag}{self.state_prefix}{run_id}"
 
     def status_key(self, run_id: str) -> str:
         """The string holding a run's final result."""
-        return f"{self.status_prefix}{run_id}"
+        return f"{self.tag}{self.status_prefix}{run_id}"
 
     def coordination_key(self, key: str) -> str:
         """A coordination key in this namespace."""
-        return f"{self.coordination_prefix}{key}"
+        return f"{self.tag}{self.coordination_prefix}{key}"
+
+    def queue_key(self, suffix: str) -> str:
+        """A key of the Streams transport's queue: ``<queue>:<suffix>``."""
+        return f"{self.tag}{self.queue_name}:{suffix}"
+
+    @property
+    def bullmq_prefix(self) -> str:
+        """The ``prefix`` option BullMQ gets: ``prefix``, behind the hash tag."""
+        return f"{self.tag}{self.prefix}"
+
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+
+
+def url_of(connection: Mapping[str, Any]) -> str:
+    """The DSN of a ``{host, port, db, username, password, tls}`` mapping (``tls``: true or
+    ioredis' TLS options object, which turns on ``rediss://``)."""
+    scheme = "rediss" if connection.get("tls") or connection.get("ssl") else "redis"
+    user = quote(str(connection.get("username") or ""), safe="")
+    password = quote(str(connection.get("password") or ""), safe="")
+    auth = f"{user}:{password}@" if user or password else ""
+    host = connection.get("host") or "127.0.0.1"
+    port = int(connection.get("port") or 6379)
+    return f"{scheme}://{auth}{host}:{port}/{int(connection.get('db') or 0)}"
+
+
+def clone_pool(client: aioredis.Redis, **overrides: Any) -> ConnectionPool:
+    """A new pool to where ``client``'s connections go (server, credentials, TLS, cluster
+    slot), with ``overrides`` (e.g. ``decode_responses``)."""
+    pool = client.connection_pool
+    kwargs = {**pool.connection_kwargs, **overrides}
+    return ConnectionPool(connection_class=pool.connection_class, **kwargs)

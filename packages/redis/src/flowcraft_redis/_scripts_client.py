@@ -16,23 +16,26 @@ import redis.asyncio as aioredis
 from redis.exceptions import BusyLoadingError, ConnectionError, TimeoutError
 
 from flowcraft_redis_store.batch import Batcher
-from flowcraft_redis_store.settings import RedisSettings
+from flowcraft_redis_store.settings import RedisSettings, clone_pool
 
 __all__ = ["ScriptsClient"]
 
 
 class ScriptsClient(aioredis.Redis):
     """A ``redis.asyncio.Redis`` for bullmq's ``connection`` option (it decodes replies, as
-    bullmq's own client does), built from ``settings`` with their reconnect policy."""
+    bullmq's own client does): connections of its own to where ``client``'s go, with the
+    reconnect policy of ``settings``."""
 
-    def __init__(self, settings: RedisSettings) -> None:
+    def __init__(self, client: aioredis.Redis, settings: RedisSettings) -> None:
         retry = settings.retry()
-        super().__init__(
+        pool = clone_pool(
+            client,
             decode_responses=True,
             retry=retry,
             retry_on_error=[BusyLoadingError, ConnectionError, TimeoutError],
-            **settings.bullmq_connection(),
         )
+        super().__init__(connection_pool=pool)
+        self.auto_close_connection_pool = True
         self._scripts = Batcher(self, retry)
 
     async def execute_command(self, *args: Any, **options: Any) -> Any:

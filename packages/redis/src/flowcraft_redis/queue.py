@@ -22,6 +22,7 @@ import time
 from typing import Any
 
 import orjson
+import redis.asyncio as aioredis
 from bullmq import Job as BullJob
 from bullmq import Queue as BullQueue
 from bullmq import Worker as BullWorker
@@ -31,7 +32,7 @@ from flowcraft.backend import Delivery
 from flowcraft_redis._scripts_client import ScriptsClient
 from flowcraft_redis_store.batch import Batcher
 from flowcraft_redis_store.errors import translated
-from flowcraft_redis_store.settings import RedisSettings
+from flowcraft_redis_store.settings import RedisSettings, clone_pool
 
 __all__ = ["BullMQQueue"]
 
@@ -72,7 +73,8 @@ class BullMQQueue:
     """BullMQ producer and (lazily) consumer for one queue.
 
     Args:
-        settings: Connection and queue name.
+        client: The adapter's client: BullMQ's connections go where its connections go.
+        settings: Queue name and BullMQ key prefix.
         concurrency: Jobs BullMQ hands over at once (the worker's concurrency).
         lock_duration: Seconds a job's lock lasts between renewals (the lease).
         keep_failed: Seconds failed (dead-lettered) jobs are kept.
@@ -83,6 +85,7 @@ class BullMQQueue:
 
     def __init__(
         self,
+        client: aioredis.Redis,
         settings: RedisSettings,
         *,
         concurrency: int = 16,
@@ -91,6 +94,7 @@ class BullMQQueue:
         keep_failed_count: int = 10_000,
         batcher: Batcher | None = None,
     ) -> None:
+        self._client = client
         self._settings = settings
         self._batcher = batcher
         self._concurrency = concurrency
@@ -114,8 +118,10 @@ class BullMQQueue:
 
     def _queue(self) -> BullQueue:
         if self._producer is None:
+            connection = aioredis.Redis.from_pool(clone_pool(self._client, decode_responses=True))
             self._producer = BullQueue(
-                self._settings.queue_name, {"connection": self._settings.bullmq_connection()}
+                self._settings.queue_name,
+                {"connection": connection, "prefix": self._settings.bullmq_prefix},
             )
         return self._producer
 
@@ -160,7 +166,8 @@ class BullMQQueue:
                 self._settings.queue_name,
                 self._process,
                 {
-                    "connection": ScriptsClient(self._settings),
+                    "connection": ScriptsClient(self._client, self._settings),
+                    "prefix": self._settings.bullmq_prefix,
                     "concurrency": self._concurrency,
                     "lockDuration": self._lock_ms,
                     # Jobs of a dead worker come back once their lock expires.

@@ -142,13 +142,13 @@ def create_reconciler(
         redis: The client to scan with (default: the adapter's).
         stalled_threshold_seconds: Idle seconds after which an unfinished run is stalled;
             longer than the longest node.
-        key_prefix: Prefix of the state hashes (default: the adapter's ``state_prefix``).
+        key_prefix: Prefix of the state hashes (default: the adapter's, hash tag included).
         scan_count: ``COUNT`` hint of each SCAN step.
     """
     return RedisReconciler(
         adapter=adapter,
         redis=redis if redis is not None else adapter.redis,
         stalled_threshold_seconds=stalled_threshold_seconds,
-        key_prefix=key_prefix if key_prefix is not None else adapter.settings.state_prefix,
+        key_prefix=key_prefix if key_prefix is not None else adapter.settings.state_key(""),
         scan_count=scan_count,
     )

@@ -1,6 +1,6 @@
 """``StreamsQueue``: the job queue on a Redis Stream with one consumer group.
 
-Layout (``<queue>`` is ``RedisSettings.queue_name``):
+Layout (``<queue>`` is ``RedisSettings.queue_name``, behind the hash tag in a cluster):
 
 * ``<queue>:jobs`` — the stream; each entry has a field ``body``, the job's JSON text, and, when
   a hop queued it, ``read``: the keys the job reads on arrival, which the stream read then
@@ -63,10 +63,11 @@ return #due
 # Lua: ``read_entries`` takes up to ``count`` new entries for ``consumer``, each with the arrival
 # read its field ``read`` names (written by the hop that queued it: {k: string keys, s: set keys,
 # h: the run's state hash, f: its fields}). The keys come from the entries, so they cannot be
-# declared: the backend runs on one Redis server, not a cluster. A read that cannot be made (a
-# foreign or damaged field) is left to the job. Per entry: {id, body, read or false, values
-# (strings, member lists, field values) or false}. The stream read makes it, and so does the hop
-# step for the job its worker takes next.
+# declared; in a cluster they carry the stream's hash tag (every key of a deployment does), so
+# they are in the slot of the declared keys. A read that cannot be made (a foreign or damaged
+# field) is left to the job. Per entry: {id, body, read or false, values (strings, member
+# lists, field values) or false}. The stream read makes it, and so does the hop step for the
+# job its worker takes next.
 READ_ENTRIES = (
     READ_ARRIVAL
     + """
@@ -127,10 +128,9 @@ class StreamsQueue:
     ) -> None:
         self._redis = client
         self._batcher = batcher or Batcher(client, RedisSettings().retry(), wire=False)
-        base = settings.queue_name
-        self.stream = f"{base}:jobs"
-        self.delayed = f"{base}:delayed"
-        self.dead = f"{base}:dead"
+        self.stream = settings.queue_key("jobs")
+        self.delayed = settings.queue_key("delayed")
+        self.dead = settings.queue_key("dead")
         self.consumer = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._lease_ms = max(1, int(lease * 1000))
         self._dead_max = dead_letter_max

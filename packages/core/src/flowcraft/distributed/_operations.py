@@ -6,7 +6,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 
@@ -15,7 +15,7 @@ from flowcraft.distributed._payload import JobPayload, job_id, parse_job_id
 from flowcraft.distributed._results import ResultWaiter
 from flowcraft.distributed._routing import Routing
 from flowcraft.distributed._runs import child_of
-from flowcraft.errors import JobRejected, ResumeError
+from flowcraft.errors import JobRejected, ResumeError, RunExists
 from flowcraft.hooks import RunInfo, call_before_run
 from flowcraft.result import WorkflowResult
 from flowcraft.runtime._graph import graph_for
@@ -37,13 +37,17 @@ class Operations(Routing):
         run_id: str | None = None,
         *,
         trace_context: Mapping[str, str] | None = None,
+        exists: Literal["error", "attach"] = "error",
     ) -> str:
         """Store the initial context and enqueue the start nodes; the run id.
 
         ``trace_context`` is a W3C carrier the run continues (e.g. its parent run's): run hooks
         see it as ``RunInfo.trace_context`` and may replace it; the run's jobs carry the result.
+        ``exists``: what a ``run_id`` started before gets: ``error`` raises, ``attach`` keeps
+        that run (its context included) and starts only what is missing of it.
 
         Raises:
+            RunExists: ``run_id`` was started before and ``exists`` is ``error``.
             JobRejected: The blueprint is not registered.
             ExpressionError: The evaluator rejects a condition, transform or loop condition of
                 the blueprint (checked before anything is stored, as in memory).
@@ -69,11 +73,16 @@ class Operations(Routing):
         ops.append({"op": "set", "key": "blueprintId", "value": blueprint_id})
         ops.append({"op": "set", "key": "blueprintVersion", "value": blueprint.version})
         ops.append({"op": "set", "key": PROGRESS, "value": time.time()})
-        # A run id started again (a redelivered subflow job starts its child again) keeps the
-        # context its jobs may have changed since; every step below is idempotent.
-        if await self.coordination.get(self.keys.meta(run_id)) is None:
-            await self.context.patch(run_id, ops)
         meta = orjson.dumps([blueprint_id, blueprint.version]).decode()
+        if exists == "error":
+            # Claimed first, so that of two starts racing for one id exactly one proceeds.
+            if not await self.coordination.set_if_not_exist(self.keys.meta(run_id), meta, self.ttl):
+                raise RunExists(f"run '{run_id}' exists already", run_id=run_id)
+            await self.context.patch(run_id, ops)
+        # A run id attached to (a redelivered subflow job starts its child again) keeps the
+        # context its jobs may have changed since; every step below is idempotent.
+        elif await self.coordination.get(self.keys.meta(run_id)) is None:
+            await self.context.patch(run_id, ops)
         enqueued = self.keys.enqueued(run_id)
         # Independent writes, made concurrently: one round trip instead of one each (a
         # backend that batches sends them together). Every start job counts as in flight

@@ -86,7 +86,7 @@ async def start_child(
         await adapter.unpark(run_id, node_id)
         return
     await adapter.start_run(
-        blueprint_id, data, run_id=child_id, trace_context=payload.trace_context
+        blueprint_id, data, run_id=child_id, trace_context=payload.trace_context, exists="attach"
     )
     # Cancelling the parent cancels the children it finds; one started after that is
     # cancelled here (one of the two sees the other's write).
