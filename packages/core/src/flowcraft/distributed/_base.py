@@ -3,7 +3,8 @@
 The adapter is built in layers, each a module importing only the ones below it:
 ``_base`` (the parts) → ``_runs`` (counting jobs in flight, ending runs, parking and resuming)
 → ``_routing`` (joins, skips, dead paths) → ``_operations`` (the client's calls, reconcile,
-timers) → ``adapter`` (handling one delivery, with ``_execute`` and ``_subflow``).
+timers) → ``_hopping`` (hops planned for the one-step fast path) → ``adapter`` (handling one
+delivery, with ``_execute`` and ``_subflow``).
 """
 
 from __future__ import annotations
