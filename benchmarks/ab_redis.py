@@ -9,7 +9,8 @@ worker process runs revision REV (checked out in a temporary git worktree) and a
 working tree, each on a queue and key namespace of its own, and the client alternates
 ``--runs``-run repetitions between them: drift hits both alike. Prints, per shape, the median
 node executions/s and worker CPU per node of each side (each side's first two repetitions are
-warm-up). Redis as in ``bench_redis.py``.
+warm-up). Redis as in ``bench_redis.py``. Both clients poll for results every 2 ms, so REV may
+predate the pub/sub result channel.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from bench_redis import (
 )
 from redis_app import NODE_COUNT, app
 
+from flowcraft.backend import PollingResultChannel
 from flowcraft.distributed import Client
 
 WARM_UP = 2
@@ -65,11 +67,14 @@ async def compare(url: str, source: Path, args: argparse.Namespace) -> None:
             command = [sys.executable, "-m", "flowcraft", "worker", "--backend", args.transport]
             command += ["--app", APP, "--concurrency", str(args.concurrency)]
             procs[label] = await start_workers(command, 1, env, f"ab-{label}")
-            clients[label] = Client(
-                adapter_factory(
-                    settings[label], registry=app["registry"], blueprints=app["blueprints"]
-                )
+            adapter = adapter_factory(
+                settings[label], registry=app["registry"], blueprints=app["blueprints"]
             )
+            # Both sides' clients poll for results: a revision from before the result channel
+            # moved to pub/sub (0d50436) wakes waiters another way, and the comparison is of
+            # the workers.
+            adapter.results = PollingResultChannel(interval=0.002)
+            clients[label] = Client(adapter)
         for shape in args.shapes:
             rates: dict[str, list[float]] = {label: [] for label in sides}
             cpu: dict[str, list[float]] = {label: [] for label in sides}
