@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Arrival",
+    "BulkDelete",
     "EventLog",
     "ArrivalReader",
     "ContextStore",
@@ -171,6 +172,15 @@ class ContextStore(Protocol):
 
     async def delete_run(self, run_id: str) -> None:
         """Forget the run's context."""
+
+
+@runtime_checkable
+class BulkDelete(Protocol):
+    """Optional, for a coordination store: many keys removed in one call (a finished run's
+    bookkeeping is a few keys per node)."""
+
+    async def delete_many(self, keys: Sequence[str]) -> None:
+        """Remove every present key of ``keys``."""
 
 
 Woken = Callable[[str | None], None]

@@ -28,6 +28,7 @@ from flowcraft.distributed._base import Parts, parse_meta
 from flowcraft.distributed._jobrun import JobRun
 from flowcraft.distributed._keys import AWAITING, INTERNAL, RESUME, STATUS, TRACE
 from flowcraft.distributed._payload import JobPayload, fired_by, job_id, parse_job_id
+from flowcraft.distributed._protocols import BulkDelete
 from flowcraft.distributed._results import error_from_dict
 from flowcraft.errors import FlowcraftError
 from flowcraft.events import EventType
@@ -227,8 +228,10 @@ class Runs(Parts):
                     keys.resumed(run_id, node, iteration),
                     keys.fallback(run_id, node, iteration),
                 ]
-        # Concurrent: a store that batches deletes them in a round trip or two.
-        await asyncio.gather(*(store.delete(key) for key in doomed))
+        if isinstance(store, BulkDelete):
+            await store.delete_many(doomed)
+        else:
+            await asyncio.gather(*(store.delete(key) for key in doomed))
 
     async def final_result(self, run_id: str) -> WorkflowResult | None:
         """The run's result if it is finished or awaiting, else None."""

@@ -92,6 +92,11 @@ class MemoryCoordinationStore:
         with self._lock:
             self._data.pop(key, None)
 
+    async def delete_many(self, keys: Sequence[str]) -> None:
+        with self._lock:
+            for key in keys:
+                self._data.pop(key, None)
+
     @contextlib.contextmanager
     def step(self) -> Iterator[Step]:
         """Several operations as one atomic step (the reference hop step uses it)."""
