@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 from urllib.parse import quote
 
@@ -86,6 +86,12 @@ class RedisSettings:
     prefix: str = "bull"
     cluster: bool = False
     hash_tag: str = ""
+    # Every key name starts with it: worked out once, not per key.
+    _tag: str = field(default="", init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        tag = self.hash_tag or (self.queue_name if self.cluster else "")
+        object.__setattr__(self, "_tag", f"{{{tag}}}:" if tag else "")
 
     @classmethod
     def from_env(cls, **overrides: Any) -> RedisSettings:
@@ -93,6 +99,8 @@ class RedisSettings:
         ``FLOWCRAFT_REDIS_QUEUE_NAME``), then keyword overrides."""
         values: dict[str, Any] = {"url": os.environ.get("REDIS_URL", DEFAULT_URL)}
         for item in fields(cls):
+            if not item.init:
+                continue
             raw = os.environ.get(f"FLOWCRAFT_REDIS_{item.name.upper()}")
             if raw is None:
                 continue
@@ -114,8 +122,7 @@ class RedisSettings:
     @property
     def tag(self) -> str:
         """The ``{hash tag}`` every key starts with (with its colon), or empty."""
-        tag = self.hash_tag or (self.queue_name if self.cluster else "")
-        return f"{{{tag}}}:" if tag else ""
+        return self._tag
 
     def client(self) -> aioredis.Redis:
         """A new client (connection pool) for these settings, reconnecting as ``retries`` says.
