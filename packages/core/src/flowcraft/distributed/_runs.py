@@ -205,9 +205,9 @@ class Runs(Parts):
         nodes = {node for node, _, _ in members}
         meta = parse_meta(strings[0])
         blueprint = self.blueprints.get(meta[0]) if meta is not None else None
-        if blueprint is not None:
-            # Skipped nodes have fences and marks but never a job.
-            nodes.update((await self.graph_of(run_id, blueprint)).nodes)
+        # Skipped nodes have fences and marks but never a job: the graph names them all.
+        specs = (await self.graph_of(run_id, blueprint)).nodes if blueprint is not None else {}
+        nodes.update(specs)
         doomed = [
             keys.enqueued(run_id),
             keys.done(run_id),
@@ -224,10 +224,21 @@ class Runs(Parts):
                     keys.fire(run_id, node, iteration),
                     keys.resolved(run_id, node, iteration),
                     keys.taken(run_id, node, iteration),
-                    keys.rescue(run_id, node, iteration),
-                    keys.resumed(run_id, node, iteration),
-                    keys.fallback(run_id, node, iteration),
                 ]
+                spec = specs.get(node)
+                # Keys only some nodes have: an unknown graph deletes them all.
+                if spec is None or spec.fallback is not None:
+                    doomed += [
+                        keys.rescue(run_id, node, iteration),
+                        keys.fallback(run_id, node, iteration),
+                    ]
+                if spec is None or spec.max_attempts > 1:
+                    doomed.append(keys.attempts(run_id, node, iteration))
+        for node, iteration, role in members:
+            if role == "resume":
+                doomed.append(keys.resumed(run_id, node, iteration))
+            elif role:
+                doomed.append(keys.attempts(run_id, node, iteration, role))
         if isinstance(store, BulkDelete):
             await store.delete_many(doomed)
         else:
