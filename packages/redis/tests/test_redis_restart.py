@@ -8,14 +8,13 @@ Short outages are ridden out by the client's own retries (``RedisSettings.retrie
 just carry on. For a longer one the test cuts those retries to two, so the worker's back-off
 has to carry the jobs it holds and its fetching through; a job that gave up half-way through
 its steps is then finished by redelivery and, where a step after its result was lost (say the
-final result stored but not yet published), by the reconciler, which a deployment runs
-periodically: the test runs one too.
+final result stored but not yet published), by the reconcile pass one worker of the
+deployment makes periodically (here every second, for runs idle for 2 s).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 import sys
 import time
@@ -28,8 +27,7 @@ from redis_test_support import RedisServer
 
 from flowcraft import Flow, NodeContext, create_flow
 from flowcraft.distributed import Client, Worker
-from flowcraft.errors import ConnectionFailed
-from flowcraft_redis import RedisAdapter, RedisSettings, RedisStreamsAdapter, create_reconciler
+from flowcraft_redis import RedisAdapter, RedisSettings, RedisStreamsAdapter
 
 T = TypeVar("T")
 CHAIN = 6
@@ -69,34 +67,24 @@ async def guarded(step: Awaitable[T], what: str, timeout: float) -> T:
         raise
 
 
-async def reconcile_forever(adapter: RedisAdapter | RedisStreamsAdapter) -> None:
-    """What a deployment runs beside its workers; a scan fails while Redis is down."""
-    reconciler = create_reconciler(adapter=adapter, stalled_threshold_seconds=2)
-    while True:
-        await asyncio.sleep(1)
-        with contextlib.suppress(ConnectionFailed):
-            await reconciler.run()
-
-
 @asynccontextmanager
 async def deployment(
     server: RedisServer, kind: Adapter, *, retries: int = 10, reconciler: bool = False
 ) -> AsyncIterator[Client]:
-    """Two workers, a client and, if asked, a reconciler on ``server``."""
+    """Two workers and a client on ``server``; with ``reconciler``, the workers reconcile
+    stalled runs themselves every second (no process beside them)."""
     settings = RedisSettings(url=server.url, lease_seconds=5.0, retries=retries)
     adapters = [
         kind(settings, registry=FLOW.function_registry, blueprints={BLUEPRINT.id: BLUEPRINT})
         for _ in range(3)
     ]
-    running = [Worker(a, concurrency=8, timer_interval=0.1) for a in adapters[1:]]
+    healing = {"reconcile_every": 1.0, "stalled_after": 2.0} if reconciler else {}
+    running = [Worker(a, concurrency=8, timer_interval=0.1, **healing) for a in adapters[1:]]
     for worker in running:
         worker.start()
-    reconciling = asyncio.ensure_future(reconcile_forever(adapters[0])) if reconciler else None
     try:
         yield Client(adapters[0])
     finally:
-        if reconciling is not None:
-            reconciling.cancel()
         for worker in running:
             await guarded(worker.stop(timeout=5), "stopping a worker", 60)
         for adapter in adapters:
