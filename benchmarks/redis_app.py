@@ -83,23 +83,25 @@ app: dict[str, Any] = {
 
 
 async def _raw_worker(queue_name: str, concurrency: int, client: str) -> None:
-    import redis.asyncio as aioredis
     from bullmq import Queue, Worker
+    from redis.asyncio.connection import parse_url
 
     from flowcraft_redis import RedisSettings
     from flowcraft_redis._scripts_client import ScriptsClient
-    from flowcraft_redis_store.settings import clone_pool
 
     settings = RedisSettings.from_env()
     base = settings.client()
 
-    # "stock": a plain redis-py client where the transport's connections go (as its producer
-    # gets); "scripts": the client the transport gives bullmq's worker, so both pay the same
-    # per command and the difference is Flowcraft's orchestration.
+    # "stock": bullmq's own client (connection options as a BullMQ user passes them: the server,
+    # TCP keepalive, no per-command socket timeout); "scripts": the client the transport gives
+    # bullmq's worker, so both pay the same per command and the difference is Flowcraft's
+    # orchestration.
     def connection() -> Any:
         if client == "scripts":
             return ScriptsClient(base, settings)
-        return aioredis.Redis.from_pool(clone_pool(base, decode_responses=True))
+        options = dict(parse_url(settings.url))
+        options.pop("connection_class", None)
+        return {**options, "socket_connect_timeout": 5.0, "socket_keepalive": True}
 
     queue = Queue(queue_name, {"connection": connection()})
 
