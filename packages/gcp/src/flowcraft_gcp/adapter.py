@@ -51,7 +51,7 @@ class GcpAdapter(DistributedAdapter):
         self.batcher = Batcher(self.redis, redis_settings.retry())
         parts = (self.redis, redis_settings, self.batcher)
         coordination = RedisCoordinationStore(*parts)
-        context = FirestoreContextStore(self.settings)
+        context = FirestoreContextStore(self.settings, redis_settings, self.batcher)
         queue = PubSubQueue(self.settings, counter=coordination)
         super().__init__(
             queue=queue,

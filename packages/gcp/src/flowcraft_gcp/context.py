@@ -11,6 +11,12 @@ it deletes the document once the retention has passed). One document per key, ne
 * a key is a document id, never a field path, so keys with dots, slashes or backticks are
   stored as they are (a field path ``_outputs.n1`` would nest a map).
 
+Which keys a run has is kept in Redis too (a set per run, ``<state prefix><runId>:keys``, with
+the documents' retention), added to before the documents are written: reading a whole context
+is then one batched get, not a query (the Firestore emulator answers each query by scanning
+the database, about 0.1 s apiece here and slower as it fills; see ``docs/gcp.md``). A key
+listed whose document is absent (deleted, or its write failed) is skipped.
+
 A value too big for one document (over :data:`INLINE_MAX` bytes as JSON) is split into
 ``parts`` subdocuments of the key's document, all written in one batch with a token that the
 reader checks, so a read never mixes two versions. A patch is one batched write (atomic) when
@@ -22,7 +28,7 @@ writes the same patch again).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -36,6 +42,7 @@ from flowcraft.backend import AdapterError, decode_value, encode_value, patch_wr
 from flowcraft.node import PatchOperation
 from flowcraft_gcp._errors import firestore_errors
 from flowcraft_gcp.settings import GcpSettings
+from flowcraft_redis_store import Batcher, RedisSettings, translated
 
 __all__ = ["CHUNK", "INLINE_MAX", "FirestoreContextStore", "document_id"]
 
@@ -71,10 +78,14 @@ class FirestoreContextStore:
 
     Args:
         settings: Project, collection and retention.
+        redis: Where the key index lives (the adapter's Redis key layout).
+        batcher: The adapter's Redis batch, which the index commands join.
     """
 
-    def __init__(self, settings: GcpSettings) -> None:
+    def __init__(self, settings: GcpSettings, redis: RedisSettings, batcher: Batcher) -> None:
         self._settings = settings
+        self._redis = redis
+        self._batch = batcher
         self._client: firestore.AsyncClient | None = None
 
     @property
@@ -94,6 +105,20 @@ class FirestoreContextStore:
     def _ref(self, run_id: str, key: str) -> AsyncDocumentReference:
         ref: AsyncDocumentReference = self._keys(run_id).document(document_id(key))
         return ref
+
+    def _index(self, run_id: str) -> str:
+        return f"{self._redis.state_key(run_id)}:keys"
+
+    async def _listed(self, run_id: str, keys: Iterable[str]) -> None:
+        name = self._index(run_id)
+        ttl = self._settings.retention_seconds
+        async with translated():
+            await self._batch.transaction([("SADD", name, *keys), ("EXPIRE", name, ttl)])
+
+    async def _listing(self, run_id: str) -> list[str]:
+        async with translated():
+            (members,) = await self._batch.run([("SMEMBERS", self._index(run_id))])
+        return sorted(m.decode() if isinstance(m, bytes) else str(m) for m in members)
 
     def _expiry(self) -> datetime:
         return datetime.now(UTC) + timedelta(seconds=self._settings.retention_seconds)
@@ -160,7 +185,9 @@ class FirestoreContextStore:
             return await self._value(snapshot) if snapshot.exists else None
 
     async def set(self, run_id: str, key: str, value: Any) -> None:
-        await self._commit(self._writes(self._ref(run_id, key), key, encode_value(key, value)))
+        raw = encode_value(key, value)
+        await self._listed(run_id, [key])
+        await self._commit(self._writes(self._ref(run_id, key), key, raw))
 
     async def has(self, run_id: str, key: str) -> bool:
         async with firestore_errors:
@@ -201,30 +228,27 @@ class FirestoreContextStore:
         for key, raw in sets.items():
             writes += self._writes(self._ref(run_id, key), key, raw)
         writes += [(self._ref(run_id, key), None, 0) for key in deletes]
+        if sets:
+            await self._listed(run_id, sets)
         if writes:
             await self._commit(writes)
 
-    async def _documents(self, run_id: str) -> AsyncIterator[DocumentSnapshot[Any]]:
-        async for snapshot in self._keys(run_id).stream():
-            yield snapshot
-
     async def to_dict(self, run_id: str) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        async with firestore_errors:
-            async for snapshot in self._documents(run_id):
-                out[(snapshot.to_dict() or {})["k"]] = await self._value(snapshot)
-        return out
+        return await self.get_many(run_id, await self._listing(run_id))
 
     async def delete_run(self, run_id: str) -> None:
+        refs = [self._ref(run_id, key) for key in await self._listing(run_id)]
         writes: list[_Write] = []
         async with firestore_errors:
-            async for snapshot in self._keys(run_id).select(["n"]).stream():
+            async for snapshot in self.client.get_all(refs, field_paths=["n"]):
                 ref: AsyncDocumentReference = snapshot.reference
                 parts = range((snapshot.to_dict() or {}).get("n", 0))
                 writes.append((ref, None, 0))
                 writes.extend((ref.collection("parts").document(str(i)), None, 0) for i in parts)
         if writes:
             await self._commit(writes)
+        async with translated():
+            await self._batch.run([("DEL", self._index(run_id))])
 
     def connections(self) -> int:
         """1 while the client's gRPC channel is connected, else 0."""
