@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import time
 from typing import Any
@@ -67,6 +68,26 @@ class _Handle:
         self.token = token
         self.verdict: asyncio.Future[Any] = loop.create_future()
         self.failed: asyncio.Future[None] = loop.create_future()
+
+
+def job_key(data: Any) -> str:
+    """The BullMQ id of a job: one per run, node, iteration, role and attempt.
+
+    BullMQ adds nothing under an id it holds (waiting, delayed, active or failed), so a job
+    enqueued again while its first copy waits or runs (a predecessor redelivered after a
+    crash enqueues what it fired again; a reconcile re-enqueues what is in flight) is not
+    run twice. A completed job's hash is removed at once, so a later copy only re-routes from
+    the stored result.
+    """
+    fields = [
+        data.get("runId"),
+        data.get("nodeId"),
+        data.get("iteration", 0),
+        data.get("rescues"),
+        data.get("resume"),
+        data.get("attempt", 1),
+    ]
+    return "fc-" + hashlib.blake2b(orjson.dumps(fields), digest_size=16).hexdigest()
 
 
 class BullMQQueue:
@@ -126,9 +147,9 @@ class BullMQQueue:
         return self._producer
 
     async def enqueue(self, body: str) -> None:
-        """Add one ``executeNode`` job."""
-        opts = self._job_opts
+        """Add one ``executeNode`` job, under an id of its own (see :func:`job_key`)."""
         data = orjson.loads(body)
+        opts = {**self._job_opts, "jobId": job_key(data)}
 
         async def add() -> None:
             queue = self._queue()
