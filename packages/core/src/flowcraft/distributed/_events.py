@@ -32,13 +32,13 @@ def _run_of(payload: Any) -> str | None:
 
 class EventForwarder:
     """Subscribes to an adapter's event bus and appends each run's events to its log, in
-    batches: the events of one event-loop tick go out together, per run."""
+    batches: what accumulates while an append is in flight goes out next, per run in order
+    (two appends of one run in flight at once could land out of order)."""
 
     def __init__(self, log: EventLog, bus: EventBus) -> None:
         self._log = log
         self._buffer: dict[str, list[bytes]] = {}
-        self._flushing: set[asyncio.Task[None]] = set()
-        self._scheduled = False
+        self._draining: asyncio.Task[None] | None = None
         self.unsubscribe = bus.subscribe(self._collect, inline=True)
 
     def _collect(self, event: FlowEvent) -> None:
@@ -48,17 +48,15 @@ class EventForwarder:
         self._buffer.setdefault(run_id, []).append(
             orjson.dumps(event.to_dict(), default=str, option=orjson.OPT_NON_STR_KEYS)
         )
-        if not self._scheduled:
-            self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+        if self._draining is None or self._draining.done():
+            self._draining = asyncio.ensure_future(self._drain())
 
-    def _flush(self) -> None:
-        self._scheduled = False
-        buffer, self._buffer = self._buffer, {}
-        for run_id, events in buffer.items():
-            task = asyncio.ensure_future(self._append(run_id, events))
-            self._flushing.add(task)
-            task.add_done_callback(self._flushing.discard)
+    async def _drain(self) -> None:
+        # Started from an event, so the rest of the tick's events join the first batch.
+        await asyncio.sleep(0)
+        while self._buffer:
+            buffer, self._buffer = self._buffer, {}
+            await asyncio.gather(*(self._append(run, events) for run, events in buffer.items()))
 
     async def _append(self, run_id: str, events: list[bytes]) -> None:
         try:
@@ -68,12 +66,12 @@ class EventForwarder:
             _log.warning("could not append %d events of run %s: %s", len(events), run_id, exc)
 
     async def close(self) -> None:
-        """Stop forwarding, after the appends in flight."""
+        """Stop forwarding, after the appends in flight and those still buffered."""
         self.unsubscribe()
-        if self._scheduled:
-            self._flush()
-        if self._flushing:
-            await asyncio.gather(*self._flushing, return_exceptions=True)
+        while self._draining is not None and not self._draining.done():
+            await self._draining
+        if self._buffer:
+            await self._drain()
 
 
 class StoreEventLog:
