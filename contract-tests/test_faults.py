@@ -274,3 +274,20 @@ async def test_crash_between_child_result_and_parent_resume_is_reconciled(
     result = await client.wait(run_id, timeout=T)
     assert result.status == "completed", result.errors
     assert result.context["_outputs.b"] == "child done"
+
+
+async def test_reconcile_restores_a_lost_blueprint_record_from_the_context(
+    harness: Harness,
+) -> None:
+    async def one(ctx: NodeContext) -> int:
+        return 1
+
+    harness.add(create_flow("recorded").node("a", one))
+    adapter = harness.adapter()
+    run_id = await harness.client.start("recorded")
+    # The record is gone (evicted); the context still names the blueprint.
+    await adapter.coordination.delete(adapter.keys.meta(run_id))
+    await adapter.reconcile(run_id)
+    assert await adapter.meta(run_id) == ("recorded", harness.blueprints["recorded"].version)
+    harness.worker()
+    assert (await harness.client.wait(run_id, timeout=T)).status == "completed"

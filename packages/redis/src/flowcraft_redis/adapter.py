@@ -21,7 +21,6 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
-import orjson
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
@@ -149,21 +148,6 @@ class _RedisAdapter(DistributedAdapter):
 
     async def _close_batcher(self) -> None:
         self.batcher.close()
-
-    async def reconcile(self, run_id: str) -> set[str]:
-        """:meth:`~flowcraft.backend.DistributedAdapter.reconcile`, first restoring the run's
-        blueprint record from the copy its context keeps, should the record be gone."""
-        if (
-            await self.coordination.get(self.keys.final(run_id)) is None
-            and await self.meta(run_id) is None
-        ):
-            stored = await self.context.get_many(run_id, ["blueprintId", "blueprintVersion"])
-            if "blueprintId" in stored:
-                record = orjson.dumps([stored["blueprintId"], stored.get("blueprintVersion")])
-                await self.coordination.set_if_not_exist(
-                    self.keys.meta(run_id), record.decode(), self.ttl
-                )
-        return await super().reconcile(run_id)
 
 
 def _same_server(a: aioredis.Redis, b: aioredis.Redis) -> bool:

@@ -211,6 +211,15 @@ class Operations(Routing):
             return set()
         meta = await self.meta(run_id)
         if meta is None:
+            # The record is gone (evicted, expired early): the context keeps a copy of it.
+            stored = await self.context.get_many(run_id, ["blueprintId", "blueprintVersion"])
+            if "blueprintId" in stored:
+                record = orjson.dumps([stored["blueprintId"], stored.get("blueprintVersion")])
+                await self.coordination.set_if_not_exist(
+                    self.keys.meta(run_id), record.decode(), self.ttl
+                )
+                meta = await self.meta(run_id)
+        if meta is None:
             raise JobRejected(f"run '{run_id}' has no recorded blueprint", run_id=run_id)
         # Done first: a job counted in flight after this read is in the later one, and a
         # job is counted in flight before it is counted done.
