@@ -12,7 +12,9 @@ process, which releases the lock at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import logging
 
 from psycopg import AsyncConnection
 
@@ -20,6 +22,8 @@ from flowcraft_rabbitmq._pg import translated
 from flowcraft_rabbitmq.settings import RabbitSettings
 
 __all__ = ["Claims"]
+
+_log = logging.getLogger("flowcraft.rabbitmq")
 
 
 def claim_key(queue: str, body: bytes) -> int:
@@ -35,7 +39,10 @@ class Claims:
         self._settings = settings
         self._conn: AsyncConnection[tuple[object, ...]] | None = None
         self._held: set[int] = set()
+        self._releasing: set[int] = set()
+        self._flushing: asyncio.Future[None] | None = None
         self._lock = asyncio.Lock()
+        self._unlock = "SELECT pg_advisory_unlock(k) FROM unnest(%s::bigint[]) AS k"
 
     async def _connection(self) -> AsyncConnection[tuple[object, ...]]:
         conn = self._conn
@@ -71,26 +78,49 @@ class Claims:
             won.discard(key)
         return out
 
-    async def release(self, key: int) -> None:
-        """Give a claim up (its job was settled)."""
-        async with self._lock:
-            if key not in self._held:
-                return
-            self._held.discard(key)
-            conn = self._conn
-            if conn is None or conn.closed:
-                return
-            async with translated:
-                await conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+    def release(self, key: int) -> None:
+        """Give a claim up (its job was settled), soon: claims given up meanwhile go in one
+        statement, off the path of the job that settled. Until then a copy of the job is
+        dropped, which is safe since the job is settled."""
+        if key not in self._held:
+            return
+        self._releasing.add(key)
+        if self._flushing is None or self._flushing.done():
+            self._flushing = asyncio.ensure_future(self._flush())
+
+    async def _flush(self) -> None:
+        while self._releasing:
+            keys, self._releasing = self._releasing, set()
+            async with self._lock:
+                keys &= self._held
+                self._held -= keys
+                conn = self._conn
+                if not keys or conn is None or conn.closed:
+                    continue
+                try:
+                    async with translated:
+                        await conn.execute(self._unlock, (list(keys),))
+                except Exception as exc:
+                    # The session is broken; it ends, and its locks with it.
+                    _log.warning("could not release claims (%s); closing their session", exc)
+                    await self.close()
+                    return
 
     def drop(self) -> None:
         """Forget every claim without releasing it (an abandoned worker's session ends
         with :meth:`close`)."""
         self._held.clear()
+        self._releasing.clear()
 
     async def close(self) -> None:
         """End the session, which releases every claim."""
         conn, self._conn = self._conn, None
         self._held.clear()
+        self._releasing.clear()
+        flushing, self._flushing = self._flushing, None
+        if flushing is not None and flushing is not asyncio.current_task():
+            flushing.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await flushing
         if conn is not None:
             await conn.close()

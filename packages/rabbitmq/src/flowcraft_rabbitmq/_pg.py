@@ -57,6 +57,77 @@ CREATE TABLE IF NOT EXISTS {coordination} (
     expires_at timestamptz NOT NULL
 );
 CREATE INDEX IF NOT EXISTS {coordination_expiry} ON {coordination} (expires_at);
+CREATE OR REPLACE FUNCTION {sadd}(k text, m text, expires timestamptz) RETURNS text[]
+LANGUAGE sql AS $$
+    INSERT INTO {coordination} AS c (key, value, members, token, expires_at)
+    VALUES (k, NULL, ARRAY[m], NULL, expires)
+    ON CONFLICT (key) DO UPDATE SET value = NULL, expires_at = EXCLUDED.expires_at,
+        members = CASE WHEN c.expires_at <= now() OR c.members IS NULL THEN EXCLUDED.members
+            WHEN m = ANY(c.members) THEN c.members ELSE array_append(c.members, m) END
+    RETURNING members
+$$;
+CREATE OR REPLACE FUNCTION {setnx}(k text, v text, t text, expires timestamptz) RETURNS boolean
+LANGUAGE sql AS $$
+    WITH won AS (
+        INSERT INTO {coordination} AS c (key, value, members, token, expires_at)
+        VALUES (k, v, NULL, t, expires)
+        ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, members = NULL,
+            token = EXCLUDED.token, expires_at = EXCLUDED.expires_at
+        WHERE c.expires_at <= now()
+        RETURNING 1)
+    SELECT EXISTS (SELECT 1 FROM won)
+$$;
+-- A hop (flowcraft.backend.Hop) in one statement, step for step as flowcraft.memory.hop: NULL
+-- when the result is stored already or the run has spliced nodes (nothing changed), else the
+-- outcome followed by the members of the targets whose fences it won. Targets come sorted by
+-- member and context keys sorted, so concurrent hops lock shared rows in one order.
+CREATE OR REPLACE FUNCTION {hop}(
+    hop jsonb, keys text[], vals text[], deletes text[], state_ttl float8
+) RETURNS text[] LANGUAGE plpgsql AS $$
+DECLARE
+    expires timestamptz := now() + make_interval(secs => (hop->>'ttl')::float8);
+    target jsonb;
+    fired text[] := ARRAY[]::text[];
+    resolved text[];
+    done integer;
+    enqueued integer;
+BEGIN
+    PERFORM 1 FROM {coordination} c
+    WHERE c.key = hop->>'dynamic' AND c.expires_at > now() AND cardinality(c.members) > 0;
+    IF FOUND OR NOT {setnx}(hop->>'result_key', hop->>'record', hop->>'token', expires) THEN
+        RETURN NULL;
+    END IF;
+    DELETE FROM {context} WHERE run_id = hop->>'run' AND key = ANY(deletes);
+    INSERT INTO {context} (run_id, key, value, expires_at)
+    SELECT hop->>'run', k, v::jsonb, now() + make_interval(secs => state_ttl)
+    FROM unnest(keys, vals) AS w(k, v)
+    ON CONFLICT (run_id, key)
+    DO UPDATE SET value = EXCLUDED.value, expires_at = EXCLUDED.expires_at;
+    FOR target IN SELECT jsonb_array_elements(hop->'targets') LOOP
+        PERFORM {sadd}(target->>'taken', target->>'mark', expires);
+        PERFORM {sadd}(target->>'resolved', target->>'source', expires);
+    END LOOP;
+    FOR target IN SELECT jsonb_array_elements(hop->'targets') LOOP
+        SELECT c.members INTO resolved FROM {coordination} c WHERE c.key = target->>'resolved';
+        IF NOT ARRAY(SELECT jsonb_array_elements_text(target->'preds'))
+                <@ coalesce(resolved, ARRAY[]::text[]) THEN
+            PERFORM {sadd}(hop->>'pending', target->>'member', expires);
+            CONTINUE;
+        END IF;
+        PERFORM {sadd}(hop->>'enqueued', target->>'member', expires);
+        IF {setnx}(target->>'fence', 'fired:' || (hop->>'member'), hop->>'token', expires) THEN
+            fired := fired || (target->>'member');
+        ELSIF EXISTS (SELECT 1 FROM {coordination} c WHERE c.key = target->>'fence'
+                AND c.expires_at > now() AND c.value = 'skipped') THEN
+            PERFORM {sadd}(hop->>'done', target->>'member', expires);
+        END IF;
+    END LOOP;
+    done := cardinality({sadd}(hop->>'done', hop->>'member', expires));
+    enqueued := cardinality({sadd}(hop->>'enqueued', hop->>'member', expires));
+    RETURN array_prepend(
+        CASE WHEN done >= enqueued THEN 'quiescent' ELSE 'applied' END, fired);
+END
+$$;
 """
 
 _RETRIES = 5
@@ -81,6 +152,10 @@ class Pool:
                 f"{table}_expiry": sql.Identifier(f"{prefix}{table}_expiry")
                 for table in ("context", "runs", "coordination")
             },
+            **{
+                function: sql.Identifier(settings.schema, f"{prefix}{function}")
+                for function in ("sadd", "setnx", "hop")
+            },
         }
         self.channel = f"{settings.schema}.{prefix}runs"
         """The ``NOTIFY`` channel of final results (payload: the run id)."""
@@ -89,8 +164,8 @@ class Pool:
         self._cleanup: asyncio.Task[None] | None = None
 
     def query(self, text: str) -> str:
-        """``text`` with ``{context}``, ``{runs}``, ``{coordination}`` and ``{schema}``
-        replaced by their quoted names."""
+        """``text`` with ``{context}``, ``{runs}``, ``{coordination}``, ``{schema}`` and the
+        functions' names (``{hop}``, …) replaced by their quoted names."""
         return sql.SQL(text).format(**self.names).as_string(None)
 
     async def _open(self) -> None:

@@ -15,11 +15,18 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from flowcraft.backend import CoordinationStore, DistributedAdapter
+from flowcraft.backend import (
+    ArrivalReader,
+    ContextStore,
+    CoordinationStore,
+    DistributedAdapter,
+    HopCommitter,
+)
 from flowcraft.blueprint import Blueprint
 from flowcraft_rabbitmq._pg import Pool
 from flowcraft_rabbitmq.context import PostgresContextStore
 from flowcraft_rabbitmq.coordination import PostgresCoordinationStore
+from flowcraft_rabbitmq.hop import PostgresHop, SplitArrivals
 from flowcraft_rabbitmq.queue import RabbitQueue
 from flowcraft_rabbitmq.results import PostgresResultChannel
 from flowcraft_rabbitmq.settings import RabbitSettings
@@ -54,11 +61,16 @@ class _RabbitAdapter(DistributedAdapter):
     ) -> None:
         self.settings = settings or RabbitSettings.from_env()
         self.pool = Pool(self.settings)
+        queue = RabbitQueue(self.settings, prefetch=concurrency)
+        context = PostgresContextStore(self.pool)
         coordination, closers = self._coordination()
+        hops, arrivals = self._fast_paths(queue, context, coordination)
         super().__init__(
-            queue=RabbitQueue(self.settings, prefetch=concurrency),
-            context=PostgresContextStore(self.pool),
+            queue=queue,
+            context=context,
             coordination=coordination,
+            hops=hops,
+            arrivals=arrivals,
             results=PostgresResultChannel(self.pool),
             closers=[*closers, self.pool.close],
             registry=registry,
@@ -67,6 +79,11 @@ class _RabbitAdapter(DistributedAdapter):
         )
 
     def _coordination(self) -> tuple[CoordinationStore, list[Closer]]:
+        raise NotImplementedError
+
+    def _fast_paths(
+        self, queue: RabbitQueue, context: ContextStore, coordination: CoordinationStore
+    ) -> tuple[HopCommitter | None, ArrivalReader]:
         raise NotImplementedError
 
 
@@ -84,6 +101,12 @@ class RabbitAdapter(_RabbitAdapter):
 
         return RedisCoordinationStore(client, redis_settings, batcher), [close]
 
+    def _fast_paths(
+        self, queue: RabbitQueue, context: ContextStore, coordination: CoordinationStore
+    ) -> tuple[HopCommitter | None, ArrivalReader]:
+        # A hop spans Redis and PostgreSQL here, which no one step can.
+        return None, SplitArrivals(coordination, context)
+
 
 class RabbitPostgresAdapter(_RabbitAdapter):
     """RabbitMQ + PostgreSQL alone, coordination on PostgreSQL; the arguments are
@@ -91,3 +114,9 @@ class RabbitPostgresAdapter(_RabbitAdapter):
 
     def _coordination(self) -> tuple[CoordinationStore, list[Closer]]:
         return PostgresCoordinationStore(self.pool), []
+
+    def _fast_paths(
+        self, queue: RabbitQueue, context: ContextStore, coordination: CoordinationStore
+    ) -> tuple[HopCommitter | None, ArrivalReader]:
+        hop = PostgresHop(self.pool, queue)
+        return hop, hop

@@ -16,10 +16,27 @@ from flowcraft.backend import SerializationError, decode_value, patch_writes
 from flowcraft.node import PatchOperation
 from flowcraft_rabbitmq._pg import Pool
 
-__all__ = ["PostgresContextStore"]
+__all__ = ["PostgresContextStore", "encoded_values"]
 
 # A NUL escape in encoded JSON: "\u0000" after an even number of backslashes.
 _NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
+
+
+def encoded_values(sets: dict[str, bytes]) -> list[str]:
+    """The values of ``patch_writes`` as the text ``jsonb`` parses, in order.
+
+    Raises:
+        SerializationError: A string holds NUL, which ``jsonb`` cannot store.
+    """
+    values = []
+    for key, raw in sets.items():
+        if _NUL.search(raw):
+            raise SerializationError(
+                f"context key '{key}' holds a string with a NUL character, which"
+                " PostgreSQL's jsonb cannot store"
+            )
+        values.append(raw.decode())
+    return values
 
 
 class PostgresContextStore:
@@ -86,14 +103,7 @@ class PostgresContextStore:
         sets, deletes = patch_writes(operations)
         if not sets and not deletes:
             return
-        values = []
-        for key, raw in sets.items():
-            if _NUL.search(raw):
-                raise SerializationError(
-                    f"context key '{key}' holds a string with a NUL character, which"
-                    " PostgreSQL's jsonb cannot store"
-                )
-            values.append(raw.decode())
+        values = encoded_values(sets)
         params = {"run": run_id, "deletes": deletes, "keys": list(sets), "values": values}
 
         async def write(conn: Any) -> None:

@@ -14,10 +14,23 @@ from typing import Any
 from flowcraft.backend import write_token
 from flowcraft_rabbitmq._pg import Pool
 
-__all__ = ["PostgresCoordinationStore"]
+__all__ = ["PostgresCoordinationStore", "assemble"]
 
 _TTL = "now() + make_interval(secs => %(ttl)s)"
 _LIVE = "c.expires_at > now()"
+
+
+def assemble(
+    found: dict[str, tuple[Any, Any]], keys: Sequence[str], set_keys: Sequence[str]
+) -> tuple[list[str | None], list[set[str]]]:
+    """A ``read``'s answer from the live rows found, ``key → (value, members)``."""
+    strings: list[str | None] = []
+    for key in keys:
+        value, members = found.get(key, (None, None))
+        # Sets read as their size, as in the Redis store, so callers need not know types.
+        strings.append(str(len(members)) if members is not None else value)
+    sets = [set(found.get(key, (None, None))[1] or ()) for key in set_keys]
+    return strings, sets
 
 
 class PostgresCoordinationStore:
@@ -110,13 +123,7 @@ class PostgresCoordinationStore:
             return rows
 
         found = {str(key): (value, members) for key, value, members in await self._pool.run(step)}
-        strings: list[str | None] = []
-        for key in keys:
-            value, members = found.get(key, (None, None))
-            # Sets read as their size, as in the Redis store, so callers need not know types.
-            strings.append(str(len(members)) if members is not None else value)
-        sets = [set(found.get(key, (None, None))[1] or ()) for key in set_keys]
-        return strings, sets
+        return assemble(found, keys, set_keys)
 
     async def extend_ttl(self, key: str, ttl: float) -> bool:
         return await self._one(self._extend, {"key": key, "ttl": ttl}) is not None

@@ -97,6 +97,8 @@ class RabbitQueue:
         self._queue: AbstractQueue | None = None
         self._consumer: str | None = None
         self._buffer: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+        self._redelivery_delay = settings.redelivery_delay_seconds
+        self._delayed: dict[AbstractIncomingMessage, asyncio.TimerHandle] = {}
         self._connecting: asyncio.Future[AbstractChannel] | None = None
         self._closed = False
         """Abandoned: everything is a no-op from then on, as in a killed process."""
@@ -195,6 +197,11 @@ class RabbitQueue:
         """Publish a job and wait for the broker's confirm (it is stored then)."""
         await self._publish(self.name, body.encode())
 
+    async def enqueue_many(self, bodies: list[str]) -> None:
+        """Publish jobs and wait for all their confirms at once."""
+        if bodies:
+            await asyncio.gather(*(self._publish(self.name, body.encode()) for body in bodies))
+
     async def receive(self, max_jobs: int, wait: float) -> list[Delivery]:
         """Up to ``max_jobs`` deliveries pushed by the broker, waiting up to ``wait`` s."""
         await self._consume()
@@ -244,7 +251,20 @@ class RabbitQueue:
             self._consumer = await self._queue.consume(self._arrived)
 
     async def _arrived(self, message: AbstractIncomingMessage) -> None:
-        self._buffer.put_nowait(message)
+        if not message.redelivered or self._redelivery_delay <= 0:
+            self._buffer.put_nowait(message)
+            return
+        # Handed back by the broker (its holder died or let go): other queues redeliver after
+        # a lease, this one at once, so a job that kills its worker would kill the next one
+        # straight away. It waits a little first.
+        buffer = self._buffer
+
+        def due() -> None:
+            self._delayed.pop(message, None)
+            buffer.put_nowait(message)
+
+        loop = asyncio.get_running_loop()
+        self._delayed[message] = loop.call_later(self._redelivery_delay, due)
 
     async def _admit(self, message: AbstractIncomingMessage) -> bool:
         """Whether the message is a job to run: not when its channel closed meanwhile, nor
@@ -319,8 +339,7 @@ class RabbitQueue:
         else:
             await _settle(held.message, how)
         # Released only once settled: a copy arriving meanwhile is still dropped.
-        with contextlib.suppress(ConnectionFailed):
-            await self._claims.release(held.claim)
+        self._claims.release(held.claim)
 
     async def unsettled(self, delivery: Delivery, lease: float) -> None:
         """Hand the job back after ``lease`` seconds, as an unrenewed lease would."""
@@ -377,8 +396,12 @@ class RabbitQueue:
             # a stopping worker (the broker requeues what it holds when the connection drops).
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._queue.cancel(consumer), _SETTLE_TIMEOUT)
-        while not self._buffer.empty():
-            message = self._buffer.get_nowait()
+        waiting = [self._buffer.get_nowait() for _ in range(self._buffer.qsize())]
+        for message, handle in list(self._delayed.items()):
+            handle.cancel()
+            waiting.append(message)
+        self._delayed.clear()
+        for message in waiting:
             with contextlib.suppress(Exception):
                 await message.nack(requeue=True)
 
@@ -414,6 +437,9 @@ class RabbitQueue:
         self._channel = self._queue = None
         self._consumer = None
         self._buffer = asyncio.Queue()
+        for handle in self._delayed.values():
+            handle.cancel()
+        self._delayed.clear()
         if connection is not None:
             with contextlib.suppress(Exception):
                 await connection.close()

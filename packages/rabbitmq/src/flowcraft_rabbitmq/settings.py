@@ -41,6 +41,10 @@ class RabbitSettings:
             message returned this many times. Above the worker's ``max_deliveries`` (10), so
             the worker fails the run with its reason first; this catches what it cannot.
         dead_letter_ttl_seconds: How long dead letters are kept.
+        redelivery_delay_seconds: How long a job the broker hands back (its holder died,
+            released it, or lost its channel) waits before it runs again: the broker
+            redelivers at once, so a job that kills its worker would otherwise kill the next
+            one straight away.
         prefetch: Unacked deliveries one worker holds at once (0: the worker's concurrency).
         heartbeat_seconds: AMQP heartbeat: a peer gone silent is found after about twice it.
         pool_size: Most PostgreSQL connections one adapter's pool opens (the pool blocks: a
@@ -65,6 +69,7 @@ class RabbitSettings:
     consumer_timeout_seconds: float = 1800.0
     delivery_limit: int = 20
     dead_letter_ttl_seconds: int = 7 * 86_400
+    redelivery_delay_seconds: float = 0.5
     prefetch: int = 0
     heartbeat_seconds: int = 30
     pool_size: int = 8

@@ -1,0 +1,160 @@
+"""The fast paths of ``rabbitmq-postgres`` (docs/backends.md): both stores live in one
+PostgreSQL, so a job's arrival read is one query and a finished node's hop one statement.
+
+``PostgresHop.commit`` applies the hop in the ``<prefix>hop`` function (``_pg.py``): result
+record, context writes, join marks, fences and the done count, all-or-nothing. The successors
+whose fences it won are then published, their confirms awaited together, and core acks the job
+(``applied``). A crash between the commit and the publishes loses nothing: the job comes back,
+finds its result stored and takes core's generic path, which enqueues again every successor
+whose fence names it.
+
+``SplitArrivals`` serves ``rabbitmq`` (coordination on Redis): its two reads go to two servers,
+so they are made at once rather than one after the other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+import psycopg
+
+from flowcraft.backend import (
+    Arrival,
+    ContextStore,
+    CoordinationStore,
+    Delivery,
+    Hop,
+    HopCommit,
+    decode_value,
+    patch_writes,
+    write_token,
+)
+from flowcraft_rabbitmq._pg import Pool
+from flowcraft_rabbitmq.context import encoded_values
+from flowcraft_rabbitmq.coordination import assemble
+from flowcraft_rabbitmq.queue import RabbitQueue
+
+__all__ = ["PostgresHop", "SplitArrivals"]
+
+
+class PostgresHop:
+    """A :class:`~flowcraft.backend.HopCommitter` and
+    :class:`~flowcraft.backend.ArrivalReader` over the PostgreSQL stores."""
+
+    reads_ahead = False
+
+    def __init__(self, pool: Pool, queue: RabbitQueue) -> None:
+        self._pool = pool
+        self._queue = queue
+        self._state_ttl = float(pool.settings.state_ttl_seconds)
+        q = pool.query
+        self._hop = q("SELECT {hop}(%s::jsonb, %s::text[], %s::text[], %s::text[], %s)")
+        self._arrival = q(
+            "SELECT false, c.key, c.value, c.members FROM {coordination} AS c"
+            " WHERE c.key = ANY(%(keys)s) AND c.expires_at > now()"
+            " UNION ALL"
+            " SELECT true, x.key, x.value::text, NULL FROM {context} AS x"
+            " WHERE x.run_id = %(run)s AND x.key = ANY(%(fields)s) AND x.expires_at > now()"
+        )
+
+    async def commit(self, delivery: Delivery, hop: Hop) -> HopCommit:
+        """Apply ``hop`` in one statement, then publish the successors it fired."""
+        sets, deletes = patch_writes(hop.context_ops)
+        keys = sorted(sets)
+        values = encoded_values({key: sets[key] for key in keys})
+        targets = sorted(hop.targets, key=lambda t: t.member)
+        spec = {
+            "run": hop.run_id,
+            "member": hop.member,
+            "result_key": hop.result_key,
+            "record": hop.result_record,
+            "token": write_token(),
+            "dynamic": hop.dynamic,
+            "pending": hop.pending,
+            "enqueued": hop.enqueued,
+            "done": hop.done,
+            "ttl": hop.ttl,
+            "targets": [
+                {
+                    "member": t.member,
+                    "fence": t.fence,
+                    "resolved": t.resolved,
+                    "taken": t.taken,
+                    "source": t.source,
+                    "mark": t.mark,
+                    "preds": list(t.preds),
+                }
+                for t in targets
+            ],
+        }
+        params = (orjson.dumps(spec).decode(), keys, values, sorted(deletes), self._state_ttl)
+
+        async def step(conn: Any) -> list[str] | None:
+            try:
+                row = await (await conn.execute(self._hop, params)).fetchone()
+            except psycopg.errors.DeadlockDetected:
+                # Rolled back whole: the generic path makes the same changes call by call.
+                return None
+            return None if row is None or row[0] is None else [str(v) for v in row[0]]
+
+        reply = await self._pool.run(step)
+        if reply is None:
+            return HopCommit("slow")
+        outcome, fired = reply[0], reply[1:]
+        won = set(fired)
+        await self._queue.enqueue_many([t.body for t in hop.targets if t.member in won])
+        return HopCommit("quiescent" if outcome == "quiescent" else "applied", fired)
+
+    async def read_arrival(
+        self,
+        run_id: str,
+        keys: Sequence[str],
+        set_keys: Sequence[str],
+        context_keys: Sequence[str] | None,
+    ) -> Arrival:
+        """The coordination reads and the context fields in one query."""
+        params = {"keys": list({*keys, *set_keys}), "run": run_id, "fields": context_keys or []}
+
+        async def step(conn: Any) -> list[tuple[Any, ...]]:
+            rows: list[tuple[Any, ...]] = await (
+                await conn.execute(self._arrival, params)
+            ).fetchall()
+            return rows
+
+        found: dict[str, tuple[Any, Any]] = {}
+        fields: dict[str, Any] = {}
+        for is_field, key, value, members in await self._pool.run(step):
+            if is_field:
+                fields[str(key)] = value
+            else:
+                found[str(key)] = (value, members)
+        strings, sets = assemble(found, keys, set_keys)
+        return strings, sets, {k: decode_value(v) for k, v in fields.items()}
+
+
+class SplitArrivals:
+    """An :class:`~flowcraft.backend.ArrivalReader` over stores on two servers: both reads
+    at once."""
+
+    def __init__(self, coordination: CoordinationStore, context: ContextStore) -> None:
+        self._coordination = coordination
+        self._context = context
+
+    async def read_arrival(
+        self,
+        run_id: str,
+        keys: Sequence[str],
+        set_keys: Sequence[str],
+        context_keys: Sequence[str] | None,
+    ) -> Arrival:
+        """``CoordinationStore.read`` and ``ContextStore.get_many``, concurrently."""
+        if not context_keys:
+            strings, sets = await self._coordination.read(keys, set_keys)
+            return strings, sets, {}
+        (strings, sets), fields = await asyncio.gather(
+            self._coordination.read(keys, set_keys), self._context.get_many(run_id, context_keys)
+        )
+        return strings, sets, fields
