@@ -52,7 +52,7 @@ class GcpAdapter(DistributedAdapter):
         parts = (self.redis, redis_settings, self.batcher)
         coordination = RedisCoordinationStore(*parts)
         context = FirestoreContextStore(self.settings, redis_settings, self.batcher)
-        queue = PubSubQueue(self.settings, counter=coordination)
+        queue = PubSubQueue(self.settings, counter=coordination, warm_up=context.connect)
         super().__init__(
             queue=queue,
             context=context,

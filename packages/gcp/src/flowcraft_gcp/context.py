@@ -95,6 +95,11 @@ class FirestoreContextStore:
             self._client = firestore.AsyncClient(project=self._settings.project)
         return self._client
 
+    async def connect(self) -> None:
+        """Create the client and open its channel now, not under the first job's lease."""
+        async with firestore_errors:
+            await self.client.collection(self._settings.context_collection).document("-").get()
+
     def _keys(self, run_id: str) -> Any:
         return (
             self.client.collection(self._settings.context_collection)

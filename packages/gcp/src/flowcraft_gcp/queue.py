@@ -12,6 +12,8 @@ job's lease lapse. The measured comparison is in ``docs/gcp.md``.
   by the next receive. So no more jobs are held than the worker can run.
 * **Lease = ack deadline.** A job starts leased for the subscription's ack deadline (at least
   10 s); when the lease is another length, the pulled batch's deadline is set to it at once.
+  Before its first pull a queue runs ``warm_up`` (the adapter connects its Firestore client):
+  a worker still setting up connections while holding jobs on a short lease would lose them.
   ``extend_lease`` is ``modifyAckDeadline`` (whole seconds, clamped to 1-600).
 * **Delivery count** is Pub/Sub's ``delivery_attempt``, set because the subscription has a
   dead-letter policy; on a subscription created without one it is counted in the
@@ -64,11 +66,19 @@ class PubSubQueue:
         settings: Topic, subscription, lease and retention.
         counter: Where delivery counts are kept when the subscription has no dead-letter
             policy (Pub/Sub then sets no ``delivery_attempt``).
+        warm_up: Run once before the first pull (connections the jobs will need).
     """
 
-    def __init__(self, settings: GcpSettings, *, counter: CoordinationStore | None = None) -> None:
+    def __init__(
+        self,
+        settings: GcpSettings,
+        *,
+        counter: CoordinationStore | None = None,
+        warm_up: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         self._settings = settings
         self._counter = counter
+        self._warm_up = warm_up
         self._lease = settings.ack_deadline
         self._publisher: PublisherAsyncClient | None = None
         self._subscriber: SubscriberAsyncClient | None = None
@@ -101,6 +111,9 @@ class PubSubQueue:
             if not self._ready:
                 async with pubsub_errors:
                     await self._setup()
+                if self._warm_up is not None:
+                    await self._warm_up()
+                    self._warm_up = None
                 self._ready = True
 
     async def _setup(self) -> None:
