@@ -10,7 +10,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
 from flowcraft.blueprint import Blueprint
@@ -54,6 +55,14 @@ class BackendFixture(Protocol):
     def client_connections(self, deployment: Any, adapter: DistributedAdapter) -> int:
         """How many server connections ``adapter`` holds open now, counted by the server where
         it can tell them apart (0 for a backend without connections)."""
+
+    def restartable(
+        self, *, lease: float
+    ) -> AbstractAsyncContextManager[tuple[Any, Callable[[float], Awaitable[None]]]]:
+        """Optional: a deployment on servers of its own, and how to restart them: kill them
+        hard, wait the given seconds, start them again with their data. A fixture whose
+        servers cannot be restarted (an emulator without persistence) leaves it out, and the
+        restart test skips naming that."""
 
     async def inject(self, deployment: Any, body: str) -> None:
         """Put a raw (possibly malformed) job on the queue, as a foreign producer could."""

@@ -6,11 +6,17 @@ redis-server started by ``flowcraft_services`` (installed from Debian if missing
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
+import signal
 import subprocess
+import sys
+import tempfile
 import uuid
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import redis as sync_redis
@@ -28,6 +34,9 @@ from flowcraft_redis import (
 )
 
 __all__ = ["Deployment", "Fixture"]
+
+_SUPPORT = Path(__file__).parents[2] / "packages" / "redis" / "tests"
+"""Where ``redis_test_support`` (a private redis-server) lives."""
 
 
 class Deployment:
@@ -89,6 +98,32 @@ class Fixture:
             "FLOWCRAFT_REDIS_CLUSTER": str(settings.cluster),
         }
         return spawn_worker(self.name, app, {**env, **settings_env})
+
+    @contextlib.asynccontextmanager
+    async def restartable(
+        self, *, lease: float
+    ) -> AsyncIterator[tuple[Deployment, Callable[[float], Awaitable[None]]]]:
+        """A deployment on a private redis-server with ``appendonly yes`` and ``appendfsync
+        always`` (the deployment assumption under which a restart loses no acknowledged
+        write), and its restart: SIGKILL, a pause, the same port and data again."""
+        if str(_SUPPORT) not in sys.path:
+            sys.path.insert(0, str(_SUPPORT))
+        from redis_test_support import RedisServer
+
+        with tempfile.TemporaryDirectory(prefix="flowcraft-restart-") as workdir:
+            server = RedisServer(Path(workdir), persistent=True)
+            server.start()
+            deployment = Deployment(RedisSettings(url=server.url), lease)
+
+            async def restart(down_for: float) -> None:
+                await asyncio.to_thread(server.restart, signal.SIGKILL, down_for)
+
+            try:
+                yield deployment, restart
+            finally:
+                for adapter in deployment.adapters:
+                    await adapter.close()
+                server.stop()
 
     def deployment(self, *, lease: float) -> Deployment:
         """A fresh namespace for one test."""
