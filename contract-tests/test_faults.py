@@ -212,7 +212,12 @@ async def test_reconcile_recovers_a_lost_job(harness: Harness) -> None:
         await adapter2.queue.ack(delivery)
     await adapter2.queue.stop_receiving()
     stats = await Reconciler(adapter, stalled_after=0).run(now=10**10)
-    assert stats == {"scanned": 1, "stalled": 1, "reconciled": 1, "failed": 0}
+    assert stats == {
+        "scanned_keys": 1,
+        "stalled_runs": 1,
+        "reconciled_runs": 1,
+        "failed_runs": 0,
+    }
     harness.worker()
     result = await harness.client.wait(run_id, timeout=T)
     assert result.status == "completed"
@@ -270,7 +275,7 @@ async def test_crash_between_child_result_and_parent_resume_is_reconciled(
     assert await client.status(run_id) == "running"  # the parent was never told
     harness.worker()
     stats = await Reconciler(harness.adapter(), stalled_after=0).run(now=10**10)
-    assert stats["stalled"] == 2  # the parent (nothing to do yet) and the finished child
+    assert stats["stalled_runs"] == 2  # the parent (nothing to do yet) and the finished child
     result = await client.wait(run_id, timeout=T)
     assert result.status == "completed", result.errors
     assert result.context["_outputs.b"] == "child done"

@@ -155,7 +155,12 @@ def test_reconcile_prints_stats(runner: CliRunner, shared_memory: MemoryBackend)
     assert runner.invoke(cli, ["start", "cli-sample", *APP]).exit_code == 0
     result = runner.invoke(cli, ["reconcile", *APP, "--stalled-after", "3600"])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout) == {"scanned": 1, "stalled": 0, "reconciled": 0, "failed": 0}
+    assert json.loads(result.stdout) == {
+        "scanned_keys": 1,
+        "stalled_runs": 0,
+        "reconciled_runs": 0,
+        "failed_runs": 0,
+    }
 
 
 # --------------------------------------------------------------------------- processes

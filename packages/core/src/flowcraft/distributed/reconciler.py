@@ -18,12 +18,20 @@ _CHUNK = 256
 
 
 class ReconcileStats(TypedDict):
-    """What one :meth:`Reconciler.run` did."""
+    """What one :meth:`Reconciler.run` did: the TypeScript ``ReconciliationStats`` in
+    snake_case, the keys the Redis reconciler reports too.
 
-    scanned: int
-    stalled: int
-    reconciled: int
-    failed: int
+    Attributes:
+        scanned_keys: Unfinished runs looked at.
+        stalled_runs: Those idle for at least the threshold.
+        reconciled_runs: Stalled runs whose lost jobs were re-enqueued.
+        failed_runs: Stalled runs whose reconcile raised (logged).
+    """
+
+    scanned_keys: int
+    stalled_runs: int
+    reconciled_runs: int
+    failed_runs: int
 
 
 class Reconciler:
@@ -43,22 +51,29 @@ class Reconciler:
         """One scan."""
         now = time.time() if now is None else now
         adapter = self.adapter
-        stats: ReconcileStats = {"scanned": 0, "stalled": 0, "reconciled": 0, "failed": 0}
+        stats: ReconcileStats = {
+            "scanned_keys": 0,
+            "stalled_runs": 0,
+            "reconciled_runs": 0,
+            "failed_runs": 0,
+        }
         run_ids = sorted(await adapter.coordination.members(adapter.keys.runs))
         for start in range(0, len(run_ids), _CHUNK):
             chunk = run_ids[start : start + _CHUNK]
             # Read concurrently: a backend that batches answers a chunk in one round trip.
             progress = await asyncio.gather(*(self.last_progress(r) for r in chunk))
             for run_id, last in zip(chunk, progress, strict=True):
-                stats["scanned"] += 1
+                stats["scanned_keys"] += 1
                 if last is None or now - last < self.stalled_after:
                     continue
                 if await adapter.coordination.members(adapter.keys.held(run_id)):
                     continue  # a live worker is running a long node of it
-                stats["stalled"] += 1
+                stats["stalled_runs"] += 1
                 outcome = await self.reconcile_stalled(run_id, last)
-                if outcome != "skipped":
-                    stats[outcome] += 1
+                if outcome == "reconciled":
+                    stats["reconciled_runs"] += 1
+                elif outcome == "failed":
+                    stats["failed_runs"] += 1
         return stats
 
     async def last_progress(self, run_id: str) -> float | None:

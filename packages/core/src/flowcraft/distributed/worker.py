@@ -257,7 +257,7 @@ class Worker:
                 if not elected:
                     continue
                 stats = await self.reconciler.run()
-                if stats["reconciled"] or stats["failed"]:
+                if stats["reconciled_runs"] or stats["failed_runs"]:
                     _log.warning("reconciled stalled runs: %s", stats)
             except Exception as exc:
                 if _cancel_pending():
