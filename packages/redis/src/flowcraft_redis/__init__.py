@@ -2,7 +2,7 @@
 ``flowcraft_redis_store``."""
 
 from flowcraft_redis.adapter import RedisAdapter, RedisStreamsAdapter
-from flowcraft_redis.reconciler import RedisReconciler, RedisReconcileStats, create_reconciler
+from flowcraft_redis.reconciler import RedisReconciler, create_reconciler
 from flowcraft_redis_store import (
     RedisContextStore,
     RedisCoordinationStore,
@@ -17,7 +17,6 @@ __all__ = [
     # Reconciliation
     "create_reconciler",
     "RedisReconciler",
-    "RedisReconcileStats",
     # Settings
     "RedisSettings",
     # Stores

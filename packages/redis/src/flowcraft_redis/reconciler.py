@@ -21,34 +21,18 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Literal, TypedDict
+from typing import Literal
 
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from flowcraft.distributed import Reconciler
+from flowcraft.distributed import Reconciler, ReconcileStats
 from flowcraft_redis.adapter import RedisAdapter, RedisStreamsAdapter
 from flowcraft_redis_store.errors import translated
 
-__all__ = ["RedisReconciler", "RedisReconcileStats", "create_reconciler"]
+__all__ = ["RedisReconciler", "create_reconciler"]
 
 _log = logging.getLogger("flowcraft.reconciler")
-
-
-class RedisReconcileStats(TypedDict):
-    """What one :meth:`RedisReconciler.run` did (the TS ``ReconciliationStats``).
-
-    Attributes:
-        scanned_keys: State hashes scanned.
-        stalled_runs: Unfinished runs idle for at least the threshold.
-        reconciled_runs: Stalled runs whose jobs were re-enqueued.
-        failed_runs: Stalled runs whose reconcile raised (logged).
-    """
-
-    scanned_keys: int
-    stalled_runs: int
-    reconciled_runs: int
-    failed_runs: int
 
 
 @dataclass
@@ -72,9 +56,9 @@ class RedisReconciler:
     scan_count: int = 100
     detection: Literal["idletime", "progress"] | None = None
 
-    async def run(self) -> RedisReconcileStats:
+    async def run(self) -> ReconcileStats:
         """One scan over every state hash."""
-        stats: RedisReconcileStats = {
+        stats: ReconcileStats = {
             "scanned_keys": 0,
             "stalled_runs": 0,
             "reconciled_runs": 0,
