@@ -1,0 +1,417 @@
+"""Google Pub/Sub + Firestore benchmark: flowcraft-gcp against the bare driver loops and Streams.
+
+Usage: python benchmarks/bench_gcp.py [--transports gcp,redis-streams] [--runs 50] [--reps 2]
+       [--workers 1,2] [--concurrency 8] [--single 10] [--out FILE]
+
+For each transport: ``--runs`` concurrent runs of ``chain20`` and of ``fan20`` on 1 and 2 worker
+processes (node executions/s, run p50/p95, completion seen by the client), then single
+``chain20`` runs on one worker (per-hop latency, completion seen). After each repetition of
+ours, one repetition of the bare loops on the same emulator with as many worker processes:
+each receives a message, acks it and publishes the next one (a chain of 20 messages per run,
+``--runs`` chains at once, at most ``--concurrency`` messages held per process), no Flowcraft:
+
+* ``async-pull``: the backend's driver, ``SubscriberAsyncClient.pull`` / ``acknowledge`` and
+  ``PublisherAsyncClient.publish`` (one request per pulled batch, as the backend batches
+  a tick's acks and publishes);
+* ``streaming-pull``: the threaded ``SubscriberClient.subscribe`` (streaming pull, flow
+  control ``max_messages``) with the batching ``PublisherClient``, callbacks in its threads.
+
+Ratios are ours over the ``async-pull`` loop of the same repetitions. Servers:
+``flowcraft_services`` (or ``PUBSUB_EMULATOR_HOST``, ``FIRESTORE_EMULATOR_HOST``,
+``REDIS_URL``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+# Siblings of this script, importable because its directory leads sys.path.
+from bench_redis import (
+    KB,
+    Sample,
+    child_env,
+    drop_keys,
+    load_transport,
+    namespace,
+    one_run,
+    percentile,
+    start_workers,
+    stop_workers,
+)
+from redis_app import CHAIN, FAN, NODE_COUNT, app
+
+from flowcraft.distributed import Client
+from flowcraft_gcp import GcpSettings
+
+HERE = Path(__file__).resolve().parent
+APP = "benchmarks.redis_app:app"
+CHAIN_HOPS = NODE_COUNT[CHAIN] - 1
+DRIVERS = ("async-pull", "streaming-pull")
+SERVICES = (
+    ("pubsub", "PUBSUB_EMULATOR_HOST"),
+    ("firestore", "FIRESTORE_EMULATOR_HOST"),
+    ("redis", "REDIS_URL"),
+)
+
+
+def project() -> str:
+    return os.environ.get("GOOGLE_CLOUD_PROJECT", "flowcraft-test")
+
+
+# ------------------------------------------------------------------------------ the bare loop
+
+
+async def bare_worker(driver: str, topic: str, subscription: str, prefetch: int) -> None:
+    """Receive → ack → publish the next message, until SIGTERM."""
+    import signal
+
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    serve = _serve_async if driver == "async-pull" else _serve_streaming
+    await serve(topic, subscription, prefetch, stop)
+
+
+def _next(data: bytes, topic: str) -> tuple[str, bytes]:
+    left = orjson.loads(data)["left"]
+    if left > 0:
+        return topic, orjson.dumps({"left": left - 1})
+    return f"{topic}-done", b"{}"
+
+
+async def _serve_async(topic: str, subscription: str, prefetch: int, stop: asyncio.Event) -> None:
+    from google.pubsub_v1.services.publisher import PublisherAsyncClient
+    from google.pubsub_v1.services.subscriber import SubscriberAsyncClient
+
+    publisher, subscriber = PublisherAsyncClient(), SubscriberAsyncClient()
+    print("worker started", file=sys.stderr, flush=True)
+
+    async def serve() -> None:
+        while True:
+            response = await subscriber.pull(
+                request={"subscription": subscription, "max_messages": prefetch},
+                timeout=60,
+                retry=None,
+            )
+            received = list(response.received_messages)
+            if not received:
+                continue
+            await subscriber.acknowledge(
+                subscription=subscription, ack_ids=[m.ack_id for m in received]
+            )
+            out: dict[str, list[dict[str, bytes]]] = {}
+            for m in received:
+                target, body = _next(m.message.data, topic)
+                out.setdefault(target, []).append({"data": body})
+            await asyncio.gather(
+                *(publisher.publish(topic=t, messages=msgs) for t, msgs in out.items())
+            )
+
+    task = asyncio.ensure_future(serve())
+    await stop.wait()
+    task.cancel()
+
+
+async def _serve_streaming(
+    topic: str, subscription: str, prefetch: int, stop: asyncio.Event
+) -> None:
+    from google.cloud import pubsub_v1  # type: ignore[attr-defined]
+
+    publisher = pubsub_v1.PublisherClient()
+    subscriber = pubsub_v1.SubscriberClient()
+
+    def handle(message: Any) -> None:
+        target, body = _next(message.data, topic)
+        message.ack()
+        # Waiting for the publish's message id, as the async loop waits for its reply.
+        publisher.publish(target, body).result()
+
+    future = subscriber.subscribe(
+        subscription, handle, flow_control=pubsub_v1.types.FlowControl(max_messages=prefetch)
+    )
+    print("worker started", file=sys.stderr, flush=True)
+    await stop.wait()
+    future.cancel()
+    subscriber.close()
+
+
+async def bare_rep(topic: str, done: str, runs: int) -> float:
+    """``runs`` chains of 20 messages through the bare workers; messages per second."""
+    from google.pubsub_v1.services.publisher import PublisherAsyncClient
+    from google.pubsub_v1.services.subscriber import SubscriberAsyncClient
+
+    publisher, subscriber = PublisherAsyncClient(), SubscriberAsyncClient()
+    try:
+        began = time.perf_counter()
+        first = orjson.dumps({"left": NODE_COUNT[CHAIN] - 1})
+        await publisher.publish(topic=topic, messages=[{"data": first}] * runs)
+        seen = 0
+        while seen < runs:
+            response = await subscriber.pull(
+                request={"subscription": done, "max_messages": 1000}, timeout=60, retry=None
+            )
+            ids = [m.ack_id for m in response.received_messages]
+            if ids:
+                await subscriber.acknowledge(subscription=done, ack_ids=ids)
+            seen += len(ids)
+        return runs * NODE_COUNT[CHAIN] / (time.perf_counter() - began)
+    finally:
+        await publisher.transport.close()
+        await subscriber.transport.close()
+
+
+class Bare:
+    """Bare-loop worker processes of both drivers, a topic each, for one worker count."""
+
+    def __init__(self, workers: int, prefetch: int) -> None:
+        self.workers, self.prefetch = workers, prefetch
+        tag = uuid.uuid4().hex[:8]
+        base = f"projects/{project()}"
+        self.topics = {d: f"{base}/topics/bare-{d}-{tag}" for d in DRIVERS}
+        self.procs: list[Any] = []
+
+    def _subscription(self, topic: str) -> str:
+        return topic.replace("/topics/", "/subscriptions/")
+
+    async def __aenter__(self) -> Bare:
+        from google.pubsub_v1.services.publisher import PublisherAsyncClient
+        from google.pubsub_v1.services.subscriber import SubscriberAsyncClient
+
+        publisher, subscriber = PublisherAsyncClient(), SubscriberAsyncClient()
+        for topic in self.topics.values():
+            for name in (topic, f"{topic}-done"):
+                await publisher.create_topic(name=name)
+                await subscriber.create_subscription(
+                    name=self._subscription(name), topic=name, ack_deadline_seconds=30
+                )
+        script = str(HERE / "bench_gcp.py")
+        for driver, topic in self.topics.items():
+            command = [sys.executable, script, "--bare-worker", driver, topic]
+            command += [self._subscription(topic), str(self.prefetch)]
+            self.procs += await start_workers(command, self.workers, child_env(), f"bare-{driver}")
+        return self
+
+    async def rep(self, runs: int) -> dict[str, float]:
+        return {
+            d: await bare_rep(t, self._subscription(f"{t}-done"), runs)
+            for d, t in self.topics.items()
+        }
+
+    async def __aexit__(self, *exc: object) -> None:
+        stop_workers(self.procs)
+        from google.pubsub_v1.services.publisher import PublisherAsyncClient
+        from google.pubsub_v1.services.subscriber import SubscriberAsyncClient
+
+        publisher, subscriber = PublisherAsyncClient(), SubscriberAsyncClient()
+        for topic in self.topics.values():
+            for name in (topic, f"{topic}-done"):
+                await subscriber.delete_subscription(subscription=self._subscription(name))
+                await publisher.delete_topic(topic=name)
+
+
+# ------------------------------------------------------------------------------ flowcraft runs
+
+
+async def batch(client: Client, shape: str, runs: int) -> dict[str, float]:
+    began = time.perf_counter()
+    samples = await asyncio.gather(*(one_run(client, shape, {"seed": 0}) for _ in range(runs)))
+    wall = time.perf_counter() - began
+    latencies = [s.latency * 1000 for s in samples]
+    completions = [s.completion * 1000 for s in samples]
+    return {
+        "node_execs_per_s": runs * NODE_COUNT[shape] / wall,
+        "p50_ms": percentile(latencies, 50),
+        "p95_ms": percentile(latencies, 95),
+        "completion_p50_ms": percentile(completions, 50),
+    }
+
+
+Body = Callable[[Client], Awaitable[Any]]
+
+
+async def with_workers(
+    name: str,
+    env: dict[str, str],
+    workers: int,
+    concurrency: int,
+    body: Body,
+    factory: Any,
+    settings: Any,
+    case: str,
+) -> Any:
+    command = [sys.executable, "-m", "flowcraft", "worker", "--backend", name, "--app", APP]
+    command += ["--concurrency", str(concurrency), "--grace", "5"]
+    procs = await start_workers(command, workers, child_env(**env), f"{name}-{case}")
+    adapter = factory(settings, registry=app["registry"], blueprints=app["blueprints"])
+    try:
+        return await body(Client(adapter))
+    finally:
+        await adapter.close()
+        stop_workers(procs)
+
+
+def deployment(
+    name: str, servers: dict[str, str]
+) -> tuple[Any, dict[str, str], Callable[[], None]]:
+    """Settings, worker environment and cleanup of one case's fresh topic and namespace."""
+    if name == "gcp":
+        tag = f"b{uuid.uuid4().hex[:10]}"
+        settings = GcpSettings.from_env(servers).namespaced(tag)
+
+        def clean() -> None:
+            from google.api_core import exceptions as google_errors
+            from google.cloud import firestore, pubsub_v1  # type: ignore[attr-defined]
+
+            subscriber = pubsub_v1.SubscriberClient()
+            publisher = pubsub_v1.PublisherClient()
+            for path in (settings.subscription_path, settings.dead_letter_subscription_path):
+                with contextlib.suppress(google_errors.NotFound):
+                    subscriber.delete_subscription(subscription=path)
+            for path in (settings.topic_path, settings.dead_letter_topic_path):
+                with contextlib.suppress(google_errors.NotFound):
+                    publisher.delete_topic(topic=path)
+            subscriber.close()
+            db = firestore.Client(project=settings.project)
+            for collection in (settings.context_collection, settings.status_collection):
+                db.recursive_delete(db.collection(collection))
+            drop_keys(settings.redis_url, tag)
+
+        return settings, {**servers, **settings.to_env()}, clean
+    redis = namespace(servers["REDIS_URL"])
+    env = {
+        "REDIS_URL": redis.url,
+        "FLOWCRAFT_REDIS_QUEUE_NAME": redis.queue_name,
+        "FLOWCRAFT_REDIS_STATE_PREFIX": redis.state_prefix,
+        "FLOWCRAFT_REDIS_STATUS_PREFIX": redis.status_prefix,
+        "FLOWCRAFT_REDIS_COORDINATION_PREFIX": redis.coordination_prefix,
+    }
+    return redis, env, lambda: drop_keys(redis.url, redis.coordination_prefix.rstrip(":"))
+
+
+async def bench(args: argparse.Namespace, servers: dict[str, str]) -> dict[str, Any]:
+    report: dict[str, Any] = {"throughput": {}, "single": {}, "bare": {}}
+    transports = [t for t in args.transports.split(",") if t]
+    for workers in args.workers:
+        async with Bare(workers, args.concurrency) as bare:
+            for shape in (CHAIN, FAN):
+                for name in transports:
+                    factory = load_transport(name)
+                    if isinstance(factory, str):
+                        raise SystemExit(f"{name}: {factory}")
+                    settings, env, clean = deployment(name, servers)
+
+                    async def body(client: Client, shape: str = shape) -> Any:
+                        await batch(client, shape, min(args.runs, 10))  # warm-up
+                        reps, bares = [], []
+                        for _ in range(args.reps):
+                            reps.append(await batch(client, shape, args.runs))
+                            bares.append(await bare.rep(args.runs))
+                        return reps, bares
+
+                    try:
+                        reps, bares = await with_workers(
+                            name,
+                            env,
+                            workers,
+                            args.concurrency,
+                            body,
+                            factory,
+                            settings,
+                            f"{shape}-w{workers}",
+                        )
+                    finally:
+                        clean()
+                    stats = {k: statistics.median(r[k] for r in reps) for k in reps[0]}
+                    for driver in DRIVERS:
+                        stats[f"bare_{driver}"] = statistics.median(b[driver] for b in bares)
+                    stats["ratio"] = stats["node_execs_per_s"] / stats["bare_async-pull"]
+                    report["throughput"][f"{name} {shape} W={workers}"] = stats
+                    print(
+                        f"{name:14s} {shape} W={workers}: node-exec/s"
+                        f" {stats['node_execs_per_s']:6.0f}  p50 {stats['p50_ms']:6.1f}"
+                        f" p95 {stats['p95_ms']:6.1f} ms  completion seen"
+                        f" {stats['completion_p50_ms']:5.1f} ms | bare async-pull"
+                        f" {stats['bare_async-pull']:5.0f}/s streaming-pull"
+                        f" {stats['bare_streaming-pull']:5.0f}/s | ratio {stats['ratio']:.2f}",
+                        flush=True,
+                    )
+    for name in transports:
+        factory = load_transport(name)
+        settings, env, clean = deployment(name, servers)
+
+        async def singles(client: Client) -> list[Sample]:
+            for _ in range(3):
+                await one_run(client, CHAIN, {"blob": "x" * KB})
+            return [await one_run(client, CHAIN, {"blob": "x" * KB}) for _ in range(args.single)]
+
+        try:
+            samples = await with_workers(
+                name, env, 1, args.concurrency, singles, factory, settings, "single"
+            )
+        finally:
+            clean()
+        single = {
+            "hop_ms": statistics.median(s.span for s in samples) / CHAIN_HOPS * 1000,
+            "latency_ms": statistics.median(s.latency for s in samples) * 1000,
+            "completion_p50_ms": percentile([s.completion * 1000 for s in samples], 50),
+            "completion_p95_ms": percentile([s.completion * 1000 for s in samples], 95),
+        }
+        report["single"][name] = single
+        print(
+            f"{name:14s} single chain20: per hop {single['hop_ms']:5.2f} ms  run"
+            f" {single['latency_ms']:6.1f} ms  completion seen p50"
+            f" {single['completion_p50_ms']:5.1f} p95 {single['completion_p95_ms']:5.1f} ms",
+            flush=True,
+        )
+    return report
+
+
+def servers() -> dict[str, str]:
+    found = {k: os.environ[k] for _, k in SERVICES if k in os.environ}
+    from flowcraft_services import resolve
+
+    for service, variable in SERVICES:
+        if variable not in found:
+            found.update(resolve(service).start())
+    found.setdefault("GOOGLE_CLOUD_PROJECT", project())
+    # Google's clients, ours and the bare loops', read the emulator hosts from the environment.
+    os.environ.update(found)
+    return {k: found[k] for k in (*(v for _, v in SERVICES), "GOOGLE_CLOUD_PROJECT")}
+
+
+def main() -> None:
+    if sys.argv[1:2] == ["--bare-worker"]:
+        driver, topic, subscription, prefetch = sys.argv[2:6]
+        asyncio.run(bare_worker(driver, topic, subscription, int(prefetch)))
+        return
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--transports", default="gcp,redis-streams")
+    parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument("--reps", type=int, default=2)
+    parser.add_argument("--workers", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2])
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--single", type=int, default=10)
+    parser.add_argument("--out", default=str(HERE / "results" / "gcp.json"))
+    args = parser.parse_args()
+    report = asyncio.run(bench(args, servers()))
+    report["args"] = vars(args)
+    report["machine"] = {"cpus": os.cpu_count(), "python": sys.version.split()[0]}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
