@@ -44,6 +44,26 @@ def redis_roundtrip(env: Mapping[str, str]) -> None:
         assert client.get(key) == b"hello"
 
 
+def redis_cluster_roundtrip(env: Mapping[str, str]) -> None:
+    """SET then GET through the cluster client (it follows the slot to its master)."""
+    from redis.cluster import RedisCluster
+
+    with RedisCluster.from_url(env["REDIS_CLUSTER_URL"]) as client:
+        key = _unique("smoke")
+        client.set(key, b"hello")
+        assert client.get(key) == b"hello"
+
+
+def redis_tls_roundtrip(env: Mapping[str, str]) -> None:
+    """SET then GET over TLS, the certificate checked."""
+    import redis
+
+    with redis.Redis.from_url(env["REDIS_TLS_URL"]) as client:
+        key = _unique("smoke")
+        client.set(key, b"hello")
+        assert client.get(key) == b"hello"
+
+
 def postgres_roundtrip(env: Mapping[str, str]) -> None:
     """CREATE TABLE, INSERT, SELECT."""
     import psycopg
@@ -287,6 +307,8 @@ def cassandra_roundtrip(env: Mapping[str, str]) -> None:
 
 ROUNDTRIPS: dict[str, RoundTrip] = {
     "redis": redis_roundtrip,
+    "redis-cluster": redis_cluster_roundtrip,
+    "redis-tls": redis_tls_roundtrip,
     "postgres": postgres_roundtrip,
     "rabbitmq": rabbitmq_roundtrip,
     "moto": moto_roundtrip,
@@ -318,6 +340,20 @@ def _redis_keys(env: Mapping[str, str]) -> list[str]:
     import redis
 
     with redis.Redis.from_url(env["REDIS_URL"]) as client:
+        return [k.decode() for k in client.keys("*")]
+
+
+def _redis_cluster_keys(env: Mapping[str, str]) -> list[str]:
+    from redis.cluster import RedisCluster
+
+    with RedisCluster.from_url(env["REDIS_CLUSTER_URL"]) as client:
+        return [k.decode() for k in client.keys(target_nodes=RedisCluster.PRIMARIES)]
+
+
+def _redis_tls_keys(env: Mapping[str, str]) -> list[str]:
+    import redis
+
+    with redis.Redis.from_url(env["REDIS_TLS_URL"]) as client:
         return [k.decode() for k in client.keys("*")]
 
 
@@ -421,6 +457,8 @@ LEFTOVER_QUEUE = "flowcraft-smoke-leftover"
 # What a round-trip leaves behind, listed through the client: empty right after reset().
 LEFTOVERS: dict[str, Callable[[Mapping[str, str]], list[str]]] = {
     "redis": _redis_keys,
+    "redis-cluster": _redis_cluster_keys,
+    "redis-tls": _redis_tls_keys,
     "postgres": _postgres_tables,
     "rabbitmq": _rabbitmq_queues,
     "moto": _moto_leftovers,
