@@ -152,7 +152,9 @@ class Pool:
     env: dict[str, str]
     directory: Path
     live: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
-    died: dict[int, float] = field(default_factory=dict)
+    died: dict[int, tuple[float, float]] = field(default_factory=dict)
+    """Killed workers: when the signal was sent (nothing of theirs runs after it) and when
+    the process was reaped (every line they wrote precedes it)."""
     outputs: dict[int, Path] = field(default_factory=dict)
 
     def start(self) -> int:
@@ -178,10 +180,12 @@ class Pool:
 
     async def kill(self, pid: int) -> None:
         process = self.live.pop(pid)
+        # Both times: a queue may hand the dead worker's job over before the reaping returns
+        # (RabbitMQ does as the connection drops), and its lines may be written up to then.
+        signalled = time.time()
         process.send_signal(signal.SIGKILL)
         await asyncio.to_thread(process.wait)
-        # Taken once the process is gone, so every line it wrote precedes this time.
-        self.died[pid] = time.time()
+        self.died[pid] = (signalled, time.time())
 
     async def stop(self) -> dict[int, int | None]:
         """SIGTERM every live worker (a graceful stop); SIGKILL what is left after 15 s."""
@@ -427,16 +431,17 @@ def _judge(
 
 
 def _unexplained(
-    node: str, before: Execution, after: Execution, died: Mapping[int, float]
+    node: str, before: Execution, after: Execution, died: Mapping[int, tuple[float, float]]
 ) -> list[str]:
     again = f"{node} ran again in {after.pid} at {after.start:.3f}"
-    death = died.get(before.pid)
-    if death is None:
+    times = died.get(before.pid)
+    if times is None:
         return [f"{again} after its execution in {before.pid}, a worker that never died"]
-    if not before.start <= death <= after.start:
+    death, reaped = times
+    if not (before.start <= reaped and death <= after.start):
         return [
             f"{again}; its execution in {before.pid} ({before.start:.3f}) does not explain it:"
-            f" that worker died at {death:.3f}"
+            f" that worker was killed at {death:.3f}"
         ]
     if before.end is not None and death - before.end > LEASE:
         return [
