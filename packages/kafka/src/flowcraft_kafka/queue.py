@@ -140,6 +140,7 @@ class KafkaQueue:
         self._ready: collections.deque[_Entry] = collections.deque()
         self._parts: dict[tuple[str, int], _Partition] = {}
         self._held: set[_Entry] = set()
+        self._running: collections.Counter[bytes | None] = collections.Counter()
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._topics_ready = False
@@ -266,20 +267,38 @@ class KafkaQueue:
             # handed out again; a renewed one stays with its holder.
             expired = [e for e in self._held if e.deadline < now]
             for entry in expired:
-                self._held.discard(entry)
-                entry.handed = False
+                self._unhold(entry)
                 if entry.part.live and not entry.done:
                     self._ready.appendleft(entry)
             taken: list[_Entry] = []
+            deferred: list[_Entry] = []
             while self._ready and len(taken) < max_jobs:
                 entry = self._ready.popleft()
                 if entry.done or entry.handed or not entry.part.live:
                     continue
+                if self._running[entry.value]:
+                    # A copy of a job this process runs now (a redelivered predecessor
+                    # enqueued it again): it waits until the copy is settled, then finds the
+                    # node's result stored instead of running the node a second time. A run's
+                    # jobs share one partition, so no other live worker can hold a copy.
+                    deferred.append(entry)
+                    continue
                 entry.handed = True
                 entry.deadline = now + self._lease
                 self._held.add(entry)
+                self._running[entry.value] += 1
                 taken.append(entry)
+            self._ready.extendleft(reversed(deferred))
             return taken
+
+    def _unhold(self, entry: _Entry) -> None:
+        # The caller holds the lock.
+        if entry in self._held:
+            self._held.discard(entry)
+            self._running[entry.value] -= 1
+            if self._running[entry.value] <= 0:
+                del self._running[entry.value]
+        entry.handed = False
 
     async def _counted(self, taken: list[_Entry]) -> list[Delivery]:
         commands: list[Command] = []
@@ -304,8 +323,7 @@ class KafkaQueue:
         with self._lock:
             for entry in reversed(list(entries)):
                 if entry.handed and not entry.done:
-                    entry.handed = False
-                    self._held.discard(entry)
+                    self._unhold(entry)
                     if not self._stopped and entry.part.live:
                         self._ready.appendleft(entry)
             self._settled.notify_all()
@@ -317,10 +335,12 @@ class KafkaQueue:
         if not isinstance(entry, _Entry):
             return
         with self._lock:
+            self._unhold(entry)
             entry.done = True
-            self._held.discard(entry)
             entry.part.advance()
             self._settled.notify_all()
+        # A copy of this job may be waiting for it (see _take).
+        self._wake.set()
 
     async def release(self, delivery: Delivery) -> None:
         """Hand the job out again now (a stopping worker leaves it uncommitted for the
@@ -503,7 +523,8 @@ class KafkaQueue:
             for part in parts:
                 part.live = False
                 self._parts.pop((part.topic, part.partition), None)
-            self._held = {e for e in self._held if e.part.live}
+            for entry in [e for e in self._held if not e.part.live]:
+                self._unhold(entry)
             self._ready = collections.deque(e for e in self._ready if e.part.live)
         if offsets and not lost and not self._abandoned:
             _commit(consumer, offsets, asynchronous=False)
