@@ -32,7 +32,7 @@ import statistics
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ from bench_redis import (
     KB,
     Sample,
     child_env,
+    client_batch,
     drop_keys,
     load_transport,
     namespace,
@@ -50,8 +51,9 @@ from bench_redis import (
     percentile,
     start_workers,
     stop_workers,
+    with_workers,
 )
-from redis_app import CHAIN, FAN, NODE_COUNT, app
+from redis_app import CHAIN, FAN, NODE_COUNT
 
 from flowcraft.distributed import Client
 from flowcraft_gcp import GcpSettings
@@ -224,44 +226,6 @@ class Bare:
 # ------------------------------------------------------------------------------ flowcraft runs
 
 
-async def batch(client: Client, shape: str, runs: int) -> dict[str, float]:
-    began = time.perf_counter()
-    samples = await asyncio.gather(*(one_run(client, shape, {"seed": 0}) for _ in range(runs)))
-    wall = time.perf_counter() - began
-    latencies = [s.latency * 1000 for s in samples]
-    completions = [s.completion * 1000 for s in samples]
-    return {
-        "node_execs_per_s": runs * NODE_COUNT[shape] / wall,
-        "p50_ms": percentile(latencies, 50),
-        "p95_ms": percentile(latencies, 95),
-        "completion_p50_ms": percentile(completions, 50),
-    }
-
-
-Body = Callable[[Client], Awaitable[Any]]
-
-
-async def with_workers(
-    name: str,
-    env: dict[str, str],
-    workers: int,
-    concurrency: int,
-    body: Body,
-    factory: Any,
-    settings: Any,
-    case: str,
-) -> Any:
-    command = [sys.executable, "-m", "flowcraft", "worker", "--backend", name, "--app", APP]
-    command += ["--concurrency", str(concurrency), "--grace", "5"]
-    procs = await start_workers(command, workers, child_env(**env), f"{name}-{case}")
-    adapter = factory(settings, registry=app["registry"], blueprints=app["blueprints"])
-    try:
-        return await body(Client(adapter))
-    finally:
-        await adapter.close()
-        stop_workers(procs)
-
-
 def deployment(
     name: str, servers: dict[str, str]
 ) -> tuple[Any, dict[str, str], Callable[[], None]]:
@@ -313,10 +277,10 @@ async def bench(args: argparse.Namespace, servers: dict[str, str]) -> dict[str, 
                     settings, env, clean = deployment(name, servers)
 
                     async def body(client: Client, shape: str = shape) -> Any:
-                        await batch(client, shape, min(args.runs, 10))  # warm-up
+                        await client_batch(client, shape, min(args.runs, 10))  # warm-up
                         reps, bares = [], []
                         for _ in range(args.reps):
-                            reps.append(await batch(client, shape, args.runs))
+                            reps.append(await client_batch(client, shape, args.runs))
                             bares.append(await bare.rep(args.runs))
                         return reps, bares
 

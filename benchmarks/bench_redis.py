@@ -268,6 +268,48 @@ async def batch(
     }
 
 
+async def client_batch(client: Client, shape: str, runs: int) -> dict[str, float]:
+    """``runs`` runs started at once: throughput and latencies, no CPU figures (for servers
+    this machine cannot attribute CPU to, such as emulators)."""
+    began = time.perf_counter()
+    samples = await asyncio.gather(*(one_run(client, shape, {"seed": 0}) for _ in range(runs)))
+    wall = time.perf_counter() - began
+    latencies = [s.latency * 1000 for s in samples]
+    completions = [s.completion * 1000 for s in samples]
+    return {
+        "node_execs_per_s": runs * NODE_COUNT[shape] / wall,
+        "p50_ms": percentile(latencies, 50),
+        "p95_ms": percentile(latencies, 95),
+        "completion_p50_ms": percentile(completions, 50),
+    }
+
+
+Body = Callable[[Client], Awaitable[Any]]
+
+
+async def with_workers(
+    name: str,
+    env: dict[str, str],
+    workers: int,
+    concurrency: int,
+    body: Body,
+    factory: Any,
+    settings: Any,
+    case: str,
+) -> Any:
+    """``body`` run against a client of backend ``name`` while ``workers`` ``flowcraft
+    worker`` processes serve it (their environment: ``env``)."""
+    command = [sys.executable, "-m", "flowcraft", "worker", "--backend", name, "--app", APP]
+    command += ["--concurrency", str(concurrency), "--grace", "5"]
+    procs = await start_workers(command, workers, child_env(**env), f"{name}-{case}")
+    adapter = factory(settings, registry=app["registry"], blueprints=app["blueprints"])
+    try:
+        return await body(Client(adapter))
+    finally:
+        await adapter.close()
+        stop_workers(procs)
+
+
 def summarise(reps: list[dict[str, Any]], calls: Counter[str], executions: int) -> dict[str, Any]:
     """Medians over repetitions, plus CPU and Redis commands per node execution."""
     out: dict[str, Any] = {"reps": reps}
