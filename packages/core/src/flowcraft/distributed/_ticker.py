@@ -33,6 +33,7 @@ class Ticker:
         self._name = name
         self._actions: dict[object, Action] = {}
         self._busy: set[object] = set()
+        self._running: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
 
@@ -43,6 +44,7 @@ class Ticker:
             # A new event loop (tests run one per test): nothing of the old one carries over.
             self._loop, self._timer = loop, None
             self._busy.clear()
+            self._running.clear()
         key = object()
         self._actions[key] = action
         if self._timer is None:
@@ -62,11 +64,26 @@ class Ticker:
                 continue
             self._busy.add(key)
             task = loop.create_task(action(), name=self._name)
+            self._running.add(task)
             task.add_done_callback(functools.partial(self._done, key))
         if self._actions:
             self._timer = loop.call_later(self._interval, self._tick)
 
+    async def close(self) -> None:
+        """Stop ticking and cancel the actions under way (their adapter is closing: one left
+        waiting for a connection of a closed pool would never end)."""
+        self._actions.clear()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        running = [t for t in self._running if t.get_loop() is asyncio.get_running_loop()]
+        for task in running:
+            task.cancel()
+        if running:
+            await asyncio.gather(*running, return_exceptions=True)
+
     def _done(self, key: object, task: asyncio.Task[None]) -> None:
         self._busy.discard(key)
+        self._running.discard(task)
         if not task.cancelled() and task.exception() is not None:
             _log.warning("%s failed", task.get_name(), exc_info=task.exception())

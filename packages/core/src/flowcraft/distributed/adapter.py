@@ -95,6 +95,8 @@ class DistributedAdapter(HopSteps):
     async def close(self) -> None:
         """Stop listening for results, close the queue, then whatever the backend opened;
         safe to call repeatedly."""
+        await self.renewals.close()
+        await self.watches.close()
         if self.forwarder is not None:
             await self.forwarder.close()
         waiter, self._waiter = self._waiter, None
