@@ -112,16 +112,17 @@ class Fixture:
 
         with tempfile.TemporaryDirectory(prefix="flowcraft-restart-") as workdir:
             server = RedisServer(Path(workdir), persistent=True)
-            server.start()
-            deployment = Deployment(RedisSettings(url=server.url), lease)
 
             async def restart(down_for: float) -> None:
                 await asyncio.to_thread(server.restart, signal.SIGKILL, down_for)
 
+            server.start()
+            deployment: Deployment | None = None
             try:
+                deployment = Deployment(RedisSettings(url=server.url), lease)
                 yield deployment, restart
             finally:
-                for adapter in deployment.adapters:
+                for adapter in deployment.adapters if deployment is not None else ():
                     await adapter.close()
                 server.stop()
 
