@@ -123,6 +123,7 @@ for _backend in BACKENDS:
 CI_BACKENDS = [
     "memory",
     "memory-generic",
+    "memory-split",
     "redis",
     "redis-streams",
     "redis-cluster",

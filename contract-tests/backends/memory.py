@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 from flowcraft.blueprint import Blueprint
 from flowcraft.distributed import ContextStore, CoordinationStore, DistributedAdapter
@@ -18,7 +18,7 @@ class Fixture:
     name = "memory"
     spawn_worker = None
     """Its workers share one process's memory: there is no worker process to kill."""
-    hop_step = True
+    hop_step: bool | Literal["split"] = True
 
     def provision(self) -> None:
         """Nothing to start."""

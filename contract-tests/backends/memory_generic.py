@@ -3,6 +3,8 @@ generic path, as on a backend that has no :class:`~flowcraft.distributed.HopComm
 
 from __future__ import annotations
 
+from typing import Literal
+
 from backends.memory import Fixture as MemoryFixture
 
 __all__ = ["Fixture"]
@@ -12,4 +14,4 @@ class Fixture(MemoryFixture):
     """The memory fixture with ``hop_step`` off."""
 
     name = "memory-generic"
-    hop_step = False
+    hop_step: bool | Literal["split"] = False

@@ -16,6 +16,7 @@ from flowcraft.distributed._protocols import (
     CoordinationStore,
     Delivery,
     HopCommitter,
+    HopCoordination,
     Queue,
     ResultChannel,
     Woken,
@@ -49,6 +50,7 @@ __all__ = [
     # Optional fast paths
     "ArrivalReader",
     "HopCommitter",
+    "HopCoordination",
     # What flows through them
     "Arrival",
     "ArrivalRead",

@@ -12,6 +12,7 @@ from functools import cached_property
 
 from redis.commands.core import AsyncScript
 
+from flowcraft.backend import Hop
 from flowcraft.backend import write_token as token
 from flowcraft_redis_store.batch import BatchedStore, Command
 from flowcraft_redis_store.errors import text, translated
@@ -40,6 +41,43 @@ end
 if redis.call('GET', KEYS[2]) == ARGV[3] then return 1 end
 return 0
 """
+# HopCoordination.claim_hop (the readable reference is flowcraft.memory.hop.claim). KEYS: the
+# result, the splices set, enqueued, pending, done, then taken/resolved/fence per target. ARGV:
+# the record, the TTL (ms), the fence mark, then per target its taken-mark, source, member,
+# number of predecessors and the predecessors.
+_CLAIM = """
+local ttl = ARGV[2]
+if redis.call('EXISTS', KEYS[1]) == 1 or redis.call('SCARD', KEYS[2]) > 0 then return false end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl)
+local function add(key, member)
+  redis.call('SADD', key, member)
+  redis.call('PEXPIRE', key, ttl)
+end
+local won = {}
+local a = 4
+for k = 6, #KEYS, 3 do
+  local resolved, fence = KEYS[k + 1], KEYS[k + 2]
+  local member, npreds = ARGV[a + 2], tonumber(ARGV[a + 3])
+  add(KEYS[k], ARGV[a])
+  add(resolved, ARGV[a + 1])
+  local complete = true
+  for p = a + 4, a + 3 + npreds do
+    if redis.call('SISMEMBER', resolved, ARGV[p]) == 0 then complete = false break end
+  end
+  a = a + 4 + npreds
+  if not complete then
+    add(KEYS[4], member)
+  else
+    add(KEYS[3], member)
+    if redis.call('SET', fence, ARGV[3], 'NX', 'PX', ttl) then
+      won[#won + 1] = member
+    elseif redis.call('GET', fence) == 'skipped' then
+      add(KEYS[5], member)
+    end
+  end
+end
+return won
+"""
 _WRITER_PREFIX = "nx-writer:"
 _WRITER_MS = 60_000
 """How long a writer's token is kept: longer than any retry of its SET."""
@@ -61,6 +99,10 @@ class RedisCoordinationStore(BatchedStore):
     @cached_property
     def _set_nx(self) -> AsyncScript:
         return self._client.register_script(_SET_NX)
+
+    @cached_property
+    def _claim(self) -> AsyncScript:
+        return self._client.register_script(_CLAIM)
 
     def _key(self, key: str) -> str:
         return self._settings.coordination_key(key)
@@ -129,3 +171,33 @@ class RedisCoordinationStore(BatchedStore):
             return
         async with translated():
             await self._batch.run([("UNLINK", *(self._key(k) for k in keys))])
+
+    async def claim_hop(self, hop: Hop, record: str, mark: str) -> list[str] | None:
+        """``HopCoordination.claim_hop`` in one script (it joins the tick's batch)."""
+        key = self._key
+        keys = [key(hop.result_key), key(hop.dynamic), key(hop.enqueued)]
+        keys += [key(hop.pending), key(hop.done)]
+        args: list[str | int] = [record, _ms(hop.ttl), mark]
+        for target in hop.targets:
+            keys += [key(target.taken), key(target.resolved), key(target.fence)]
+            args += [target.mark, target.source, target.member, len(target.preds)]
+            args += target.preds
+        async with translated():
+            won = await self._batch.script(self._claim, keys, args)
+        return None if won is None else [text(member) for member in won]
+
+    async def count_done(self, done: str, enqueued: str, member: str, ttl: float) -> bool:
+        """``HopCoordination.count_done`` as one MULTI block."""
+        done, enqueued, ms = self._key(done), self._key(enqueued), _ms(ttl)
+        async with translated():
+            *_, done_size, enqueued_size = await self._batch.transaction(
+                [
+                    ("SADD", done, member),
+                    ("PEXPIRE", done, ms),
+                    ("SADD", enqueued, member),
+                    ("PEXPIRE", enqueued, ms),
+                    ("SCARD", done),
+                    ("SCARD", enqueued),
+                ]
+            )
+        return int(done_size) >= int(enqueued_size)

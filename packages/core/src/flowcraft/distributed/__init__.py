@@ -14,6 +14,7 @@ from flowcraft.distributed._protocols import (
     CoordinationStore,
     Delivery,
     HopCommitter,
+    HopCoordination,
     Queue,
     ResultChannel,
 )
@@ -31,6 +32,7 @@ __all__ = [
     "Delivery",
     "DistributedAdapter",
     "HopCommitter",
+    "HopCoordination",
     "JobPayload",
     "Queue",
     "ResultChannel",

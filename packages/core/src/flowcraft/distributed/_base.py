@@ -25,10 +25,12 @@ from flowcraft.distributed._protocols import (
     CoordinationStore,
     EventLog,
     HopCommitter,
+    HopCoordination,
     Queue,
     ResultChannel,
 )
 from flowcraft.distributed._results import PollingResultChannel
+from flowcraft.distributed._splithop import SplitHop
 from flowcraft.distributed._ticker import Ticker
 from flowcraft.errors import JobRejected
 from flowcraft.evaluator import Evaluator, SafeEvaluator
@@ -81,6 +83,9 @@ class Parts:
             _check("results", results, ResultChannel)
         if hops is not None:
             _check("hops", hops, HopCommitter)
+        split = coordination if isinstance(coordination, HopCoordination) else None
+        if hops is None and split is not None:
+            hops = SplitHop(split, context, queue)
         if arrivals is not None:
             _check("arrivals", arrivals, ArrivalReader)
         if events is not None:
@@ -90,6 +95,8 @@ class Parts:
         self.coordination = coordination
         self.results: ResultChannel = results or PollingResultChannel()
         self.hops = hops
+        self.counts_done = split
+        """The coordination store, when it counts a job done in one step."""
         self.arrivals = arrivals
         self.closers = list(closers)
         self.registry: dict[str, Any] = {**BUILTINS, **self.builtins, **(registry or {})}

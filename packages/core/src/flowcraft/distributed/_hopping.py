@@ -5,6 +5,7 @@ conditions see, the events of a finished node)."""
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +20,7 @@ from flowcraft.distributed._keys import DYNAMIC, PROGRESS
 from flowcraft.distributed._operations import Operations
 from flowcraft.distributed._payload import JobPayload, job_id
 from flowcraft.distributed._protocols import Delivery
+from flowcraft.distributed._splithop import SplitHop
 from flowcraft.node import NodeResult, PatchOperation
 from flowcraft.runtime import _announce as announce
 from flowcraft.runtime._graph import Graph, NodeSpec, graph_for
@@ -67,12 +69,19 @@ class HopSteps(Operations):
         hop = await self._plan_hop(job, outcome, record, hops.reads_ahead)
         if hop is None:
             return False
-        commit = await hops.commit(delivery, hop)
-        if commit.outcome == "slow":
-            return False
+        if isinstance(hops, SplitHop):
+            # Its successors run before the commit returns: the node's events go first.
+            finished = functools.partial(self._finished, payload, outcome, None)
+            commit = await hops.commit(delivery, hop, finished)
+            if commit.outcome == "slow":
+                return False
+        else:
+            commit = await hops.commit(delivery, hop)
+            if commit.outcome == "slow":
+                return False
+            # Before the run may end below: a node's events precede the run's finish.
+            self._finished(payload, outcome, None)
         delivery.next = commit.next
-        # Before the run may end below: a node's events precede the run's finish.
-        self._finished(payload, outcome, None)
         bus = self.event_bus
         if bus is not None and bus.wants("job:enqueued"):
             fired = set(commit.fired)

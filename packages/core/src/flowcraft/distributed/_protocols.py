@@ -25,6 +25,7 @@ __all__ = [
     "CoordinationStore",
     "Delivery",
     "HopCommitter",
+    "HopCoordination",
     "Queue",
     "ResultChannel",
 ]
@@ -217,6 +218,27 @@ class HopCommitter(Protocol):
     async def commit(self, delivery: Delivery, hop: Hop) -> HopCommit:
         """Apply ``hop`` all-or-nothing; ``HopCommit("slow")`` when it must not (the generic
         path runs instead)."""
+
+
+@runtime_checkable
+class HopCoordination(Protocol):
+    """Optional, for a coordination store on a server of its own (the context store and queue
+    elsewhere): the coordination side of a hop in two atomic steps, so core's split hop
+    (``_splithop.py``) costs four round trips instead of the generic path's ten or more."""
+
+    async def claim_hop(self, hop: Hop, record: str, mark: str) -> list[str] | None:
+        """In one atomic step: None, changing nothing, if ``hop.result_key`` is set or
+        ``hop.dynamic`` is not empty; else store ``record`` under ``hop.result_key``, add every
+        target's ``mark`` to its ``taken`` set and ``source`` to its ``resolved`` set, and for
+        each target whose ``preds`` have all resolved add its member to ``hop.enqueued`` and
+        set its fence to ``mark`` unless set (a fence already ``skipped`` adds the member to
+        ``hop.done``); a target whose join is incomplete goes into ``hop.pending``. Returns
+        the members whose fences this step set, in target order. Every key written gets
+        ``hop.ttl``."""
+
+    async def count_done(self, done: str, enqueued: str, member: str, ttl: float) -> bool:
+        """Add ``member`` to the sets ``done`` and ``enqueued`` in one atomic step; whether
+        ``done`` then has at least as many members as ``enqueued``."""
 
 
 @runtime_checkable

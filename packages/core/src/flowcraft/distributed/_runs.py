@@ -99,9 +99,14 @@ class Runs(Parts):
 
     async def job_done(self, run_id: str, member: str) -> None:
         """Count a job's effects as stored; the job that empties the run's frontier ends it."""
-        done = await self.coordination.add_to_set(self.keys.done(run_id), member, self.ttl)
-        enqueued = await self.coordination.add_to_set(self.keys.enqueued(run_id), member, self.ttl)
-        if done >= enqueued:
+        done, enqueued = self.keys.done(run_id), self.keys.enqueued(run_id)
+        counts = self.counts_done
+        if counts is not None:
+            quiet = await counts.count_done(done, enqueued, member, self.ttl)
+        else:
+            added = await self.coordination.add_to_set(done, member, self.ttl)
+            quiet = added >= await self.coordination.add_to_set(enqueued, member, self.ttl)
+        if quiet:
             await self.quiescent(run_id)
 
     async def quiescent(self, run_id: str) -> None:

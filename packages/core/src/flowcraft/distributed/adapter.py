@@ -35,6 +35,7 @@ from flowcraft.distributed._protocols import (
     Arrival,
     Delivery,
 )
+from flowcraft.distributed._splithop import RECORD_OPS, record_with_ops
 from flowcraft.distributed._subflow import subflow_job
 from flowcraft.errors import (
     DeliveryLimitExceeded,
@@ -49,9 +50,6 @@ from flowcraft.runtime._graph import graph_for
 __all__ = ["DistributedAdapter"]
 
 _log = logging.getLogger("flowcraft.distributed")
-_OPS = "ops"
-"""Field of a stored result record: the job's context writes, when the generic path stores
-them after the record."""
 
 
 class DistributedAdapter(HopSteps):
@@ -63,7 +61,9 @@ class DistributedAdapter(HopSteps):
         coordination: The backend's coordination store.
         results: How waiters are woken; without one, waits poll the stores (batched, one loop
             per process).
-        hops: Optional: the backend's one-step hop (see ``_hop.py``).
+        hops: Optional: the backend's one-step hop (see ``_hop.py``); without one, core's
+            split hop (``_splithop.py``) when ``coordination`` is a
+            :class:`~flowcraft.distributed.HopCoordination`.
         arrivals: Optional: the backend's one-round-trip arrival read.
         events: Optional: the backend's log of each run's events; without one, logs are kept
             in the coordination store (``Client.events`` reads them from any process).
@@ -269,7 +269,7 @@ class DistributedAdapter(HopSteps):
                 # The context writes a step after the result here (the hop step stores both
                 # at once): kept with it, a redelivery after a crash in between still makes
                 # them (a batch's items, a built-in's state), since the node never runs again.
-                record = orjson.dumps({**outcome.result.to_dict(), _OPS: outcome.ops}).decode()
+                record = record_with_ops(record, outcome.ops)
             if await self.coordination.set_if_not_exist(result_key, record, self.ttl):
                 result = outcome.result
                 await self._store_effects(payload, result, outcome.ops, rescues)
@@ -284,7 +284,7 @@ class DistributedAdapter(HopSteps):
                 action=raw.get("action"),
                 dynamic_nodes=list(raw.get("dynamicNodes") or []),
             )
-            await self._store_effects(payload, result, list(raw.get(_OPS) or []), rescues)
+            await self._store_effects(payload, result, list(raw.get(RECORD_OPS) or []), rescues)
         graph = await self.graph_of(run_id, job.blueprint)
         data = await self._routing_data(run_id, graph, payload.node_id, result, rescues)
         await self.route(payload, graph, payload.node_id, result, data, rescues)

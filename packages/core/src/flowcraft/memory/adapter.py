@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 from flowcraft.blueprint import Blueprint
 from flowcraft.distributed import DistributedAdapter
@@ -22,7 +22,7 @@ from flowcraft.errors import FlowcraftError
 from flowcraft.memory.context import MemoryContextStore
 from flowcraft.memory.coordination import MemoryCoordinationStore
 from flowcraft.memory.events import MemoryEventLog
-from flowcraft.memory.hop import MemoryHopCommitter
+from flowcraft.memory.hop import MemoryHopCommitter, MemorySplitCoordination
 from flowcraft.memory.queue import MemoryQueue
 from flowcraft.memory.results import MemoryResultChannel, MemoryWakes
 
@@ -40,15 +40,23 @@ class MemoryBackend:
         visibility: Seconds a delivered job stays leased.
         max_deliveries: Deliveries after which the queue dead-letters a job.
         hop_step: Whether adapters finish common hops in one step (:mod:`flowcraft.memory.hop`);
-            off, every hop takes the generic path, as on a backend without the fast path.
+            ``"split"``: in core's split hop over a coordination store that claims hops in one
+            step, as on a backend whose stores are on different servers; off, every hop takes
+            the generic path, as on a backend without either.
     """
 
     def __init__(
-        self, *, visibility: float = 30.0, max_deliveries: int = 10, hop_step: bool = True
+        self,
+        *,
+        visibility: float = 30.0,
+        max_deliveries: int = 10,
+        hop_step: bool | Literal["split"] = True,
     ) -> None:
         self.queue = MemoryQueue(visibility=visibility, max_deliveries=max_deliveries)
         self.context = MemoryContextStore()
-        self.coordination = MemoryCoordinationStore()
+        self.coordination = (
+            MemorySplitCoordination() if hop_step == "split" else MemoryCoordinationStore()
+        )
         self.wakes = MemoryWakes()
         self.events = MemoryEventLog()
         self.hops = MemoryHopCommitter(self.queue, self.context, self.coordination)
@@ -88,7 +96,7 @@ class MemoryAdapter(DistributedAdapter):
             context=self.backend.context,
             coordination=self.backend.coordination,
             results=MemoryResultChannel(self.backend.wakes),
-            hops=self.backend.hops if self.backend.hop_step else None,
+            hops=self.backend.hops if self.backend.hop_step is True else None,
             events=self.backend.events,
             registry=registry,
             blueprints=blueprints,

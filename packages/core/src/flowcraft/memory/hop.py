@@ -8,7 +8,7 @@ implements this, step for step.
 
 from __future__ import annotations
 
-from flowcraft.distributed._hop import ArrivalRead, Hop, HopCommit
+from flowcraft.distributed._hop import ArrivalRead, Hop, HopCommit, HopTarget
 from flowcraft.distributed._payload import fired_by
 from flowcraft.distributed._protocols import Arrival, Delivery
 from flowcraft.distributed._storage import patch_writes
@@ -16,7 +16,7 @@ from flowcraft.memory.context import MemoryContextStore
 from flowcraft.memory.coordination import MemoryCoordinationStore, Step
 from flowcraft.memory.queue import MemoryQueue
 
-__all__ = ["MemoryHopCommitter"]
+__all__ = ["MemoryHopCommitter", "MemorySplitCoordination", "claim"]
 
 
 class MemoryHopCommitter:
@@ -40,31 +40,19 @@ class MemoryHopCommitter:
         sets, deletes = patch_writes(hop.context_ops)
         ttl = hop.ttl
         with self._coordination.step() as step:
-            # A result stored already (a redelivery, a race) or a graph changed by spliced
-            # nodes: the generic path decides what to do.
-            if step.get(hop.result_key) is not None or step.members(hop.dynamic):
+            won = claim(step, hop, fired_by(hop.member), hop.result_record)
+            if won is None:
                 return HopCommit("slow")
-            step.set(hop.result_key, hop.result_record, ttl)
             self._context.apply(hop.run_id, sets, deletes)
-            for target in hop.targets:
-                step.add(target.taken, target.mark, ttl)
-                step.add(target.resolved, target.source, ttl)
             fired: list[str] = []
             reserved: Delivery | None = None
-            for target in hop.targets:
-                if target.preds and not set(target.preds) <= step.members(target.resolved):
-                    step.add(hop.pending, target.member, ttl)
-                    continue
-                step.add(hop.enqueued, target.member, ttl)
-                if step.set_if_not_exist(target.fence, fired_by(hop.member), ttl):
-                    if target.reserve and target.arrival is not None:
-                        reserved = self._queue.leased(target.body)
-                        reserved.arrival = self._read(step, hop.run_id, target.arrival)
-                    else:
-                        self._queue.put(target.body)
-                    fired.append(target.member)
-                elif step.get(target.fence) == "skipped":
-                    step.add(hop.done, target.member, ttl)
+            for target in won:
+                if target.reserve and target.arrival is not None:
+                    reserved = self._queue.leased(target.body)
+                    reserved.arrival = self._read(step, hop.run_id, target.arrival)
+                else:
+                    self._queue.put(target.body)
+                fired.append(target.member)
             done = step.add(hop.done, hop.member, ttl)
             enqueued = step.add(hop.enqueued, hop.member, ttl)
             following = reserved
@@ -82,3 +70,42 @@ class MemoryHopCommitter:
         sets = [step.members(key) for key in read.set_keys]
         keys = read.context_keys
         return strings, sets, self._context.fields(run_id, keys) if keys else {}
+
+
+def claim(step: Step, hop: Hop, mark: str, record: str) -> list[HopTarget] | None:
+    """The coordination side of ``hop`` (``HopCoordination.claim_hop``): the targets whose
+    fences it took, or None, changing nothing, when the generic path must decide."""
+    # A result stored already (a redelivery, a race) or a graph changed by spliced nodes.
+    if step.get(hop.result_key) is not None or step.members(hop.dynamic):
+        return None
+    ttl = hop.ttl
+    step.set(hop.result_key, record, ttl)
+    for target in hop.targets:
+        step.add(target.taken, target.mark, ttl)
+        step.add(target.resolved, target.source, ttl)
+    won: list[HopTarget] = []
+    for target in hop.targets:
+        if target.preds and not set(target.preds) <= step.members(target.resolved):
+            step.add(hop.pending, target.member, ttl)
+            continue
+        step.add(hop.enqueued, target.member, ttl)
+        if step.set_if_not_exist(target.fence, mark, ttl):
+            won.append(target)
+        elif step.get(target.fence) == "skipped":
+            step.add(hop.done, target.member, ttl)
+    return won
+
+
+class MemorySplitCoordination(MemoryCoordinationStore):
+    """A memory coordination store that claims hops in one step: the reference of
+    :class:`~flowcraft.distributed.HopCoordination` (what ``flowcraft_redis_store`` does in
+    Lua), for the split hop core makes over it (``MemoryBackend(hop_step="split")``)."""
+
+    async def claim_hop(self, hop: Hop, record: str, mark: str) -> list[str] | None:
+        with self.step() as step:
+            won = claim(step, hop, mark, record)
+        return None if won is None else [target.member for target in won]
+
+    async def count_done(self, done: str, enqueued: str, member: str, ttl: float) -> bool:
+        with self.step() as step:
+            return step.add(done, member, ttl) >= step.add(enqueued, member, ttl)
