@@ -64,6 +64,11 @@ class Keys:
         heartbeat adds them with a TTL of one lease): the reconciler leaves the run alone."""
         return f"{self.namespace}:held:{run}"
 
+    def live(self, run: str, job: str) -> str:
+        """Counter the lease heartbeat of a long job raises (with a TTL of one lease): while
+        it exists, a redelivered copy of the job waits instead of running it beside it."""
+        return f"{self.namespace}:live:{run}:{job}"
+
     def final(self, run: str) -> str:
         """The run's final result, written once."""
         return f"{self.namespace}:final:{run}"

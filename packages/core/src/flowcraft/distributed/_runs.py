@@ -239,6 +239,7 @@ class Runs(Parts):
                     ]
                 if spec is None or spec.max_attempts > 1:
                     doomed.append(keys.attempts(run_id, node, iteration))
+        doomed += {keys.live(run_id, job_id(node, iteration)) for node, iteration, _ in members}
         for node, iteration, role in members:
             if role == "resume":
                 doomed.append(keys.resumed(run_id, node, iteration))

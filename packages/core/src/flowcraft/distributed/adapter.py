@@ -11,6 +11,7 @@ core (see ``_base.py`` for the layers). ``docs/backends.md`` is the backend auth
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Mapping
@@ -125,15 +126,25 @@ class DistributedAdapter(HopSteps):
             return
 
         held = job_id(payload.node_id, payload.iteration)
+        live = self.keys.live(payload.run_id, held)
+        # A redelivery may be a copy of a job still running elsewhere (its lease lapsed while
+        # its worker was starved or cut off): it waits for that copy, marking nothing.
+        waiting = delivery.delivery_count > 1
 
         async def renew() -> None:
             await self.queue.extend_lease(delivery, self.lease)
+            if waiting:
+                return
             # A long node shows its run is alive: the reconciler must not hand its job to
-            # another worker while this one still runs it.
+            # another worker while this one still runs it; and a copy of the job must wait.
             await self.coordination.add_to_set(self.keys.held(payload.run_id), held, self.lease)
+            await self.coordination.increment(live, self.lease)
 
         heartbeat = self.renewals.add(renew)
         try:
+            if waiting:
+                await self._outlive_copy(payload, live)
+                waiting = False
             await self._handle(delivery, payload, follow)
         except JobRejected as exc:
             await self._reject(delivery, payload.run_id, exc.message)
@@ -148,6 +159,23 @@ class DistributedAdapter(HopSteps):
                 "job:processed",
                 {**payload.to_dict(), "duration": time.monotonic() - started, "success": True},
             )
+
+    async def _outlive_copy(self, payload: JobPayload, live: str) -> None:
+        """Wait while another worker's copy of this job runs: until its heartbeat mark
+        expires (it died: this delivery runs the node) or its result is stored (this
+        delivery routes from it). Without this, a lapsed lease runs a node twice at once."""
+        run_id, node_id, iteration = payload.run_id, payload.node_id, payload.iteration
+        rescues = payload.extra.get("rescues")
+        result_key = (
+            self.keys.rescue(run_id, rescues, iteration)
+            if isinstance(rescues, str)
+            else self.keys.result(run_id, node_id, iteration)
+        )
+        while True:
+            (running, stored), _ = await self.coordination.read([live, result_key], [])
+            if running is None or stored is not None:
+                return
+            await asyncio.sleep(self.lease / 3)
 
     async def give_up(self, delivery: Delivery, reason: str) -> None:
         """Dead-letter a job delivered too often, and fail its run with the reason."""
