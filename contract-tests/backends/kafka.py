@@ -1,19 +1,25 @@
 """Contract-suite fixture of flowcraft-kafka: Apache Kafka, Apache Cassandra and Redis.
 
 Provisioning: the three servers from ``flowcraft_services`` (the environment's settings when
-set, else what this checkout runs, else started locally). A deployment is a topic, dead-letter
-topic, consumer group and Redis namespace of its own; Cassandra rows are keyed by unique run
-ids, so every deployment shares the tables.
+set, else what this checkout runs, else started locally), started in parallel. A deployment is
+a topic, dead-letter topic, consumer group and Redis namespace of its own; Cassandra rows are
+keyed by unique run ids, so every deployment shares the tables. The restart test gets the three
+servers privately (``restartable``), so that killing them disturbs nothing else.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import signal
 import subprocess
+import tempfile
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import redis as sync_redis
@@ -22,8 +28,12 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from confluent_kafka import TopicPartition as Partition
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
-from flowcraft_services import resolve
+from flowcraft_services import installers, procs
+from flowcraft_services.cli import start_many
+from flowcraft_services.providers import cassandra as cassandra_provider
+from flowcraft_services.providers import kafka as kafka_provider
 from flowcraft_services.providers.cassandra import cluster
+from flowcraft_services.providers.redis import RedisService
 
 from backends._fixture import spawn_worker
 from flowcraft.blueprint import Blueprint
@@ -64,21 +74,43 @@ class Fixture:
         self.env: dict[str, str] = {}
 
     def provision(self) -> None:
-        """Reach or start Kafka, Cassandra and Redis."""
-        env = self.env
-        for service in ("kafka", "cassandra", "redis"):
-            env.update(resolve(service).start())
-        self.base = KafkaSettings(
-            bootstrap_servers=env["KAFKA_BOOTSTRAP_SERVERS"],
-            contact_points=env["CASSANDRA_CONTACT_POINTS"],
-            cassandra_port=int(env["CASSANDRA_PORT"]),
-            local_dc=env.get("CASSANDRA_LOCAL_DC", "datacenter1"),
-            redis=RedisSettings(url=env["REDIS_URL"]),
-        )
+        """Reach or start Kafka, Cassandra and Redis (in parallel: the JVMs take seconds)."""
+        started = start_many(["kafka", "cassandra", "redis"])
+        for name, service in started.items():
+            if isinstance(service, Exception):
+                raise RuntimeError(f"{name} did not start: {service}") from service
+            self.env.update(service.env)
+        self.base = _settings(self.env)
         with sync_redis.Redis.from_url(self.base.redis.url, socket_timeout=5) as client:
             client.ping()
         # The schema once, before adapters of many processes race to create it.
         asyncio.run(_create_schema(self.base))
+
+    @contextlib.asynccontextmanager
+    async def restartable(
+        self, *, lease: float
+    ) -> AsyncIterator[tuple[Deployment, Callable[[float], Awaitable[None]]]]:
+        """A deployment on a private Kafka, Cassandra and Redis, and their restart: all three
+        SIGKILLed at once, a pause, then started again on their ports and data. Kafka and
+        Cassandra write to the page cache before they acknowledge, which a killed process
+        does not lose; Redis runs with ``appendfsync always``."""
+        with tempfile.TemporaryDirectory(prefix="flowcraft-kafka-restart-") as workdir:
+            servers = _PrivateServers(Path(workdir))
+            deployment: Deployment | None = None
+            try:
+                await asyncio.to_thread(servers.start)
+                base = _settings(servers.env)
+                await _create_schema(base)
+                deployment = Deployment(base, lease)
+
+                async def restart(down_for: float) -> None:
+                    await asyncio.to_thread(servers.restart, down_for)
+
+                yield deployment, restart
+            finally:
+                for adapter in deployment.adapters if deployment is not None else ():
+                    await adapter.close()
+                await asyncio.to_thread(servers.stop)
 
     def deployment(self, *, lease: float) -> Deployment:
         """A fresh topic, group and namespace for one test."""
@@ -245,6 +277,123 @@ class Fixture:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"topics {topics} not deleted after 30 s")
             await asyncio.sleep(0.1)
+
+
+def _settings(env: Mapping[str, str]) -> KafkaSettings:
+    return KafkaSettings(
+        bootstrap_servers=env["KAFKA_BOOTSTRAP_SERVERS"],
+        contact_points=env["CASSANDRA_CONTACT_POINTS"],
+        cassandra_port=int(env["CASSANDRA_PORT"]),
+        local_dc=env.get("CASSANDRA_LOCAL_DC", "datacenter1"),
+        redis=RedisSettings(url=env["REDIS_URL"]),
+    )
+
+
+class _Server:
+    """One server process of the restart test: the same command on the same ports and data
+    every time it starts."""
+
+    def __init__(
+        self,
+        name: str,
+        workdir: Path,
+        argv: list[str],
+        probe: Callable[[Mapping[str, str]], None],
+        env: dict[str, str],
+    ) -> None:
+        self.name = name
+        self.workdir = workdir
+        self.argv = argv
+        self.probe = probe
+        self.env = env
+        self.process: procs.ProcessRef | None = None
+
+    def start(self) -> None:
+        log = self.workdir / "server.log"
+        self.process = procs.spawn(self.argv, log_path=log, cwd=self.workdir)
+        procs.wait_until(
+            lambda: self.probe(self.env),
+            what=f"private {self.name} start",
+            timeout=240,
+            proc=self.process,
+            log_path=log,
+        )
+
+    def kill(self) -> None:
+        process, self.process = self.process, None
+        if process is not None:
+            procs.stop(process, sig=signal.SIGKILL)
+
+
+class _PrivateServers:
+    """A Kafka broker, a Cassandra node and a Redis server of the restart test's own."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.servers: list[_Server] = []
+        kafka_dir, cassandra_dir, redis_dir = (workdir / n for n in ("kafka", "cassandra", "redis"))
+        for directory in (kafka_dir, cassandra_dir, redis_dir):
+            directory.mkdir()
+        port, controller = procs.free_port(), procs.free_port()
+        self.servers.append(
+            _Server(
+                "kafka",
+                kafka_dir,
+                kafka_provider.prepare(kafka_dir, port, controller),
+                kafka_provider.KafkaService.probe,
+                {"KAFKA_BOOTSTRAP_SERVERS": f"{procs.LOOPBACK}:{port}"},
+            )
+        )
+        storage, native = procs.free_port(), procs.free_port()
+        self.servers.append(
+            _Server(
+                "cassandra",
+                cassandra_dir,
+                cassandra_provider.prepare(cassandra_dir, storage, native),
+                cassandra_provider.CassandraService.probe,
+                {
+                    "CASSANDRA_CONTACT_POINTS": procs.LOOPBACK,
+                    "CASSANDRA_PORT": str(native),
+                    "CASSANDRA_LOCAL_DC": "datacenter1",
+                },
+            )
+        )
+        redis_port = procs.free_port()
+        redis_server = installers.require_tool("redis-server", "apt-get install redis-server")
+        self.servers.append(
+            _Server(
+                "redis",
+                redis_dir,
+                [
+                    redis_server,
+                    *("--port", str(redis_port), "--bind", procs.LOOPBACK),
+                    *("--dir", str(redis_dir), "--save", "", "--daemonize", "no"),
+                    *("--appendonly", "yes", "--appendfsync", "always"),
+                ],
+                RedisService.probe,
+                {"REDIS_URL": f"redis://{procs.LOOPBACK}:{redis_port}/0"},
+            )
+        )
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {k: v for server in self.servers for k, v in server.env.items()}
+
+    def _each(self, action: Callable[[_Server], None]) -> None:
+        with ThreadPoolExecutor(len(self.servers)) as pool:
+            for future in [pool.submit(action, server) for server in self.servers]:
+                future.result()
+
+    def start(self) -> None:
+        self._each(_Server.start)
+
+    def restart(self, down_for: float) -> None:
+        self._each(_Server.kill)
+        time.sleep(down_for)
+        self.start()
+
+    def stop(self) -> None:
+        # Their data goes with the test's directory: nothing to shut down cleanly for.
+        self._each(_Server.kill)
 
 
 def _create_topics(s: KafkaSettings) -> None:

@@ -237,12 +237,17 @@ def cosmos_roundtrip(env: Mapping[str, str]) -> None:
         assert [r["id"] for r in rows] == ["a"]
 
 
+def _bootstrap(env: Mapping[str, str]) -> str:
+    # tansu exports a variable of its own, so that it never hides Kafka's.
+    return env.get("KAFKA_BOOTSTRAP_SERVERS") or env["TANSU_BOOTSTRAP_SERVERS"]
+
+
 def kafka_roundtrip(env: Mapping[str, str]) -> None:
     """Create a topic, produce, consume in a consumer group, commit."""
     from confluent_kafka import Consumer, Producer
     from confluent_kafka.admin import AdminClient, NewTopic
 
-    servers = env["KAFKA_BOOTSTRAP_SERVERS"]
+    servers = _bootstrap(env)
     topic = _unique("smoke")
     admin = AdminClient({"bootstrap.servers": servers})
     admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])[topic].result(
@@ -429,7 +434,7 @@ def _cosmos_databases(env: Mapping[str, str]) -> list[str]:
 def _kafka_topics(env: Mapping[str, str]) -> list[str]:
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient({"bootstrap.servers": env["KAFKA_BOOTSTRAP_SERVERS"]})
+    admin = AdminClient({"bootstrap.servers": _bootstrap(env)})
     return [t for t in admin.list_topics(timeout=10).topics if not t.startswith("__")]
 
 

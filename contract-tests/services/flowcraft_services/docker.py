@@ -106,7 +106,7 @@ SPECS: dict[str, ImageSpec] = {
     "moto": ImageSpec(
         "motoserver/moto:latest",
         (5000,),
-        _aws("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_SQS", "AWS_ENDPOINT_URL_DYNAMODB"),
+        _aws("AWS_ENDPOINT_URL"),
     ),
     "elasticmq": ImageSpec(
         "softwaremill/elasticmq-native:1.7.1", (9324,), _aws("AWS_ENDPOINT_URL_SQS")
@@ -162,7 +162,7 @@ SPECS: dict[str, ImageSpec] = {
     "tansu": ImageSpec(
         "ghcr.io/tansu-io/tansu:latest",
         (9092,),
-        lambda p: {"KAFKA_BOOTSTRAP_SERVERS": f"{H}:{p[9092]}"},
+        lambda p: {"TANSU_BOOTSTRAP_SERVERS": f"{H}:{p[9092]}"},
         env={
             "ADVERTISED_LISTENER_URL": "tcp://127.0.0.1:{port:9092}",
             "STORAGE_ENGINE": "memory://tansu/",

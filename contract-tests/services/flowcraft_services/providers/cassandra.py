@@ -117,19 +117,43 @@ storage_compatibility_mode: NONE
 
 def cluster(env: Mapping[str, str], timeout: float = 5.0) -> Any:
     """Return a driver Cluster for the settings (not yet connected)."""
-    from cassandra.cluster import Cluster
+    from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
     from cassandra.policies import DCAwareRoundRobinPolicy
 
+    policy = DCAwareRoundRobinPolicy(local_dc=env.get("CASSANDRA_LOCAL_DC", "datacenter1"))
     return Cluster(
         env["CASSANDRA_CONTACT_POINTS"].split(","),
         port=int(env["CASSANDRA_PORT"]),
-        load_balancing_policy=DCAwareRoundRobinPolicy(
-            local_dc=env.get("CASSANDRA_LOCAL_DC", "datacenter1")
-        ),
+        execution_profiles={EXEC_PROFILE_DEFAULT: ExecutionProfile(load_balancing_policy=policy)},
         protocol_version=5,
         connect_timeout=timeout,
         control_connection_timeout=timeout,
     )
+
+
+def prepare(workdir: Path, storage_port: int, native_port: int) -> list[str]:
+    """Write a one-node config into ``workdir``; return the command that runs the node (again
+    and again on the same data, as a restart does)."""
+    lib = installers.maven_assemble(
+        f"cassandra-{VERSION}", [f"org.apache.cassandra:cassandra-all:{VERSION}"]
+    )
+    config = workdir / "cassandra.yaml"
+    config.write_text(_yaml(workdir, storage_port, native_port))
+    logback = workdir / "logback.xml"
+    logback.write_text(LOGBACK.format(log=workdir / "system.log"))
+    return [
+        installers.java(),
+        *HEAP,
+        *JVM17,
+        *FAST_START,
+        f"-Dcassandra.config=file://{config}",
+        f"-Dlogback.configurationFile={logback}",
+        f"-Dcassandra.storagedir={workdir}",
+        "-Dcassandra-foreground=yes",
+        "-cp",
+        f"{lib}/*",
+        "org.apache.cassandra.service.CassandraDaemon",
+    ]
 
 
 class CassandraService(LocalService):
@@ -152,31 +176,9 @@ class CassandraService(LocalService):
 
     def launch(self, workdir: Path) -> Launch:
         """Write the config and start the node."""
-        lib = installers.maven_assemble(
-            f"cassandra-{VERSION}", [f"org.apache.cassandra:cassandra-all:{VERSION}"]
-        )
         storage_port, native_port = procs.free_port(), procs.free_port()
-        config = workdir / "cassandra.yaml"
-        config.write_text(_yaml(workdir, storage_port, native_port))
-        logback = workdir / "logback.xml"
-        logback.write_text(LOGBACK.format(log=workdir / "system.log"))
-        proc = procs.spawn(
-            [
-                installers.java(),
-                *HEAP,
-                *JVM17,
-                *FAST_START,
-                f"-Dcassandra.config=file://{config}",
-                f"-Dlogback.configurationFile={logback}",
-                f"-Dcassandra.storagedir={workdir}",
-                "-Dcassandra-foreground=yes",
-                "-cp",
-                f"{lib}/*",
-                "org.apache.cassandra.service.CassandraDaemon",
-            ],
-            log_path=self.log_path,
-            cwd=workdir,
-        )
+        argv = prepare(workdir, storage_port, native_port)
+        proc = procs.spawn(argv, log_path=self.log_path, cwd=workdir)
         return Launch(
             [proc],
             {

