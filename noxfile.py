@@ -192,26 +192,54 @@ def rabbitmq(session: nox.Session) -> None:
     session.run("pytest", "packages/rabbitmq/tests", "-q", "--timeout=900", *_args(session))
 
 
-WHEELS = ["packages/core", "packages/redis-store", "packages/redis"]
+# The package of each CI backend but memory and Redis (whose wheels run the example below).
+BACKEND_PACKAGES = {
+    "rabbitmq": "rabbitmq",
+    "rabbitmq-postgres": "rabbitmq",
+    "sqs": "sqs",
+    "kafka": "kafka",
+    "gcp": "gcp",
+    "azure": "azure",
+}
+WHEEL_TEST = "contract-tests/test_faults.py::test_worker_process_killed_with_sigkill_mid_node"
+
+
+def _fresh_venv(session: nox.Session, path: Path, dist: Path, package: str) -> str:
+    """A new virtualenv with ``package``'s wheel and the shared ones (core, the Redis store)
+    installed, the rest of its dependencies from the registry, as a user gets them; its
+    python. Our wheels are given as files, so a same-named project on the index cannot win."""
+    session.run("uv", "venv", "-q", "-p", "3.11", str(path), external=True)
+    python = str(path / "bin" / "python")
+    ours = [f"flowcraft_{name.replace('-', '_')}-" for name in ("core", "redis-store", package)]
+    wheels = [str(w) for w in sorted(dist.glob("*.whl")) if w.name.startswith(tuple(ours))]
+    session.run("uv", "pip", "install", "-q", "-p", python, *wheels, external=True)
+    return python
 
 
 @nox.session
 def wheels(session: nox.Session) -> None:
-    """Build the Redis backend's wheels (and the core's), install them into a fresh virtualenv
-    and run the distributed example's worker commands and client from it (catches a file or a
-    dependency missing from a wheel)."""
+    """Build every package's wheel and install each backend's alone into a fresh virtualenv:
+    the Redis example's workers and client run from it, and each other CI backend's SIGKILL
+    contract test runs with its worker processes from it (catches a file or a dependency
+    missing from a wheel, or a backend the worker command cannot find)."""
     import tempfile
 
-    session.install("--quiet", "-e", SERVICES)
+    _install_packages(session, *DEV, "-e", SERVICES)
     with tempfile.TemporaryDirectory() as tmp:
-        dist, venv = Path(tmp) / "dist", Path(tmp) / "venv"
-        for package in WHEELS:
-            session.run("uv", "build", "--wheel", "-q", "-o", str(dist), package, external=True)
-        session.run("uv", "venv", "-q", "-p", "3.11", str(venv), external=True)
-        python = str(venv / "bin" / "python")
-        wheels = [str(w) for w in sorted(dist.glob("*.whl"))]
-        session.run("uv", "pip", "install", "-q", "-p", python, *wheels, external=True)
+        dist = Path(tmp) / "dist"
+        for package in PACKAGES:
+            session.run(
+                "uv", "build", "--wheel", "-q", "-o", str(dist), str(package), external=True
+            )
+        python = _fresh_venv(session, Path(tmp) / "redis", dist, "redis")
         session.run("python", "packages/redis/tests/wheel_smoke.py", python)
+        for backend in CI_BACKENDS:
+            package = BACKEND_PACKAGES.get(backend)
+            if package is None:
+                continue
+            python = _fresh_venv(session, Path(tmp) / backend, dist, package)
+            env = {"FLOWCRAFT_WORKER_PYTHON": python}
+            session.run("pytest", WHEEL_TEST, "--backend", backend, "-q", env=env)
 
 
 @nox.session
@@ -258,14 +286,14 @@ def ci(session: nox.Session) -> None:
     _ensure_chromium(session)
     try:
         session.run("pytest", "tests", "-q")
+        # Every server at once, installs included; kept running for the suites below.
+        smoke = ["pytest", "contract-tests/smoke", "-q", "-p", "no:cacheprovider", "--timeout=900"]
+        session.run(*smoke, env={"FLOWCRAFT_SMOKE_KEEP": "1"})
         for backend in CI_BACKENDS:
-            session.run("pytest", "contract-tests", "--backend", backend, "-q")
+            session.run("pytest", "contract-tests", "--backend", backend, "-q", "--durations=5")
         session.run(*REDIS_TESTS)
         wheels(session)
         session.run("pytest", "packages/rabbitmq/tests", "-q", "--timeout=900")
-        session.run(
-            "pytest", "contract-tests/smoke", "-q", "-p", "no:cacheprovider", "--timeout=900"
-        )
         session.run("python", "examples/content_moderation.py")
     finally:
         # Also after a failure: what the tests started is stopped, by PID.

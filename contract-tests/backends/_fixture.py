@@ -12,6 +12,7 @@ import subprocess
 import sys
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
+from pathlib import Path
 from typing import Any, Protocol
 
 from flowcraft.blueprint import Blueprint
@@ -82,6 +83,14 @@ def spawn_worker(
     backend: str, app: str, env: Mapping[str, str], **popen: Any
 ) -> subprocess.Popen[bytes]:
     """Start ``python -m flowcraft worker --backend <backend> --app <app>`` with ``env`` added
-    to this process's environment (fixtures put their deployment's settings there)."""
-    command = [sys.executable, "-m", "flowcraft", "worker", "--backend", backend, "--app", app]
+    to this process's environment (fixtures put their deployment's settings there).
+
+    With ``FLOWCRAFT_WORKER_PYTHON`` set (nox ``wheels``), the worker is that interpreter's
+    ``flowcraft`` command instead: a fresh environment holding only the backend's built wheels.
+    """
+    python = os.environ.get("FLOWCRAFT_WORKER_PYTHON")
+    program = (
+        [str(Path(python).parent / "flowcraft")] if python else [sys.executable, "-m", "flowcraft"]
+    )
+    command = [*program, "worker", "--backend", backend, "--app", app]
     return subprocess.Popen(command, env={**os.environ, **env}, **popen)
