@@ -52,9 +52,10 @@ class KafkaAdapter(DistributedAdapter):
         self.cassandra = CassandraSession(settings)
         lease = float(options.pop("lease", redis_settings.lease_seconds))
         parts = (self.redis, redis_settings, self.batcher)
+        context = CassandraContextStore(self.cassandra)
         super().__init__(
-            queue=KafkaQueue(settings, self.batcher, lease=lease),
-            context=CassandraContextStore(self.cassandra),
+            queue=KafkaQueue(settings, self.batcher, lease=lease, adopt=context.adopt),
+            context=context,
             coordination=RedisCoordinationStore(*parts),
             results=KafkaResultChannel(self.cassandra, RedisResultChannel(*parts)),
             closers=[self.cassandra.close, self._close_batcher, self.redis.aclose],

@@ -14,6 +14,7 @@ import contextlib
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
+import orjson
 from cassandra import (
     ConsistencyLevel,
     DriverException,
@@ -223,6 +224,9 @@ def _schema(settings: KafkaSettings) -> list[str]:
         # The TypeScript adapter's status table, read by its clients.
         f"CREATE TABLE IF NOT EXISTS {ks}.{settings.status_table}"
         " (run_id text PRIMARY KEY, status text, status_data text, updated_at timestamp)",
+        # The TypeScript adapter's context table, where its clients put a run's initial context.
+        f"CREATE TABLE IF NOT EXISTS {ks}.{settings.ts_context_table}"
+        " (run_id text PRIMARY KEY, context_data text)",
     ]
 
 
@@ -263,6 +267,8 @@ class CassandraContextStore:
             "set": f"INSERT INTO {table} (run_id, key, value) VALUES (?, ?, ?) USING TTL ?",
             "delete": f"DELETE FROM {table} WHERE run_id = ? AND key = ?",
             "drop": f"DELETE FROM {table} WHERE run_id = ?",
+            "ts": f"SELECT context_data FROM {settings.keyspace}.{settings.ts_context_table}"
+            " WHERE run_id = ?",
         }
 
     async def _run(self, name: str, *params: Any) -> list[Any]:
@@ -312,3 +318,20 @@ class CassandraContextStore:
 
     async def delete_run(self, run_id: str) -> None:
         await self._run("drop", run_id)
+
+    async def adopt(self, run_id: str) -> None:
+        """Import the initial context a TypeScript client wrote for ``run_id`` (one JSON
+        object in its context table) as this store's rows, in one patch; nothing when it
+        wrote none."""
+        rows = await self._run("ts", run_id)
+        raw = rows[0].context_data if rows else None
+        if not raw:
+            return
+        try:
+            context = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return
+        if isinstance(context, dict):
+            await self.patch(
+                run_id, [{"op": "set", "key": str(k), "value": v} for k, v in context.items()]
+            )

@@ -28,7 +28,7 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import orjson
@@ -54,7 +54,11 @@ REASON_HEADER = "flowcraft-reason"
 """The dead-letter header naming why a job was rejected."""
 SOURCE_HEADER = "flowcraft-source"
 """The dead-letter header naming where the job was: ``topic/partition/offset``."""
+ORIGIN_HEADER = "flowcraft-origin"
+"""Marks the jobs this backend produces; a job without it (a TypeScript client's start job)
+has its run adopted first (see :class:`KafkaQueue`)."""
 _Headers = list[tuple[str, str | bytes | None]]
+_OWN: _Headers = [(ORIGIN_HEADER, b"python")]
 _POLL = 0.1
 """Seconds one poll waits: how soon an idle consumer commits, pauses or stops."""
 _RECONNECT_MAX_MS = 1000
@@ -108,14 +112,17 @@ class _Partition:
 class _Entry:
     """One fetched message."""
 
-    __slots__ = ("deadline", "done", "handed", "headers", "key", "offset", "part", "value")
+    __slots__ = ("deadline", "done", "handed", "key", "offset", "own", "part", "value")
 
     def __init__(self, message: Message, part: _Partition) -> None:
         self.part = part
         self.offset: int = message.offset() or 0
         self.key: bytes | None = message.key()
         self.value: bytes | None = message.value()
-        self.headers = message.headers()
+        headers = message.headers() or []
+        names = headers.keys() if isinstance(headers, dict) else [h[0] for h in headers]
+        self.own = ORIGIN_HEADER in names
+        """Produced by this backend (see :data:`ORIGIN_HEADER`)."""
         self.done = False
         self.handed = False
         self.deadline = 0.0
@@ -128,14 +135,27 @@ class _Entry:
 class KafkaQueue:
     """A :class:`~flowcraft.backend.Queue` on a Kafka topic and consumer group.
 
+    A job without the :data:`ORIGIN_HEADER` was produced by someone else, a TypeScript client
+    starting a run; before the first such job of a run is handed out, ``adopt(run_id)`` is
+    awaited once (a Redis mark, set after it, says it was), which imports that run's context.
+
     Args:
         settings: Names and connection settings.
         batcher: The Redis batch the delivery counters join.
         lease: Seconds a received job is held without renewal.
+        adopt: Prepares a foreign run for this backend's workers; None: no such runs.
     """
 
-    def __init__(self, settings: KafkaSettings, batcher: Batcher, *, lease: float) -> None:
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        batcher: Batcher,
+        *,
+        lease: float,
+        adopt: Callable[[str], Awaitable[None]] | None = None,
+    ) -> None:
         self._settings = settings
+        self._adopt = adopt
         self._batcher = batcher
         self._lease = lease
         self._lock = threading.Lock()
@@ -163,7 +183,7 @@ class KafkaQueue:
     async def enqueue(self, body: str) -> None:
         """Produce the job keyed by its run id; returns once all in-sync replicas have it."""
         await self._ensure_topics()
-        await self._produce(self._settings.topic, body.encode(), _run_key(body), None)
+        await self._produce(self._settings.topic, body.encode(), _run_key(body), _OWN)
 
     async def dead_letter(self, delivery: Delivery, reason: str) -> None:
         """Produce the job to the dead-letter topic with ``reason`` in a header, then ack it."""
@@ -310,9 +330,17 @@ class KafkaQueue:
         for entry in taken:
             key = f"{self._counter_prefix}:{entry.part.partition}:{entry.offset}"
             commands += [("INCR", key), ("EXPIRE", key, ttl)]
+        foreign = self._foreign_runs(taken)
+        commands += [("EXISTS", self._adopted_key(run_id)) for run_id in foreign]
         try:
             async with translated():
                 replies = await self._batcher.run(commands)
+                fresh = [r for i, r in enumerate(foreign) if not replies[2 * len(taken) + i]]
+                if fresh and self._adopt is not None:
+                    # Before the run's first job is handed out, so that it finds its context.
+                    await asyncio.gather(*(self._adopt(run_id) for run_id in fresh))
+                    marks = [("SET", self._adopted_key(r), "1", "EX", ttl) for r in fresh]
+                    await self._batcher.run(marks)
         except BaseException:
             # Not handed out after all: back to the buffer, or they would hold their
             # partitions' commits until their lease ran out.
@@ -322,6 +350,23 @@ class KafkaQueue:
             Delivery(_text(entry.value), entry, int(replies[2 * i]))
             for i, entry in enumerate(taken)
         ]
+
+    def _foreign_runs(self, taken: list[_Entry]) -> list[str]:
+        # Runs whose jobs came from another producer than this backend (which marks its
+        # own): a TypeScript client's start jobs.
+        if self._adopt is None:
+            return []
+        runs: dict[str, None] = {}
+        for entry in taken:
+            if entry.own:
+                continue
+            run_id = _run_key(_text(entry.value))
+            if run_id is not None:
+                runs[run_id.decode()] = None
+        return list(runs)
+
+    def _adopted_key(self, run_id: str) -> str:
+        return self._settings.redis.coordination_key(f"kafka-adopted:{run_id}")
 
     def _hand_back(self, entries: Iterable[_Entry]) -> None:
         with self._lock:

@@ -66,6 +66,9 @@ class KafkaSettings:
         replication: Replication factor of the keyspace when the backend creates it.
         context_table: Per-key context rows ``(run_id, key) -> value``.
         status_table: The TypeScript status table ``(run_id) -> status, status_data``.
+        ts_context_table: The TypeScript context table ``(run_id) -> context_data`` (a run's
+            whole context as one JSON object), read once when a run a TypeScript client
+            started is adopted.
         create_schema: Create the keyspace, tables and topics when missing.
         ttl_seconds: TTL of context and status rows.
         request_timeout: Seconds a Cassandra request may take.
@@ -95,6 +98,7 @@ class KafkaSettings:
     replication: int = 1
     context_table: str = "context_values"
     status_table: str = "statuses"
+    ts_context_table: str = "contexts"
     create_schema: bool = True
     ttl_seconds: int = 86_400
     request_timeout: float = 10.0
