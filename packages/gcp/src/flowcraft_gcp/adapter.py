@@ -7,12 +7,14 @@ Options: ``settings`` (default: :meth:`GcpSettings.from_env`), plus every option
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from flowcraft.backend import DistributedAdapter
+from flowcraft.backend import Arrival, DistributedAdapter
 from flowcraft.blueprint import Blueprint
+from flowcraft_gcp._claims import Claims
 from flowcraft_gcp.context import FirestoreContextStore
 from flowcraft_gcp.queue import PubSubQueue
 from flowcraft_gcp.results import GcpResultChannel
@@ -20,6 +22,30 @@ from flowcraft_gcp.settings import GcpSettings
 from flowcraft_redis_store import Batcher, RedisCoordinationStore, RedisEventLog, RedisResultChannel
 
 __all__ = ["GcpAdapter"]
+
+
+class ConcurrentArrivals:
+    """A job's arrival read (an :class:`~flowcraft.backend.ArrivalReader`): its run's state
+    in Redis and its input in Firestore, read at once rather than one after the other."""
+
+    def __init__(self, coordination: RedisCoordinationStore, context: FirestoreContextStore):
+        self._coordination = coordination
+        self._context = context
+
+    async def read_arrival(
+        self,
+        run_id: str,
+        keys: Sequence[str],
+        set_keys: Sequence[str],
+        context_keys: Sequence[str] | None,
+    ) -> Arrival:
+        if not context_keys:
+            strings, sets = await self._coordination.read(keys, set_keys)
+            return strings, sets, {}
+        (strings, sets), data = await asyncio.gather(
+            self._coordination.read(keys, set_keys), self._context.get_many(run_id, context_keys)
+        )
+        return strings, sets, data
 
 
 class GcpAdapter(DistributedAdapter):
@@ -52,12 +78,18 @@ class GcpAdapter(DistributedAdapter):
         parts = (self.redis, redis_settings, self.batcher)
         coordination = RedisCoordinationStore(*parts)
         context = FirestoreContextStore(self.settings, redis_settings, self.batcher)
-        queue = PubSubQueue(self.settings, counter=coordination, warm_up=context.connect)
+        claims = Claims(
+            *parts, scope=self.settings.subscription_path, ttl=self.settings.lease_seconds
+        )
+        queue = PubSubQueue(
+            self.settings, counter=coordination, warm_up=context.connect, claims=claims
+        )
         super().__init__(
             queue=queue,
             context=context,
             coordination=coordination,
             results=GcpResultChannel(self.settings, context, RedisResultChannel(*parts)),
+            arrivals=ConcurrentArrivals(coordination, context),
             events=RedisEventLog(*parts),
             closers=[queue.close, context.close, self._close_redis],
             registry=registry,

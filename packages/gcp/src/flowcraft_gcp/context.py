@@ -12,10 +12,14 @@ it deletes the document once the retention has passed). One document per key, ne
   stored as they are (a field path ``_outputs.n1`` would nest a map).
 
 Which keys a run has is kept in Redis too (a set per run, ``<state prefix><runId>:keys``, with
-the documents' retention), added to before the documents are written: reading a whole context
-is then one batched get, not a query (the Firestore emulator answers each query by scanning
-the database, about 0.1 s apiece here and slower as it fills; see ``docs/gcp.md``). A key
-listed whose document is absent (deleted, or its write failed) is skipped.
+the documents' retention), added to before ``set`` writes its document and as ``patch`` writes
+its documents (a patch is retried until it has been stored whole, both parts): reading a whole
+context is then one batched get, not a query (the Firestore emulator answers each query by
+scanning the database, about 0.1 s apiece here and slower as it fills; see ``docs/gcp.md``).
+A key listed whose document is absent (deleted, or its write failed) is skipped.
+
+The patches and reads of one event-loop tick (a worker's jobs move in step) go out as one
+batched write and one batch get (``_tick.py``).
 
 A value too big for one document (over :data:`INLINE_MAX` bytes as JSON) is split into
 ``parts`` subdocuments of the key's document, all written in one batch with a token that the
@@ -27,6 +31,7 @@ writes the same patch again).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
@@ -41,6 +46,7 @@ from google.cloud.firestore_v1.base_document import DocumentSnapshot
 from flowcraft.backend import AdapterError, decode_value, encode_value, patch_writes, write_token
 from flowcraft.node import PatchOperation
 from flowcraft_gcp._errors import firestore_errors
+from flowcraft_gcp._tick import MAX_BATCH_BYTES, MAX_WRITES, Reads, Write, Writes
 from flowcraft_gcp.settings import GcpSettings
 from flowcraft_redis_store import Batcher, RedisSettings, translated
 
@@ -50,15 +56,8 @@ INLINE_MAX = 900_000
 """Largest JSON value (bytes) kept in the key's own document; larger ones are split."""
 CHUNK = 900_000
 """Bytes per part of a split value (a part document stays under the 1 MiB limit)."""
-_MAX_WRITES = 500
-"""Writes per batch (Firestore's limit on a commit)."""
-_MAX_BATCH_BYTES = 9 * 1024 * 1024
-"""Bytes per batch, under the 10 MiB limit of a request."""
 _MAX_ID_BYTES = 1500
 _READ_TRIES = 5
-
-_Write = tuple[AsyncDocumentReference, dict[str, Any] | None, int]
-"""A document to set (its data) or delete (None), and its size in bytes."""
 
 
 def document_id(key: str) -> str:
@@ -87,6 +86,8 @@ class FirestoreContextStore:
         self._redis = redis
         self._batch = batcher
         self._client: firestore.AsyncClient | None = None
+        self._writes = Writes(lambda: self.client)
+        self._reads = Reads(lambda: self.client)
 
     @property
     def client(self) -> firestore.AsyncClient:
@@ -128,25 +129,29 @@ class FirestoreContextStore:
     def _expiry(self) -> datetime:
         return datetime.now(UTC) + timedelta(seconds=self._settings.retention_seconds)
 
-    def _writes(self, ref: AsyncDocumentReference, key: str, raw: bytes) -> list[_Write]:
+    def _documents(self, ref: AsyncDocumentReference, key: str, raw: bytes) -> list[Write]:
         expire = self._expiry()
         if len(raw) <= INLINE_MAX:
             return [(ref, {"k": key, "v": raw, "expireAt": expire}, len(raw) + len(key))]
         token = write_token()
         parts = [raw[i : i + CHUNK] for i in range(0, len(raw), CHUNK)]
         head = {"k": key, "n": len(parts), "t": token, "expireAt": expire}
-        out: list[_Write] = [(ref, head, len(key) + 64)]
+        out: list[Write] = [(ref, head, len(key) + 64)]
         for i, part in enumerate(parts):
             data = {"v": part, "t": token, "expireAt": expire}
             out.append((ref.collection("parts").document(str(i)), data, len(part) + 64))
         return out
 
-    async def _commit(self, writes: list[_Write]) -> None:
-        batches: list[list[_Write]] = [[]]
+    async def _commit(self, writes: list[Write]) -> None:
+        if self._writes.fits(writes):
+            async with firestore_errors:
+                await self._writes.commit(writes)
+            return
+        batches: list[list[Write]] = [[]]
         size = 0
         for write in writes:
             if batches[-1] and (
-                len(batches[-1]) >= _MAX_WRITES or size + write[2] > _MAX_BATCH_BYTES
+                len(batches[-1]) >= MAX_WRITES or size + write[2] > MAX_BATCH_BYTES
             ):
                 batches.append([])
                 size = 0
@@ -186,13 +191,13 @@ class FirestoreContextStore:
 
     async def get(self, run_id: str, key: str) -> Any:
         async with firestore_errors:
-            snapshot = await self._ref(run_id, key).get()
+            (snapshot,) = await self._reads.get([self._ref(run_id, key)])
             return await self._value(snapshot) if snapshot.exists else None
 
     async def set(self, run_id: str, key: str, value: Any) -> None:
         raw = encode_value(key, value)
         await self._listed(run_id, [key])
-        await self._commit(self._writes(self._ref(run_id, key), key, raw))
+        await self._commit(self._documents(self._ref(run_id, key), key, raw))
 
     async def has(self, run_id: str, key: str) -> bool:
         async with firestore_errors:
@@ -222,28 +227,30 @@ class FirestoreContextStore:
         refs = [self._ref(run_id, key) for key in wanted]
         found: dict[str, Any] = {}
         async with firestore_errors:
-            async for snapshot in self.client.get_all(refs):
+            for snapshot in await self._reads.get(refs):
                 if snapshot.exists:
                     found[(snapshot.to_dict() or {})["k"]] = await self._value(snapshot)
         return {key: found[key] for key in wanted if key in found}
 
     async def patch(self, run_id: str, operations: Iterable[PatchOperation]) -> None:
         sets, deletes = patch_writes(operations)
-        writes: list[_Write] = []
+        writes: list[Write] = []
         for key, raw in sets.items():
-            writes += self._writes(self._ref(run_id, key), key, raw)
+            writes += self._documents(self._ref(run_id, key), key, raw)
         writes += [(self._ref(run_id, key), None, 0) for key in deletes]
-        if sets:
-            await self._listed(run_id, sets)
+        # Listed and written at once: a patch is retried until its job is acked, so a key
+        # written but not yet listed is listed before anyone is told the patch was stored.
+        steps = [self._listed(run_id, sets)] if sets else []
         if writes:
-            await self._commit(writes)
+            steps.append(self._commit(writes))
+        await asyncio.gather(*steps)
 
     async def to_dict(self, run_id: str) -> dict[str, Any]:
         return await self.get_many(run_id, await self._listing(run_id))
 
     async def delete_run(self, run_id: str) -> None:
         refs = [self._ref(run_id, key) for key in await self._listing(run_id)]
-        writes: list[_Write] = []
+        writes: list[Write] = []
         async with firestore_errors:
             async for snapshot in self.client.get_all(refs, field_paths=["n"]):
                 ref: AsyncDocumentReference = snapshot.reference
@@ -264,6 +271,8 @@ class FirestoreContextStore:
 
     async def close(self) -> None:
         """Close the client's channel; safe to call twice."""
+        self._writes.cancel()
+        self._reads.cancel()
         client, self._client = self._client, None
         if client is not None:
             await _transport(client).close()

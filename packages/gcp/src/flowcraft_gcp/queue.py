@@ -22,6 +22,9 @@ job's lease lapse. The measured comparison is in ``docs/gcp.md``.
   attribute, then acks; Pub/Sub itself forwards a job delivered ``max_delivery_attempts``
   times there (attribute ``CloudPubSubDeadLetterSourceDeliveryCount``). Operators read them
   from the subscription ``<subscription>-dead`` (a topic without one would drop them).
+* **One live holder per job** (``_claims.py``): each pulled job is claimed in Redis first; a
+  copy of a job another message holds is acked unrun, a delivery of a message whose claim
+  another delivery holds is handed back until that claim would expire.
 * Acks, lease changes and publishes of one tick go out as one request each (``_batch.py``).
 """
 
@@ -29,8 +32,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -42,6 +47,7 @@ from google.pubsub_v1.services.subscriber import SubscriberAsyncClient
 
 from flowcraft.backend import CoordinationStore, Delivery
 from flowcraft_gcp._batch import Coalescer
+from flowcraft_gcp._claims import Claim, Claims
 from flowcraft_gcp._errors import pubsub_errors
 from flowcraft_gcp.settings import MIN_SUBSCRIPTION_DEADLINE, GcpSettings, ack_seconds
 
@@ -55,8 +61,17 @@ _MAX_RETENTION = 7 * 86_400
 """The longest message retention of a subscription."""
 _PUBLISH_LIMIT = 1000
 _ACK_LIMIT = 2500
+_log = logging.getLogger("flowcraft.gcp")
 
 R = TypeVar("R")
+
+
+@dataclass(frozen=True, slots=True)
+class _Held:
+    """A delivery's handle: its ack id and the claim it holds (None: claims are off)."""
+
+    ack_id: str
+    claim: Claim | None
 
 
 class PubSubQueue:
@@ -67,6 +82,7 @@ class PubSubQueue:
         counter: Where delivery counts are kept when the subscription has no dead-letter
             policy (Pub/Sub then sets no ``delivery_attempt``).
         warm_up: Run once before the first pull (connections the jobs will need).
+        claims: Where each pulled job is claimed, so that no two copies run at once.
     """
 
     def __init__(
@@ -75,10 +91,12 @@ class PubSubQueue:
         *,
         counter: CoordinationStore | None = None,
         warm_up: Callable[[], Awaitable[None]] | None = None,
+        claims: Claims | None = None,
     ) -> None:
         self._settings = settings
         self._counter = counter
         self._warm_up = warm_up
+        self._claims = claims
         self._lease = settings.ack_deadline
         self._publisher: PublisherAsyncClient | None = None
         self._subscriber: SubscriberAsyncClient | None = None
@@ -212,14 +230,52 @@ class PubSubQueue:
                     subscription=path, ack_ids=ids, ack_deadline_seconds=self._lease
                 )
             )
+        claims: list[Claim | None] = [None] * len(received)
+        if self._claims is not None:
+            claims = [
+                self._claims.of(bytes(m.message.data), m.message.message_id, m.ack_id)
+                for m in received
+            ]
+            received, claims = await self._sort_out(received, claims)
         return [
             Delivery(
                 bytes(m.message.data).decode("utf-8", "replace"),
-                m.ack_id,
+                _Held(m.ack_id, claim),
                 m.delivery_attempt or await self._count(m.message.message_id),
             )
-            for m in received
+            for m, claim in zip(received, claims, strict=True)
         ]
+
+    async def _sort_out(
+        self, received: list[ReceivedMessage], claims: list[Claim | None]
+    ) -> tuple[list[ReceivedMessage], list[Claim | None]]:
+        """The pulled jobs whose claims this process won; the others acked or handed back."""
+        assert self._claims is not None
+        try:
+            verdicts = await self._claims.take([c for c in claims if c is not None])
+        except BaseException:
+            # Not handed out: back to the queue at once, for whoever can claim them.
+            with contextlib.suppress(Exception):
+                await self._modify(0, [m.ack_id for m in received])
+            raise
+        kept: list[ReceivedMessage] = []
+        kept_claims: list[Claim | None] = []
+        copies: list[str] = []
+        later: dict[int, list[str]] = {}
+        for m, claim, verdict in zip(received, claims, verdicts, strict=True):
+            if verdict.mine:
+                kept.append(m)
+                kept_claims.append(claim)
+            elif verdict.copy:
+                copies.append(m.ack_id)
+            else:
+                later.setdefault(ack_seconds(verdict.retry_in), []).append(m.ack_id)
+        if copies:
+            _log.info("dropping %d copies of jobs that other deliveries hold", len(copies))
+        settling = [self._acks.add(self._settings.subscription_path, i) for i in copies]
+        settling += [self._deadlines.add(s, i) for s, ids in later.items() for i in ids]
+        await asyncio.gather(*settling)
+        return kept, kept_claims
 
     async def _count(self, message_id: str) -> int:
         if self._counts_attempts or self._counter is None:
@@ -238,9 +294,16 @@ class PubSubQueue:
         await self._call(lambda: publisher.publish(topic=topic, messages=messages))
 
     async def ack(self, delivery: Delivery) -> None:
-        """Acknowledge a handled job."""
-        if delivery.handle is not None and not self._abandoned:
-            await self._acks.add(self._settings.subscription_path, delivery.handle)
+        """Acknowledge a handled job and give its claim up."""
+        held = delivery.handle
+        if isinstance(held, _Held) and not self._abandoned:
+            await asyncio.gather(
+                self._acks.add(self._settings.subscription_path, held.ack_id), self._unclaim(held)
+            )
+
+    async def _unclaim(self, held: _Held) -> None:
+        if held.claim is not None and self._claims is not None and not self._abandoned:
+            await self._claims.release(held.claim)
 
     async def _acknowledge(self, subscription: str, ack_ids: list[str]) -> None:
         _, subscriber = self._clients()
@@ -263,17 +326,28 @@ class PubSubQueue:
         await self.ack(delivery)
 
     async def release(self, delivery: Delivery) -> None:
-        """Hand a job back now (ack deadline 0)."""
-        if delivery.handle is not None and not self._abandoned:
-            await self._deadlines.add(0, delivery.handle)
+        """Hand a job back now (ack deadline 0) and give its claim up."""
+        held = delivery.handle
+        if isinstance(held, _Held) and not self._abandoned:
+            await asyncio.gather(self._deadlines.add(0, held.ack_id), self._unclaim(held))
 
     async def unsettled(self, delivery: Delivery, lease: float) -> None:
-        """Nothing to do: nothing renews the ack deadline but the heartbeat."""
+        """Give the claim up; the job comes back when its ack deadline runs out (nothing
+        renews it but the heartbeat)."""
+        held = delivery.handle
+        if isinstance(held, _Held):
+            await self._unclaim(held)
 
     async def extend_lease(self, delivery: Delivery, seconds: float) -> None:
-        """Set the job's ack deadline ``seconds`` from now (whole seconds, 1-600)."""
-        if delivery.handle is not None and not self._abandoned:
-            await self._deadlines.add(ack_seconds(seconds), delivery.handle)
+        """Set the job's ack deadline ``seconds`` from now (whole seconds, 1-600), and renew
+        its claim."""
+        held = delivery.handle
+        if not isinstance(held, _Held) or self._abandoned:
+            return
+        renewals = [self._deadlines.add(ack_seconds(seconds), held.ack_id)]
+        if held.claim is not None and self._claims is not None:
+            renewals.append(self._claims.renew(held.claim))
+        await asyncio.gather(*renewals)
 
     async def stop_receiving(self) -> None:
         """Stop the pull in flight and hand back jobs pulled but not handed out."""
@@ -284,10 +358,11 @@ class PubSubQueue:
             pull.cancel()
             with contextlib.suppress(BaseException):
                 await pull
-        held = [d.handle for d in self._buffer]
+        held = [d.handle for d in self._buffer if isinstance(d.handle, _Held)]
         self._buffer.clear()
         if held and not self._abandoned:
-            await self._modify(0, held)
+            await self._modify(0, [h.ack_id for h in held])
+            await asyncio.gather(*(self._unclaim(h) for h in held))
 
     def abandon(self) -> None:
         """Stop pulling and never ack, renew or release again, as a killed process."""
