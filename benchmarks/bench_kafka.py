@@ -1,28 +1,40 @@
-"""Kafka + Cassandra benchmark: flowcraft-kafka against the bare confluent-kafka loop and Redis
-Streams, interleaved in one run.
+"""Kafka + Cassandra benchmark: flowcraft-kafka against the bare confluent-kafka loop, the
+TypeScript Kafka adapter's own worker and Redis Streams, interleaved in one run.
 
 Usage: python benchmarks/bench_kafka.py [--runs 50] [--reps 3] [--workers 1,2]
-       [--concurrency 32] [--single 5] [--out FILE]
+       [--concurrency 32] [--single 5] [--no-ts] [--out FILE]
 
 For 1 and 2 worker processes and the shapes ``chain20`` and ``fan20`` (1 → 20 → 1): ``--runs``
-concurrent runs, each repetition followed by one of the bare loop (confluent-kafka, no
-Flowcraft: receive a batch → produce each message's successor → commit, ``--runs`` chains of
-as many messages as the shape has nodes, on the same broker and topic layout) and one of the
-Redis Streams backend (``redis-streams``) on the same Redis. Then single ``chain20`` runs:
-per-hop latency and completion seen by the client. Servers come from ``flowcraft_services``.
+concurrent runs, each repetition followed by one of each baseline on the same servers:
+
+* the bare loop (confluent-kafka, no Flowcraft: receive a batch → produce each message's
+  successor → commit, ``--runs`` chains of as many messages as the shape has nodes), with the
+  sync client on one thread (as the queue uses it) and with confluent-kafka's ``aio``
+  ``AIOConsumer``/``AIOProducer`` (the issue asks which to use);
+* the TypeScript ``@flowcraft/kafka-adapter`` 1.4.4: the pinned anchor's ``dist-bench.mjs``
+  (``ts-kafka-anchor/``, installed from npm into ``.anchor/kafka``), one repetition with fresh
+  TS workers, keyspace ``flowcraft_anchor`` and a private Redis (it FLUSHDBs);
+
+and the Redis Streams backend (``redis-streams``) on the same Redis after the cell. Then
+single ``chain20`` runs: per-hop latency and completion seen by the client (and the anchor's
+single run). Servers come from ``flowcraft_services``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import os
+import shutil
 import statistics
+import subprocess
 import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -40,6 +52,7 @@ from bench_redis import (
     load_transport,
     one_run,
     percentile,
+    private_redis,
     start_workers,
     stop_workers,
     summarise,
@@ -55,14 +68,19 @@ from flowcraft_redis_store import RedisSettings
 
 HERE = Path(__file__).resolve().parent
 PARTITIONS = 4
+"""As the anchor's dist-bench uses: runs are keyed, so W workers need W partitions or more."""
+ANCHOR = HERE / "ts-kafka-anchor"
+ANCHOR_WORK = HERE / ".anchor" / "kafka"
 
 
 def servers() -> dict[str, str]:
-    from flowcraft_services import resolve
+    from flowcraft_services.cli import start_many
 
     env: dict[str, str] = {}
-    for name in ("kafka", "cassandra", "redis"):
-        env.update(resolve(name).start())
+    for name, service in start_many(["kafka", "cassandra", "redis"]).items():
+        if isinstance(service, Exception):
+            raise RuntimeError(f"{name} did not start: {service}") from service
+        env.update(service.env)
     return env
 
 
@@ -153,7 +171,50 @@ def bare_worker(bootstrap: str, topic: str, done_topic: str) -> None:
         consumer.commit(asynchronous=True)
 
 
-async def bare_rep(base: KafkaSettings, workers: int, shape: str, runs: int) -> dict[str, Any]:
+async def bare_aio_worker(bootstrap: str, topic: str, done_topic: str) -> None:
+    """The same loop on confluent-kafka's ``aio`` clients: ``AIOConsumer.consume`` (a batch
+    per executor call, as its docs advise) and ``AIOProducer`` (which batches produces until
+    ``flush``; it cannot send headers, which the queue's dead letters and origin mark need)."""
+    from confluent_kafka.aio import AIOConsumer, AIOProducer
+
+    consumer = AIOConsumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"{topic}-bare",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "partition.assignment.strategy": "cooperative-sticky",
+            "session.timeout.ms": 6000,
+        },
+        max_workers=2,
+    )
+    producer = AIOProducer(
+        {"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all", "linger.ms": 1}
+    )
+    await consumer.subscribe([topic])
+    print("worker started", flush=True)
+    while True:
+        messages = await consumer.consume(500, 0.1)
+        if not messages:
+            continue
+        sent = []
+        for message in messages:
+            if message.error() is not None:
+                continue
+            job = json.loads(message.value() or b"{}")
+            if job["left"] > 0:
+                job["left"] -= 1
+                sent.append(await producer.produce(topic, json.dumps(job).encode(), message.key()))
+            else:
+                sent.append(await producer.produce(done_topic, b"1", message.key()))
+        await producer.flush()
+        await asyncio.gather(*sent)  # acks=all before the commit, as in the sync loop
+        await consumer.commit(asynchronous=True)
+
+
+async def bare_rep(
+    base: KafkaSettings, workers: int, shape: str, runs: int, mode: str = "--bare-worker"
+) -> dict[str, Any]:
     """One repetition of the bare loop: ``runs`` chains of the shape's node count."""
     tag = uuid.uuid4().hex[:10]
     topic, done = f"bare-{tag}", f"bare-{tag}-done"
@@ -162,8 +223,7 @@ async def bare_rep(base: KafkaSettings, workers: int, shape: str, runs: int) -> 
         [NewTopic(topic, PARTITIONS), NewTopic(done, 1)], operation_timeout=30
     ).values():
         future.result()
-    command = [sys.executable, str(Path(__file__)), "--bare-worker", base.bootstrap_servers]
-    command += [topic, done]
+    command = [sys.executable, str(Path(__file__)), mode, base.bootstrap_servers, topic, done]
     procs = await start_workers(command, workers, child_env(), f"bare-{shape}-w{workers}")
     watcher = Consumer(
         {"bootstrap.servers": base.bootstrap_servers, "group.id": f"{done}-watch"}
@@ -197,18 +257,90 @@ async def bare_rep(base: KafkaSettings, workers: int, shape: str, runs: int) -> 
         admin.delete_topics([topic, done])
 
 
+# ------------------------------------------------------------------------------- the TS anchor
+
+
+class Anchor:
+    """The TypeScript Kafka adapter's ``dist-bench.mjs``, one repetition at a time (this
+    VM's speed drifts within minutes: a baseline is only comparable measured beside ours)."""
+
+    def __init__(self, node: str, env: dict[str, str]) -> None:
+        self._node = node
+        self._env = env
+        self.reps: dict[str, list[dict[str, Any]]] = {}
+
+    def rep(self, workers: int, shape: str, runs: int, poll_ms: int = 25) -> dict[str, Any]:
+        """One repetition: ``runs`` runs of ``shape`` on ``workers`` fresh TS workers."""
+        command = [self._node, "bench/dist-bench.mjs", "--workers", str(workers)]
+        command += ["--shape", shape, "--runs", str(runs), "--reps", "1"]
+        command += ["--partitions", str(PARTITIONS), "--poll-ms", str(poll_ms)]
+        proc = subprocess.run(
+            command,
+            cwd=ANCHOR_WORK,
+            env=self._env,
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        line = next((x for x in proc.stdout.splitlines() if x.startswith("JSON ")), None)
+        if proc.returncode != 0 or line is None:
+            raise RuntimeError(f"TS anchor failed:\n{proc.stdout}\n{proc.stderr}")
+        (rep,) = json.loads(line[5:])["results"]
+        if rep["completed_ok"] != runs:
+            raise RuntimeError(f"TS anchor runs failed:\n{proc.stdout}")
+        key = f"{shape}-w{workers}" if runs > 1 else "single"
+        self.reps.setdefault(key, []).append(rep)
+        return dict(rep)
+
+
+@contextlib.contextmanager
+def ts_anchor(enabled: bool, env: dict[str, str]) -> Iterator[Anchor | None]:
+    """The anchor installed (npm, pinned versions) and pointed at these Kafka and Cassandra
+    servers and a private Redis; None if disabled or Node.js is missing."""
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if not enabled or node is None or npm is None:
+        print("TS anchor skipped" + ("" if enabled else " (--no-ts)"), flush=True)
+        yield None
+        return
+    ANCHOR_WORK.mkdir(parents=True, exist_ok=True)
+    shutil.copy(ANCHOR / "package.json", ANCHOR_WORK / "package.json")
+    shutil.copytree(ANCHOR / "bench", ANCHOR_WORK / "bench", dirs_exist_ok=True)
+    if not (ANCHOR_WORK / "node_modules" / "@flowcraft" / "kafka-adapter").exists():
+        subprocess.run(
+            [npm, "install", "--no-audit", "--no-fund", "--silent"], cwd=ANCHOR_WORK, check=True
+        )
+    with private_redis(ANCHOR_WORK / "redis.pid") as port:
+        anchor_env = {
+            **os.environ,
+            "KAFKA_BROKERS": env["KAFKA_BOOTSTRAP_SERVERS"],
+            "CASSANDRA_CONTACT": f"{env['CASSANDRA_CONTACT_POINTS']}:{env['CASSANDRA_PORT']}",
+            "CASSANDRA_DC": env.get("CASSANDRA_LOCAL_DC", "datacenter1"),
+            "REDIS_URL": f"redis://127.0.0.1:{port}/0",
+        }
+        yield Anchor(node, anchor_env)
+
+
 # ---------------------------------------------------------------------------------- the cases
 
 
-async def bench(args: argparse.Namespace) -> dict[str, Any]:
-    env = servers()
+async def bench(
+    args: argparse.Namespace, env: dict[str, str], anchor: Anchor | None
+) -> dict[str, Any]:
     base = base_settings(env)
     streams = load_transport("redis-streams")
     report: dict[str, Any] = {"throughput": {}, "single": {}}
+    if anchor is not None:
+        # A freshly started Cassandra is slower on its first thousand nodes (the anchor's
+        # README): one discarded repetition.
+        await asyncio.to_thread(anchor.rep, 1, CHAIN, args.runs)
+        anchor.reps.clear()
     for workers in args.workers:
         for shape in SHAPES:
             ours: list[dict[str, Any]] = []
             bare: list[dict[str, Any]] = []
+            aio: list[dict[str, Any]] = []
+            ts: list[dict[str, Any]] = []
             redis: list[dict[str, Any]] = []
 
             async def reps(
@@ -217,11 +349,18 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 shape: str = shape,
                 ours: list[dict[str, Any]] = ours,
                 bare: list[dict[str, Any]] = bare,
+                aio: list[dict[str, Any]] = aio,
+                ts: list[dict[str, Any]] = ts,
             ) -> None:
                 await batch(client, shape, min(args.runs, 10), pids, None)
                 for _ in range(args.reps):
                     ours.append(await batch(client, shape, args.runs, pids, None))
                     bare.append(await bare_rep(base, len(pids), shape, args.runs))
+                    aio.append(
+                        await bare_rep(base, len(pids), shape, args.runs, "--bare-aio-worker")
+                    )
+                    if anchor is not None:
+                        ts.append(await asyncio.to_thread(anchor.rep, len(pids), shape, args.runs))
 
             await kafka_case(base, workers, args.concurrency, f"{shape}-w{workers}", reps)
             if not isinstance(streams, str):
@@ -250,6 +389,19 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             stats["ratio_to_bare"] = statistics.median(
                 o["node_execs_per_s"] / b["msgs_per_s"] for o, b in zip(ours, bare, strict=True)
             )
+            stats["aio_bare_msgs_per_s"] = statistics.median(a["msgs_per_s"] for a in aio)
+            stats["aio_bare_cpu_us_per_msg"] = statistics.median(a["cpu_us_per_msg"] for a in aio)
+            stats["aio_to_thread"] = statistics.median(
+                a["msgs_per_s"] / b["msgs_per_s"] for a, b in zip(aio, bare, strict=True)
+            )
+            if ts:
+                stats["ts_node_execs_per_s"] = statistics.median(t["node_execs_per_s"] for t in ts)
+                stats["ts_p50_ms"] = statistics.median(t["p50_ms"] for t in ts)
+                stats["ratio_to_ts"] = statistics.median(
+                    o["node_execs_per_s"] / t["node_execs_per_s"]
+                    for o, t in zip(ours, ts, strict=True)
+                )
+                stats["ts_reps"] = ts
             if redis:
                 stats["redis_streams_node_execs_per_s"] = statistics.median(
                     r["node_execs_per_s"] for r in redis
@@ -264,6 +416,19 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 f"  worker CPU µs/node {stats['worker_cpu_us_per_node']:5.0f}"
                 f" (bare µs/msg {stats['bare_cpu_us_per_msg']:4.0f})"
                 f"  redis-streams node-exec/s {stats.get('redis_streams_node_execs_per_s', 0):.0f}",
+                flush=True,
+            )
+            print(
+                f"      aio bare msg/s {stats['aio_bare_msgs_per_s']:6.0f}"
+                f" (aio/thread {stats['aio_to_thread']:4.2f},"
+                f" CPU µs/msg {stats['aio_bare_cpu_us_per_msg']:4.0f})"
+                + (
+                    f"  TS adapter node-exec/s {stats['ts_node_execs_per_s']:5.0f}"
+                    f" (ours/TS {stats['ratio_to_ts']:5.1f},"
+                    f" TS run p50 {stats['ts_p50_ms']:6.0f} ms)"
+                    if ts
+                    else ""
+                ),
                 flush=True,
             )
 
@@ -284,6 +449,17 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         f" p95 {single['completion_p95_ms']:5.1f} ms",
         flush=True,
     )
+    if anchor is not None:
+        # The anchor's client polls the status table every 5 ms here, as its README measured.
+        for _ in range(3):
+            await asyncio.to_thread(anchor.rep, 1, CHAIN, 1, 5)
+        ts_single = statistics.median(r["p50_ms"] for r in anchor.reps["single"])
+        report["ts_single"] = {"run_ms": ts_single, "reps": anchor.reps["single"]}
+        print(
+            f"TS adapter single chain20: run {ts_single:6.1f} ms"
+            f" ({ts_single / CHAIN_HOPS:5.2f} ms per hop, client polling every 5 ms)",
+            flush=True,
+        )
     return report
 
 
@@ -291,16 +467,22 @@ def main() -> None:
     if sys.argv[1:2] == ["--bare-worker"]:
         bare_worker(*sys.argv[2:5])
         return
+    if sys.argv[1:2] == ["--bare-aio-worker"]:
+        asyncio.run(bare_aio_worker(*sys.argv[2:5]))
+        return
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--workers", default="1,2")
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--single", type=int, default=5)
+    parser.add_argument("--no-ts", dest="ts", action="store_false", help="skip the TS adapter")
     parser.add_argument("--out", default=str(HERE / "results" / "kafka.json"))
     args = parser.parse_args()
     args.workers = [int(w) for w in args.workers.split(",")]
-    report = asyncio.run(bench(args))
+    env = servers()
+    with ts_anchor(args.ts, env) as anchor:
+        report = asyncio.run(bench(args, env, anchor))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2, default=str))
 
