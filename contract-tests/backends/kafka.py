@@ -51,13 +51,22 @@ __all__ = ["Deployment", "Fixture"]
 
 PARTITIONS = 6
 """Two per worker of the chaos test's three."""
+SESSION_TIMEOUT_MS = 2000
+"""How long a killed worker keeps its partitions (the suite kills dozens of workers; the
+default of 6 s is for production). The provider's broker allows sessions this short;
+heartbeats come from librdkafka's own thread, so a busy event loop does not miss them."""
 
 
 class Deployment:
     """One test's share of the servers."""
 
     def __init__(self, base: KafkaSettings, lease: float) -> None:
-        self.settings = replace(base.namespaced(f"t{uuid.uuid4().hex[:8]}"), partitions=PARTITIONS)
+        self.settings = replace(
+            base.namespaced(f"t{uuid.uuid4().hex[:8]}"),
+            partitions=PARTITIONS,
+            session_timeout_ms=SESSION_TIMEOUT_MS,
+            heartbeat_interval_ms=SESSION_TIMEOUT_MS // 4,
+        )
         self.lease = lease
         self.adapters: list[DistributedAdapter] = []
         self.clients: list[aioredis.Redis] = []
@@ -130,6 +139,8 @@ class Fixture:
             "FLOWCRAFT_KAFKA_DEAD_LETTER_TOPIC": s.dead_letters,
             "FLOWCRAFT_KAFKA_GROUP_ID": s.group_id,
             "FLOWCRAFT_KAFKA_PARTITIONS": str(s.partitions),
+            "FLOWCRAFT_KAFKA_SESSION_TIMEOUT_MS": str(s.session_timeout_ms),
+            "FLOWCRAFT_KAFKA_HEARTBEAT_INTERVAL_MS": str(s.heartbeat_interval_ms),
             "REDIS_URL": s.redis.url,
             "FLOWCRAFT_REDIS_STATE_PREFIX": s.redis.state_prefix,
             "FLOWCRAFT_REDIS_STATUS_PREFIX": s.redis.status_prefix,
@@ -325,6 +336,16 @@ class _Server:
             procs.stop(process, sig=signal.SIGKILL)
 
 
+_QUICK_JVM = ("-XX:TieredStopAtLevel=1",)
+"""For the restart test's JVMs, which serve a few dozen runs: compiled by C1 only, they start
+with less CPU than with the providers' settings, tuned for long-lived servers."""
+
+
+def _quick(argv: list[str]) -> list[str]:
+    at = argv.index("-cp")
+    return [*argv[:at], *_QUICK_JVM, *argv[at:]]
+
+
 class _PrivateServers:
     """A Kafka broker, a Cassandra node and a Redis server of the restart test's own."""
 
@@ -338,7 +359,7 @@ class _PrivateServers:
             _Server(
                 "kafka",
                 kafka_dir,
-                kafka_provider.prepare(kafka_dir, port, controller),
+                _quick(kafka_provider.prepare(kafka_dir, port, controller)),
                 kafka_provider.KafkaService.probe,
                 {"KAFKA_BOOTSTRAP_SERVERS": f"{procs.LOOPBACK}:{port}"},
             )
@@ -348,7 +369,7 @@ class _PrivateServers:
             _Server(
                 "cassandra",
                 cassandra_dir,
-                cassandra_provider.prepare(cassandra_dir, storage, native),
+                _quick(cassandra_provider.prepare(cassandra_dir, storage, native)),
                 cassandra_provider.CassandraService.probe,
                 {
                     "CASSANDRA_CONTACT_POINTS": procs.LOOPBACK,

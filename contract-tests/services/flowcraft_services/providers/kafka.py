@@ -66,6 +66,8 @@ def prepare(workdir: Path, port: int, controller_port: int) -> list[str]:
                 "share.coordinator.state.topic.min.isr=1",
                 # Tests want a consumer group to form at once, not after the 3 s default delay.
                 "group.initial.rebalance.delay.ms=0",
+                # Tests kill workers by the dozen and want their partitions back in seconds.
+                "group.min.session.timeout.ms=1000",
                 "auto.create.topics.enable=true",
                 "delete.topic.enable=true",
                 "",
