@@ -62,4 +62,4 @@ async def test_a_finished_run_keeps_its_result_and_drops_its_bookkeeping(harness
         if await store.members(key):
             left.add(key)
     assert not left, f"bookkeeping left after the run finished: {sorted(left)}"
-    assert run_id not in await store.members(keys.runs)
+    assert run_id not in await store.members(keys.runs_of(run_id))

@@ -179,7 +179,7 @@ async def test_unreconcilable_run_is_counted_as_failed(settings: RedisSettings) 
     async with adapter_of(RedisAdapter, settings) as adapter:
         # Listed as unfinished, but no blueprint was ever recorded for it.
         await adapter.context.set("orphan", "seed", 1)
-        await adapter.coordination.add_to_set(adapter.keys.runs, "orphan", 60)
+        await adapter.coordination.add_to_set(adapter.keys.runs_of("orphan"), "orphan", 60)
 
         stats = await create_reconciler(adapter=adapter, stalled_threshold_seconds=0).run()
 

@@ -66,7 +66,8 @@ class RedisReconciler:
         }
         adapter = self.adapter
         generic = Reconciler(adapter, stalled_after=self.stalled_threshold_seconds)
-        unfinished = await adapter.coordination.members(adapter.keys.runs)
+        _, listed = await adapter.coordination.read([], adapter.keys.run_sets)
+        unfinished = set().union(*listed)
         self.detection = None
         scan = self.redis.scan_iter(match=f"{self.key_prefix}*", count=self.scan_count)
         async with translated():

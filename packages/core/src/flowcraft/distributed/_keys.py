@@ -5,6 +5,7 @@ The values' formats are documented here; ``docs/backends.md`` lists which keys a
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 
 __all__ = [
@@ -14,11 +15,14 @@ __all__ = [
     "NODE_TRACE",
     "PROGRESS",
     "RESUME",
+    "RUN_SHARDS",
     "STATUS",
     "TRACE",
     "Keys",
 ]
 
+RUN_SHARDS = 32
+"""How many sets list the unfinished runs (``Keys.runs_of``)."""
 INTERNAL = "_flowcraft."
 """Prefix of the context keys the adapter keeps for itself; stripped from published contexts."""
 PROGRESS = INTERNAL + "progress"
@@ -43,10 +47,16 @@ class Keys:
 
     namespace: str = "flowcraft"
 
+    def runs_of(self, run: str) -> str:
+        """The set of unfinished run ids that lists ``run``: one of :data:`RUN_SHARDS`, so a
+        store whose values have a size limit (a DynamoDB item's 400 KB) lists that many
+        times more runs."""
+        return f"{self.namespace}:runs:{zlib.crc32(run.encode()) % RUN_SHARDS}"
+
     @property
-    def runs(self) -> str:
-        """Set of unfinished run ids (the reconciler scans it)."""
-        return f"{self.namespace}:runs"
+    def run_sets(self) -> list[str]:
+        """Every set of unfinished run ids (the reconciler reads them in one call)."""
+        return [f"{self.namespace}:runs:{shard}" for shard in range(RUN_SHARDS)]
 
     @property
     def timers(self) -> str:

@@ -90,7 +90,7 @@ class Operations(Routing):
         # the run.
         await asyncio.gather(
             self.coordination.set_if_not_exist(self.keys.meta(run_id), meta, self.ttl),
-            self.coordination.add_to_set(self.keys.runs, run_id, self.ttl),
+            self.coordination.add_to_set(self.keys.runs_of(run_id), run_id, self.ttl),
             *(
                 self.coordination.add_to_set(enqueued, job_id(node, 0), self.ttl)
                 for node in graph.start_nodes

@@ -194,7 +194,7 @@ class Runs(Parts):
             await store.add_to_set(keys.enqueued(parent), member, self.ttl)
             await self.resume_node(parent, node_id, iteration, {"subflow": run_id})
         await self.forget(run_id)
-        await store.remove_from_set(keys.runs, run_id)
+        await store.remove_from_set(keys.runs_of(run_id), run_id)
 
     async def forget(self, run_id: str) -> None:
         """Delete a finished run's bookkeeping: only its final record and meta stay (with

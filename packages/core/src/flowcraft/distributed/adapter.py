@@ -358,7 +358,9 @@ class DistributedAdapter(HopSteps):
             await self.coordination.set_if_not_exist(
                 self.keys.meta(payload.run_id), value, self.ttl
             )
-            await self.coordination.add_to_set(self.keys.runs, payload.run_id, self.ttl)
+            await self.coordination.add_to_set(
+                self.keys.runs_of(payload.run_id), payload.run_id, self.ttl
+            )
             if "blueprintId" not in stored:
                 await self.context.patch(
                     payload.run_id,

@@ -57,7 +57,8 @@ class Reconciler:
             "reconciled_runs": 0,
             "failed_runs": 0,
         }
-        run_ids = sorted(await adapter.coordination.members(adapter.keys.runs))
+        _, listed = await adapter.coordination.read([], adapter.keys.run_sets)
+        run_ids = sorted(set().union(*listed))
         for start in range(0, len(run_ids), _CHUNK):
             chunk = run_ids[start : start + _CHUNK]
             # Read concurrently: a backend that batches answers a chunk in one round trip.
