@@ -19,6 +19,11 @@ after the context writes (they read them), and why the job counts itself done on
 successors are enqueued (else another branch could end the run before they exist). Nothing
 after the claim can change what it decided, so a duplicate of the job can never write a second
 result or a second set of context writes.
+
+A hop with context writes into a join (a target with several predecessors) takes the generic
+path: its claim would mark the branch resolved before its writes land, and the branch that
+completes the join could fire it in between (a join that read a missing input was caught by
+the GCP backend's chaos test, with no worker killed).
 """
 
 from __future__ import annotations
@@ -74,6 +79,11 @@ class SplitHop:
 
         ``stored`` is called once the result and context writes are stored, before any
         successor is enqueued (the node's events must precede its successors')."""
+        if hop.context_ops and any(len(target.preds) > 1 for target in hop.targets):
+            # The claim marks this branch resolved before its context writes land, so the
+            # branch completing the join could fire it first and the join would read without
+            # them; the generic path writes the context before it marks.
+            return HopCommit("slow")
         # An invalid patch must fail the job before the claim makes its result final.
         patch_writes(hop.context_ops)
         record = record_with_ops(hop.result_record, hop.context_ops)
