@@ -222,21 +222,26 @@ class PubSubQueue:
         received: list[ReceivedMessage] = list(response.received_messages) if response else []
         if not received:
             return []
-        if self._lease != self._subscription_deadline:
+        ids = [m.ack_id for m in received]
+
+        async def lease() -> None:
             # Before the jobs are handed out, so no release can overtake it.
-            ids = [m.ack_id for m in received]
-            await self._call(
-                lambda: subscriber.modify_ack_deadline(
-                    subscription=path, ack_ids=ids, ack_deadline_seconds=self._lease
+            if self._lease != self._subscription_deadline:
+                await self._call(
+                    lambda: subscriber.modify_ack_deadline(
+                        subscription=path, ack_ids=ids, ack_deadline_seconds=self._lease
+                    )
                 )
-            )
+
         claims: list[Claim | None] = [None] * len(received)
-        if self._claims is not None:
+        if self._claims is None:
+            await lease()
+        else:
             claims = [
                 self._claims.of(bytes(m.message.data), m.message.message_id, m.ack_id)
                 for m in received
             ]
-            received, claims = await self._sort_out(received, claims)
+            (received, claims), _ = await asyncio.gather(self._sort_out(received, claims), lease())
         return [
             Delivery(
                 bytes(m.message.data).decode("utf-8", "replace"),
