@@ -12,6 +12,17 @@ from flowcraft_services import installers, procs
 from flowcraft_services.base import Launch, LocalService
 
 NPM_SPEC = "@vercel/cosmosdb-server@1.0.1"
+# The package's command line cannot turn on keep-alive, and without it the server answers every
+# request with "Connection: close": each request then pays a TLS handshake (most of a
+# client's CPU per request here), which Cosmos DB itself never asks for. So the server is
+# started from its library, as its command line does, with keepAlive on.
+_SERVE = """
+const [lib, host, port] = process.argv.slice(1);
+const server = require(lib).createHttpsServer({ keepAlive: true });
+server.listen(Number(port), host, () => {
+  console.log(`Ready to accept HTTPS connections at ${host}:${port}`);
+});
+"""
 # The Cosmos emulator's published key; the server accepts any valid base64 key.
 KEY = "C2y6yDjf5/R+ob0N8A7Cgv30VRDJIWEHLM+4QDU5DE2nQ9nDuVTqobD4b8mGGyPMbIZnqyMsEcaGQy67XIw/Jw=="
 
@@ -59,10 +70,12 @@ class CosmosService(LocalService):
 
     def launch(self, workdir: Path) -> Launch:
         """Start the server; its output goes to a file (it logs a stack trace per 500)."""
-        exe = installers.npm_install(NPM_SPEC, "cosmosdb-server")
+        installers.npm_install(NPM_SPEC, "cosmosdb-server")
+        node = installers.require_tool("node", "install Node.js (Debian: apt-get install nodejs)")
+        lib = installers.npm_package_dir(NPM_SPEC)
         port = procs.free_port()
         proc = procs.spawn(
-            [str(exe), "--host", procs.LOOPBACK, "-p", str(port)],
+            [node, "-e", _SERVE, str(lib), procs.LOOPBACK, str(port)],
             log_path=self.log_path,
             cwd=workdir,
         )
