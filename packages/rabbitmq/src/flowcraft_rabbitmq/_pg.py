@@ -3,6 +3,11 @@
 Schema changes are additive and idempotent (``CREATE … IF NOT EXISTS``, ``ADD COLUMN IF NOT
 EXISTS``): every adapter applies :data:`SCHEMA` on first use, so a newer release migrates the
 tables in place as its first worker starts, and older workers keep working on them.
+
+Statements go through :meth:`Pool.fetch`, which sends the statements queued in one event-loop
+tick together, pipelined on one connection: a burst (thousands of waits and starts in one
+client, a worker's concurrent jobs) costs a round trip per batch instead of per statement, and
+a pooled connection per batch instead of per statement.
 """
 
 from __future__ import annotations
@@ -10,8 +15,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
 
 import psycopg
 import psycopg_pool
@@ -23,7 +28,6 @@ from flowcraft_rabbitmq.settings import RabbitSettings
 __all__ = ["Pool", "translated"]
 
 _log = logging.getLogger("flowcraft.rabbitmq")
-T = TypeVar("T")
 
 translated = translate_errors(
     "postgresql",
@@ -132,6 +136,12 @@ $$;
 
 _RETRIES = 5
 _BACKOFF = 0.05
+_BATCH = 64
+"""Most statements in one pipelined round trip."""
+
+Params = Sequence[Any] | Mapping[str, Any]
+Rows = list[tuple[Any, ...]]
+_Queued = tuple[str, Params, "asyncio.Future[Rows]"]
 
 
 class Pool:
@@ -162,6 +172,10 @@ class Pool:
         self._pool: psycopg_pool.AsyncConnectionPool[Any] | None = None
         self._ready: asyncio.Future[None] | None = None
         self._cleanup: asyncio.Task[None] | None = None
+        self._pending: list[_Queued] = []
+        self._kicked = False
+        self._senders: set[asyncio.Task[None]] = set()
+        self._starting = 0
 
     def query(self, text: str) -> str:
         """``text`` with ``{context}``, ``{runs}``, ``{coordination}``, ``{schema}`` and the
@@ -211,20 +225,71 @@ class Pool:
         async with translated, self._pool.connection() as conn:
             yield conn
 
-    async def run(self, step: Callable[[AsyncConnection[tuple[object, ...]]], Awaitable[T]]) -> T:
-        """``step`` on a pooled connection, tried again on a lost connection (a server
-        restart): steps are written to be safe to repeat."""
-        pause = _BACKOFF
-        for attempt in range(_RETRIES):
-            try:
-                async with self.connection() as conn:
-                    return await step(conn)
-            except ConnectionFailed:
-                if attempt == _RETRIES - 1:
-                    raise
-                await asyncio.sleep(pause)
-                pause *= 2
-        raise AssertionError("unreachable")
+    async def fetch(self, statement: str, params: Params = ()) -> Rows:
+        """The rows of one statement (none for a statement that returns none), sent with the
+        others queued in this tick.
+
+        Each statement is a transaction of its own, as if sent alone; one that fails is run
+        again alone and its caller gets the error. A batch whose connection drops is sent
+        again on a new one (statements are written to be safe to repeat).
+
+        Raises:
+            ConnectionFailed: PostgreSQL could not be reached in :data:`_RETRIES` attempts.
+            AdapterError: The statement failed.
+        """
+        future: asyncio.Future[Rows] = asyncio.get_running_loop().create_future()
+        self._pending.append((statement, params, future))
+        if not self._kicked:
+            self._kicked = True
+            asyncio.get_running_loop().call_soon(self._kick)
+        return await future
+
+    def _kick(self) -> None:
+        self._kicked = False
+        # A sender takes its batch when it starts; more start while the ones starting would
+        # leave statements behind, up to one per pooled connection.
+        while (
+            self._starting * _BATCH < len(self._pending)
+            and len(self._senders) < self.settings.pool_size
+        ):
+            self._starting += 1
+            task = asyncio.ensure_future(self._send())
+            self._senders.add(task)
+            task.add_done_callback(self._sent)
+
+    def _sent(self, task: asyncio.Task[None]) -> None:
+        self._senders.discard(task)
+        if self._pending and not self._kicked:
+            self._kicked = True
+            asyncio.get_running_loop().call_soon(self._kick)
+
+    async def _send(self) -> None:
+        self._starting -= 1
+        batch = [item for item in self._pending[:_BATCH] if not item[2].done()]
+        del self._pending[:_BATCH]
+        if not batch:
+            return
+        try:
+            pause = _BACKOFF
+            for attempt in range(_RETRIES):
+                try:
+                    async with self.connection() as conn:
+                        await _execute(conn, batch)
+                    return
+                except ConnectionFailed:
+                    if attempt == _RETRIES - 1:
+                        raise
+                    await asyncio.sleep(pause)
+                    pause *= 2
+        except BaseException as exc:
+            for _, _, future in batch:
+                if not future.done():
+                    if isinstance(exc, asyncio.CancelledError):
+                        future.cancel()
+                    else:
+                        future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
 
     async def _clean(self) -> None:
         delete = [
@@ -257,9 +322,88 @@ class Pool:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        for sender in list(self._senders):
+            sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sender
+        for _, _, future in self._pending:
+            future.cancel()
+        self._pending.clear()
         ready, self._ready = self._ready, None
         if ready is not None and not ready.done():
             ready.cancel()
         pool, self._pool = self._pool, None
         if pool is not None:
             await pool.close()
+
+
+async def _execute(conn: AsyncConnection[tuple[object, ...]], batch: list[_Queued]) -> None:
+    """Run ``batch`` on ``conn`` and settle its futures; raise only when the connection broke."""
+    alone = batch
+    if len(batch) > 1:
+        cursors = [conn.cursor() for _ in batch]
+        try:
+            async with conn.pipeline() as pipeline:
+                for cursor, (statement, params, _) in zip(cursors, batch, strict=True):
+                    try:
+                        # Not prepared: in a pipeline psycopg marks a statement prepared
+                        # before the server confirms it, which a failure before it undoes.
+                        await cursor.execute(statement, params, prepare=False)
+                    except psycopg.Error:
+                        # An earlier statement's error, surfacing here; this one is queued.
+                        if conn.broken:
+                            raise
+                    # A Sync after every statement: each is a transaction of its own, as
+                    # when sent alone, so batches of different connections never wait on
+                    # each other's row locks (or deadlock), and an error stays with its
+                    # statement. psycopg has no public call that queues a Sync without
+                    # waiting for the results; test_batches.py pins the behaviour.
+                    pipeline._enqueue_sync()
+                await pipeline.sync()
+        except psycopg.Error:
+            if conn.broken:
+                raise
+        alone = []
+        for cursor, item in zip(cursors, batch, strict=True):
+            if cursor.pgresult is None:
+                # It failed (its cursor never got a result): alone again, for its own error.
+                alone.append(item)
+                continue
+            rows = await cursor.fetchall() if cursor.description is not None else []
+            if not item[2].done():
+                item[2].set_result(rows)
+    for statement, params, future in alone:
+        if future.done():
+            continue
+        try:
+            rows = await _one(conn, statement, params)
+        except psycopg.Error as exc:
+            if conn.broken:
+                raise
+            future.set_exception(_translated_error(exc))
+        else:
+            future.set_result(rows)
+
+
+async def _one(conn: AsyncConnection[tuple[object, ...]], statement: str, params: Params) -> Rows:
+    pause = _BACKOFF
+    for attempt in range(_RETRIES):
+        try:
+            cursor = await conn.execute(statement, params)
+            return await cursor.fetchall() if cursor.description is not None else []
+        except psycopg.errors.TransactionRollback:
+            # A deadlock or serialization failure rolled the statement back: safe to repeat.
+            if attempt == _RETRIES - 1 or conn.broken:
+                raise
+            await asyncio.sleep(pause)
+            pause *= 2
+    raise AssertionError("unreachable")
+
+
+def _translated_error(exc: psycopg.Error) -> BaseException:
+    try:
+        with translated:
+            raise exc
+    except BaseException as error:
+        return error
+    raise AssertionError("unreachable")

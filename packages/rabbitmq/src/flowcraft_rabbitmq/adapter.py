@@ -104,7 +104,9 @@ class RabbitAdapter(_RabbitAdapter):
     def _fast_paths(
         self, queue: RabbitQueue, context: ContextStore, coordination: CoordinationStore
     ) -> tuple[HopCommitter | None, ArrivalReader]:
-        # A hop spans Redis and PostgreSQL here, which no one step can.
+        # A hop spans Redis and PostgreSQL here, which no one step can: without a committer
+        # of its own the adapter takes core's split hop (a Lua claim on Redis, one context
+        # patch, the successors published, the job counted done in one step).
         return None, SplitArrivals(coordination, context)
 
 

@@ -75,28 +75,24 @@ class PostgresContextStore:
         )
 
     async def get(self, run_id: str, key: str) -> Any:
-        async with self._pool.connection() as conn:
-            row = await (await conn.execute(self._get, (run_id, key))).fetchone()
-        return None if row is None else decode_value(str(row[0]))
+        rows = await self._pool.fetch(self._get, (run_id, key))
+        return decode_value(str(rows[0][0])) if rows else None
 
     async def set(self, run_id: str, key: str, value: Any) -> None:
         await self.patch(run_id, [{"op": "set", "key": key, "value": value}])
 
     async def has(self, run_id: str, key: str) -> bool:
-        async with self._pool.connection() as conn:
-            return await (await conn.execute(self._has, (run_id, key))).fetchone() is not None
+        return bool(await self._pool.fetch(self._has, (run_id, key)))
 
     async def delete(self, run_id: str, key: str) -> bool:
-        async with self._pool.connection() as conn:
-            row = await (await conn.execute(self._delete, (run_id, key))).fetchone()
-        return row is not None and bool(row[0])
+        rows = await self._pool.fetch(self._delete, (run_id, key))
+        return bool(rows) and bool(rows[0][0])
 
     async def get_many(self, run_id: str, keys: Iterable[str]) -> dict[str, Any]:
         wanted = list(keys)
         if not wanted:
             return {}
-        async with self._pool.connection() as conn:
-            rows = await (await conn.execute(self._many, (run_id, wanted))).fetchall()
+        rows = await self._pool.fetch(self._many, (run_id, wanted))
         return {str(k): decode_value(str(v)) for k, v in rows}
 
     async def patch(self, run_id: str, operations: Iterable[PatchOperation]) -> None:
@@ -105,17 +101,11 @@ class PostgresContextStore:
             return
         values = encoded_values(sets)
         params = {"run": run_id, "deletes": deletes, "keys": list(sets), "values": values}
-
-        async def write(conn: Any) -> None:
-            await conn.execute(self._patch, params)
-
-        await self._pool.run(write)
+        await self._pool.fetch(self._patch, params)
 
     async def to_dict(self, run_id: str) -> dict[str, Any]:
-        async with self._pool.connection() as conn:
-            rows = await (await conn.execute(self._all, (run_id,))).fetchall()
+        rows = await self._pool.fetch(self._all, (run_id,))
         return {str(k): decode_value(str(v)) for k, v in rows}
 
     async def delete_run(self, run_id: str) -> None:
-        async with self._pool.connection() as conn:
-            await conn.execute(self._delete_run, (run_id,))
+        await self._pool.fetch(self._delete_run, (run_id,))

@@ -36,7 +36,7 @@ def assemble(
 class PostgresCoordinationStore:
     """A :class:`~flowcraft.backend.CoordinationStore` on PostgreSQL (``<prefix>coordination``).
 
-    Calls whose connection drops are tried again (:meth:`Pool.run`); ``set_if_not_exist``
+    Calls whose connection drops are tried again (:meth:`Pool.fetch`); ``set_if_not_exist``
     keeps the writer's token in the row, so a retried win still reads as won.
     """
 
@@ -83,11 +83,8 @@ class PostgresCoordinationStore:
         self._delete_many = q("DELETE FROM {coordination} WHERE key = ANY(%(keys)s)")
 
     async def _one(self, statement: str, params: dict[str, Any]) -> tuple[Any, ...] | None:
-        async def step(conn: Any) -> tuple[Any, ...] | None:
-            row: tuple[Any, ...] | None = await (await conn.execute(statement, params)).fetchone()
-            return row
-
-        return await self._pool.run(step)
+        rows = await self._pool.fetch(statement, params)
+        return rows[0] if rows else None
 
     async def increment(self, key: str, ttl: float) -> int:
         row = await self._one(self._increment, {"key": key, "ttl": ttl})
@@ -116,14 +113,8 @@ class PostgresCoordinationStore:
         wanted = list({*keys, *set_keys})
         if not wanted:
             return [], []
-
-        async def step(conn: Any) -> list[tuple[Any, ...]]:
-            rows: list[tuple[Any, ...]] = await (
-                await conn.execute(self._read, {"keys": wanted})
-            ).fetchall()
-            return rows
-
-        found = {str(key): (value, members) for key, value, members in await self._pool.run(step)}
+        rows = await self._pool.fetch(self._read, {"keys": wanted})
+        found = {str(key): (value, members) for key, value, members in rows}
         return assemble(found, keys, set_keys)
 
     async def extend_ttl(self, key: str, ttl: float) -> bool:
@@ -133,18 +124,11 @@ class PostgresCoordinationStore:
         return (await self.read([key], []))[0][0]
 
     async def delete(self, key: str) -> None:
-        async def step(conn: Any) -> None:
-            await conn.execute(self._delete, {"key": key})
-
-        await self._pool.run(step)
+        await self._pool.fetch(self._delete, {"key": key})
 
     async def delete_many(self, keys: Sequence[str]) -> None:
         """Remove every present key of ``keys`` in one statement (a finished run's
         bookkeeping is a dozen keys per node)."""
         wanted = list(keys)
-
-        async def step(conn: Any) -> None:
-            await conn.execute(self._delete_many, {"keys": wanted})
-
         if wanted:
-            await self._pool.run(step)
+            await self._pool.fetch(self._delete_many, {"keys": wanted})

@@ -22,6 +22,7 @@ import orjson
 import psycopg
 
 from flowcraft.backend import (
+    AdapterError,
     Arrival,
     ContextStore,
     CoordinationStore,
@@ -92,18 +93,18 @@ class PostgresHop:
         }
         params = (orjson.dumps(spec).decode(), keys, values, sorted(deletes), self._state_ttl)
 
-        async def step(conn: Any) -> list[str] | None:
-            try:
-                row = await (await conn.execute(self._hop, params)).fetchone()
-            except psycopg.errors.DeadlockDetected:
-                # Rolled back whole: the generic path makes the same changes call by call.
-                return None
-            return None if row is None or row[0] is None else [str(v) for v in row[0]]
-
-        reply = await self._pool.run(step)
+        try:
+            rows = await self._pool.fetch(self._hop, params)
+        except AdapterError as exc:
+            if isinstance(exc.__cause__, psycopg.errors.DeadlockDetected):
+                # Rolled back whole, deadlocked again when tried again: the generic path
+                # makes the same changes call by call.
+                return HopCommit("slow")
+            raise
+        reply = rows[0][0] if rows else None
         if reply is None:
             return HopCommit("slow")
-        outcome, fired = reply[0], reply[1:]
+        outcome, fired = str(reply[0]), [str(v) for v in reply[1:]]
         won = set(fired)
         await self._queue.enqueue_many([t.body for t in hop.targets if t.member in won])
         return HopCommit("quiescent" if outcome == "quiescent" else "applied", fired)
@@ -118,15 +119,9 @@ class PostgresHop:
         """The coordination reads and the context fields in one query."""
         params = {"keys": list({*keys, *set_keys}), "run": run_id, "fields": context_keys or []}
 
-        async def step(conn: Any) -> list[tuple[Any, ...]]:
-            rows: list[tuple[Any, ...]] = await (
-                await conn.execute(self._arrival, params)
-            ).fetchall()
-            return rows
-
         found: dict[str, tuple[Any, Any]] = {}
         fields: dict[str, Any] = {}
-        for is_field, key, value, members in await self._pool.run(step):
+        for is_field, key, value, members in await self._pool.fetch(self._arrival, params):
             if is_field:
                 fields[str(key)] = value
             else:

@@ -54,6 +54,14 @@ HOLDER = "x-flowcraft-holder"
 DELIVERIES = "x-flowcraft-deliveries"
 """Deliveries a parked job had before its copy was published (the copy's count starts over)."""
 
+# aiormq queues at most FRAME_BUFFER_SIZE (10) outgoing frames per connection, and a publish
+# that finds the queue full waits for room holding its channel's lock: under a burst (a client
+# starting thousands of runs, a worker publishing many jobs' successors) publishes then go out
+# one per event-loop turn, and waited up to 30 s for the lock in the 2,000-wait test. The
+# frames are built before they are queued, so a longer queue holds only what the publishing
+# tasks hold anyway; raised, never lowered, for every aiormq connection of the process.
+aiormq.Connection.FRAME_BUFFER_SIZE = max(aiormq.Connection.FRAME_BUFFER_SIZE, 4096)
+
 _PUBLISH_TIMEOUT = 30.0
 _SETTLE_TIMEOUT = 5.0
 _translated = translate_errors(
@@ -181,8 +189,16 @@ class RabbitQueue:
             expiration=expiration,
         )
         async with _translated:
-            await channel.default_exchange.publish(
-                message, routing_key=routing_key, timeout=_PUBLISH_TIMEOUT
+            underlay = await channel.get_underlay_channel()
+            # wait=False: a publish holds the channel's lock only while its frames are queued,
+            # not until the socket is drained, so concurrent publishes go out together instead
+            # of one per event-loop turn; the broker's confirm is still awaited.
+            await underlay.basic_publish(
+                body,
+                routing_key=routing_key,
+                properties=message.properties,
+                timeout=_PUBLISH_TIMEOUT,
+                wait=False,
             )
 
     @property

@@ -47,13 +47,12 @@ class PostgresResultChannel:
     async def publish(self, run_id: str, result: WorkflowResult | None) -> None:
         """Store the TypeScript status record (final results) and wake every waiter."""
         channel = self._pool.channel
-        async with self._pool.connection() as conn:
-            if result is None or result.status == "awaiting":
-                await conn.execute(self._wake, (channel, run_id))
-                return
-            data = orjson.dumps(ts_status(result)).decode()
-            params = {"run": run_id, "status": result.status, "data": data, "channel": channel}
-            await conn.execute(self._final, params)
+        if result is None or result.status == "awaiting":
+            await self._pool.fetch(self._wake, (channel, run_id))
+            return
+        data = orjson.dumps(ts_status(result)).decode()
+        params = {"run": run_id, "status": result.status, "data": data, "channel": channel}
+        await self._pool.fetch(self._final, params)
 
     async def listen(self, woken: Woken) -> None:
         """Join this process's listener of the channel; return once it listens."""
