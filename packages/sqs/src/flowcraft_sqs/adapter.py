@@ -20,6 +20,7 @@ from flowcraft_sqs.arrival import DynamoArrivalReader
 from flowcraft_sqs.clients import Clients
 from flowcraft_sqs.context import DynamoContextStore
 from flowcraft_sqs.coordination import DynamoCoordinationStore
+from flowcraft_sqs.hop import DynamoHopCommitter
 from flowcraft_sqs.queue import SqsQueue
 from flowcraft_sqs.results import SqsResultChannel
 from flowcraft_sqs.settings import SqsSettings
@@ -58,11 +59,13 @@ class SqsAdapter(DistributedAdapter):
         table = Table(self.clients)
         context = DynamoContextStore(table)
         coordination = DynamoCoordinationStore(table)
+        queue = SqsQueue(self.clients)
         super().__init__(
-            queue=SqsQueue(self.clients),
+            queue=queue,
             context=context,
             coordination=coordination,
             results=SqsResultChannel(self.clients, table),
+            hops=DynamoHopCommitter(table, coordination, context, queue),
             arrivals=DynamoArrivalReader(table, coordination, context),
             closers=[self.clients.close],
             registry=registry,

@@ -141,6 +141,18 @@ class DynamoContextStore:
                 )
                 stale = {k[1]: int(h[_PARTS]["N"]) for k, h in heads.items() if _PARTS in h}
 
+    def hop_items(
+        self, run_id: str, sets: dict[str, bytes], deletes: list[str]
+    ) -> list[dict[str, Any]] | None:
+        """A validated patch's items for a hop's transaction; None when it needs more than
+        one transaction or continuation items (the generic path then writes it)."""
+        if any(len(raw) > INLINE_BYTES for raw in sets.values()):
+            return None
+        if not sets and not deletes:
+            return []
+        groups = self._transactions(run_id, sets, deletes, None)
+        return groups[0] if len(groups) == 1 else None
+
     def _transactions(
         self,
         run_id: str,

@@ -171,6 +171,11 @@ class DynamoCoordinationStore:
         with translated("dynamodb"):
             await client.delete_item(TableName=self._table.name, Key=self._key(key))
 
+    async def delete_many(self, keys: Sequence[str]) -> None:
+        """Delete every present key of ``keys`` (a finished run's bookkeeping), 25 per
+        ``BatchWriteItem``."""
+        await self._table.batch_delete(self.item_keys(keys))
+
 
 def _expiry_values(ttl: float) -> dict[str, Any]:
     attributes = expiry(ttl)

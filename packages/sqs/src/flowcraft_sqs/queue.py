@@ -85,6 +85,7 @@ class SqsQueue:
         self._buffer: list[Delivery] = []
         self._sends: Batcher[_Send] = Batcher(self._send_batch)
         self._deletes: Batcher[Receipt] = Batcher(self._delete_batch)
+        self._leases: Batcher[tuple[Receipt, int]] = Batcher(self._lease_batch)
 
     # ----------------------------------------------------------------------- the queues
 
@@ -258,19 +259,22 @@ class SqsQueue:
         await self._visibility(receipt, wanted)
 
     async def _visibility(self, receipt: Receipt, seconds: int) -> None:
+        await self._leases.submit((receipt, seconds))
+
+    async def _lease_batch(
+        self, leases: Sequence[tuple[Receipt, int]]
+    ) -> list[BaseException | None]:
+        # One heartbeat renews every job a worker holds at once: one request per ten jobs.
         client, url, _ = await self._client()
+        entries: list[ChangeMessageVisibilityBatchRequestEntryTypeDef] = [
+            {"Id": str(i), "ReceiptHandle": r.receipt, "VisibilityTimeout": seconds}
+            for i, (r, seconds) in enumerate(leases)
+        ]
         with translated("sqs"):
-            try:
-                await client.change_message_visibility(
-                    QueueUrl=url, ReceiptHandle=receipt.receipt, VisibilityTimeout=seconds
-                )
-            except Exception as exc:
-                # Deleted or redelivered meanwhile: there is nothing left to lease.
-                if "ReceiptHandleIsInvalid" in error_code(
-                    exc
-                ) or "MessageNotInflight" in error_code(exc):
-                    return
-                raise
+            reply = await client.change_message_visibility_batch(QueueUrl=url, Entries=entries)
+        # Deleted or redelivered meanwhile: there is nothing left to lease.
+        failed = [f for f in reply.get("Failed", []) if not _settled(f.get("Code", ""))]
+        return _outcomes(len(leases), failed, "changing a job's visibility")
 
     async def stop_receiving(self) -> None:
         poll, self._poll = self._poll, None
@@ -314,6 +318,11 @@ def _delivery(message: MessageTypeDef) -> Delivery:
     )
     count = int(attributes.get("ApproximateReceiveCount", "1"))
     return Delivery(message.get("Body", ""), receipt, max(1, count))
+
+
+def _settled(code: str) -> bool:
+    """Whether a receipt's error means its message was deleted or handed out again."""
+    return "ReceiptHandleIsInvalid" in code or "MessageNotInflight" in code
 
 
 def _missing(exc: BaseException) -> bool:

@@ -18,13 +18,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
-from flowcraft.backend import Woken
+from flowcraft.backend import AdapterError, Woken
 from flowcraft.result import WorkflowResult
+from flowcraft_sqs.batch import Batcher
 from flowcraft_sqs.clients import Clients, error_code, translated
 from flowcraft_sqs.table import SK, Table, expiry, key
 
@@ -50,6 +53,7 @@ class SqsResultChannel:
         self._id = uuid.uuid4().hex
         self._url: str | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._wakes: dict[str, Batcher[str]] = {}
 
     async def publish(self, run_id: str, result: WorkflowResult | None) -> None:
         """Send ``run_id`` to every live listener's reply queue."""
@@ -62,14 +66,31 @@ class SqsResultChannel:
         )
 
     async def _wake(self, client: Any, url: str, listener: str, run_id: str) -> None:
+        wakes = self._wakes.get(url)
+        if wakes is None:
+            wakes = self._wakes[url] = Batcher(functools.partial(self._send_wakes, client, url))
+        try:
+            await wakes.submit(run_id)
+        except Exception as exc:
+            if not _gone(exc.__cause__ or exc):
+                raise
+            # Its process closed or died since it registered.
+            self._wakes.pop(url, None)
+            await self._unregister(listener)
+
+    async def _send_wakes(
+        self, client: Any, url: str, run_ids: Sequence[str]
+    ) -> list[BaseException | None]:
+        """One ``SendMessageBatch`` of wakes (a thousand runs ending at once cost a hundred
+        requests per listener, not a thousand)."""
+        entries = [{"Id": str(i), "MessageBody": run_id} for i, run_id in enumerate(run_ids)]
         with translated("sqs"):
-            try:
-                await client.send_message(QueueUrl=url, MessageBody=run_id)
-            except Exception as exc:
-                if not _gone(exc):
-                    raise
-                # Its process closed or died since it registered.
-                await self._unregister(listener)
+            reply = await client.send_message_batch(QueueUrl=url, Entries=entries)
+        out: list[BaseException | None] = [None] * len(run_ids)
+        for failure in reply.get("Failed", []):
+            message = f"sqs error sending a wake: {failure.get('Code')}: {failure.get('Message')}"
+            out[int(failure["Id"])] = AdapterError(message)
+        return out
 
     async def listen(self, woken: Woken) -> None:
         """Create and register this process's reply queue, then wake ``woken`` from it."""

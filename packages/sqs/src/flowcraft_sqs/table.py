@@ -63,6 +63,8 @@ class Table:
         self.settings = clients.settings
         self.name = clients.settings.table
         self._ready: asyncio.Future[None] | None = None
+        self._reads: list[tuple[list[Key], asyncio.Future[dict[Key, Item]]]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def client(self) -> DynamoDBClient:
         """The DynamoDB client, once the table exists."""
@@ -112,14 +114,54 @@ class Table:
     async def batch_get(
         self, keys: Sequence[Key], projection: Sequence[str] | None = None
     ) -> dict[Key, Item]:
-        """The live items among ``keys`` (strongly consistent), by key."""
+        """The live items among ``keys`` (strongly consistent), by key.
+
+        Whole-item reads asked for in the same event-loop tick (the arrival reads of jobs
+        received together, a reconciler's scan of many runs) share ``BatchGetItem``
+        requests of up to 100 keys.
+        """
+        if projection:
+            return await self._batch_get(keys, projection)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[dict[Key, Item]] = loop.create_future()
+        if not self._reads:
+            loop.call_soon(self._read_together)
+        self._reads.append((list(keys), future))
+        return await future
+
+    def _read_together(self) -> None:
+        reads, self._reads = self._reads, []
+        task = asyncio.ensure_future(self._serve(reads))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _serve(self, reads: list[tuple[list[Key], asyncio.Future[dict[Key, Item]]]]) -> None:
+        try:
+            found = await self._batch_get([k for keys, _ in reads for k in keys], None)
+        except Exception as exc:
+            for _, future in reads:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        except BaseException:
+            for _, future in reads:
+                future.cancel()
+            raise
+        for keys, future in reads:
+            if not future.done():
+                future.set_result({k: found[k] for k in keys if k in found})
+
+    async def _batch_get(
+        self, keys: Sequence[Key], projection: Sequence[str] | None
+    ) -> dict[Key, Item]:
         client = await self.client()
         unique = list(dict.fromkeys(keys))
         found: dict[Key, Item] = {}
         now = now_ms()
-        for start in range(0, len(unique), _BATCH_GET):
+
+        async def chunk(part: Sequence[Key]) -> None:
             request: dict[str, Any] = {
-                "Keys": [key(pk, sk) for pk, sk in unique[start : start + _BATCH_GET]],
+                "Keys": [key(pk, sk) for pk, sk in part],
                 "ConsistentRead": True,
             }
             if projection:
@@ -139,6 +181,12 @@ class Table:
                     # Throttled: back off before asking for the rest.
                     await asyncio.sleep(pause)
                     pause = min(1.0, pause * 2)
+
+        parts = [unique[i : i + _BATCH_GET] for i in range(0, len(unique), _BATCH_GET)]
+        if len(parts) == 1:
+            await chunk(parts[0])
+        elif parts:
+            await asyncio.gather(*(chunk(part) for part in parts))
         return found
 
     async def query(self, pk: str, projection: Sequence[str] | None = None) -> list[Item]:
