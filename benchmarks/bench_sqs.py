@@ -13,8 +13,8 @@ event loop and once with boto3 in threads, as many chains as runs, as many messa
 executions. Then single ``chain20`` runs: per-hop latency and completion seen. Last, the same
 throughput cases on Redis Streams (``redis-streams``), for the figure beside ours.
 
-Servers: ElasticMQ (SQS) and DynamoDB Local from ``flowcraft_services``, chosen explicitly
-(never an ambient ``AWS_ENDPOINT_URL_*``, which may be another provider's); Redis likewise.
+Servers: ElasticMQ (SQS) and DynamoDB Local from ``flowcraft_services`` (each provider exports
+variables of its own, so an env file from ``services up all`` names these two); Redis likewise.
 Writes JSON to ``--out`` and a markdown summary beside it.
 """
 
@@ -64,12 +64,8 @@ KB = 1024
 
 def start_service(name: str) -> dict[str, str]:
     from flowcraft_services import resolve
-    from flowcraft_services.registry import PROVIDERS, canonical
 
-    mode = os.environ.get("FLOWCRAFT_SERVICES_MODE")
-    if mode is None and os.environ.get(PROVIDERS[canonical(name)].env_vars[0]):
-        mode = "local"
-    return dict(resolve(name, mode).start())
+    return dict(resolve(name).start())
 
 
 class Servers:

@@ -3,9 +3,11 @@
 ``FLOWCRAFT_SQS_SERVERS=moto`` runs the suite against moto server instead (both services in
 one process; it enforces limits ElasticMQ does not, e.g. the 12-hour visibility cap).
 
-The servers are chosen here, not by ambient variables: ``services up all`` writes one env
-file in which the last provider's ``AWS_ENDPOINT_URL_*`` win, so the endpoints each provider
-returns are passed to the adapters and workers explicitly.
+The endpoints each provider returns are passed to the adapters and workers explicitly, never
+left to ambient variables: moto exports ``AWS_ENDPOINT_URL`` (every service), ElasticMQ
+``AWS_ENDPOINT_URL_SQS`` and DynamoDB Local ``AWS_ENDPOINT_URL_DYNAMODB``, and botocore prefers
+the per-service ones, so a shell with all three set reaches the emulators whatever the
+profile.
 """
 
 from __future__ import annotations
@@ -40,13 +42,8 @@ _TABLE = "flowcraft-contract"
 
 def _start(name: str) -> dict[str, str]:
     from flowcraft_services import resolve
-    from flowcraft_services.registry import PROVIDERS, canonical
 
-    mode = os.environ.get("FLOWCRAFT_SERVICES_MODE")
-    if mode is None and os.environ.get(PROVIDERS[canonical(name)].env_vars[0]):
-        # An ambient endpoint may be another provider's (see the module docstring).
-        mode = "local"
-    return dict(resolve(name, mode).start())
+    return dict(resolve(name).start())
 
 
 class Deployment:
@@ -78,8 +75,8 @@ class Fixture:
         sqs_name, dynamodb_name = _PROFILES[profile]
         sqs_env = _start(sqs_name)
         dynamodb_env = sqs_env if dynamodb_name == sqs_name else _start(dynamodb_name)
-        sqs = sqs_env["AWS_ENDPOINT_URL_SQS"]
-        dynamodb = dynamodb_env["AWS_ENDPOINT_URL_DYNAMODB"]
+        sqs = sqs_env.get("AWS_ENDPOINT_URL_SQS") or sqs_env["AWS_ENDPOINT_URL"]
+        dynamodb = dynamodb_env.get("AWS_ENDPOINT_URL_DYNAMODB") or dynamodb_env["AWS_ENDPOINT_URL"]
         self.env = {
             "AWS_ACCESS_KEY_ID": sqs_env["AWS_ACCESS_KEY_ID"],
             "AWS_SECRET_ACCESS_KEY": sqs_env["AWS_SECRET_ACCESS_KEY"],

@@ -1,4 +1,11 @@
-"""moto server: SQS and DynamoDB in one process, the correctness reference."""
+"""moto server: SQS and DynamoDB in one process, the correctness reference.
+
+It exports only ``AWS_ENDPOINT_URL`` (every AWS service), never the per-service variables
+ElasticMQ (``AWS_ENDPOINT_URL_SQS``) and DynamoDB Local (``AWS_ENDPOINT_URL_DYNAMODB``)
+export: no variable has two writers, so the env file ``services up all`` writes is the same
+whatever order the servers start in. botocore prefers a per-service variable to the global
+one, so with all three up a client reaches the emulators, and with moto alone moto.
+"""
 
 from __future__ import annotations
 
@@ -19,12 +26,7 @@ class MotoService(LocalService):
 
     name: ClassVar[str] = "moto"
     summary: ClassVar[str] = "moto server 5.2.5 (SQS + DynamoDB)"
-    env_vars: ClassVar[tuple[str, ...]] = (
-        "AWS_ENDPOINT_URL",
-        "AWS_ENDPOINT_URL_SQS",
-        "AWS_ENDPOINT_URL_DYNAMODB",
-        *aws.CREDENTIALS,
-    )
+    env_vars: ClassVar[tuple[str, ...]] = ("AWS_ENDPOINT_URL", *aws.CREDENTIALS)
     start_timeout: ClassVar[float] = 60.0
 
     def install(self) -> None:
@@ -40,21 +42,13 @@ class MotoService(LocalService):
             log_path=self.log_path,
         )
         url = f"http://{procs.LOOPBACK}:{port}"
-        return Launch(
-            [proc],
-            {
-                "AWS_ENDPOINT_URL": url,
-                "AWS_ENDPOINT_URL_SQS": url,
-                "AWS_ENDPOINT_URL_DYNAMODB": url,
-                **aws.CREDENTIALS,
-            },
-        )
+        return Launch([proc], {"AWS_ENDPOINT_URL": url, **aws.CREDENTIALS})
 
     @classmethod
     def probe(cls, env: Mapping[str, str]) -> None:
         """List queues and tables."""
-        aws.client("sqs", aws.sqs_endpoint(env)).list_queues()
-        aws.client("dynamodb", aws.dynamodb_endpoint(env)).list_tables()
+        aws.client("sqs", env["AWS_ENDPOINT_URL"]).list_queues()
+        aws.client("dynamodb", env["AWS_ENDPOINT_URL"]).list_tables()
 
     @classmethod
     def wipe(cls, env: Mapping[str, str]) -> None:
