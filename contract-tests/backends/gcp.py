@@ -8,12 +8,17 @@ prefix of its own; reset deletes them all.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import os
+import signal
 import subprocess
+import sys
+import tempfile
 import uuid
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import redis as sync_redis
@@ -33,6 +38,8 @@ _SERVICES = (
     ("redis", "REDIS_URL"),
 )
 _SOURCE_COUNT = "CloudPubSubDeadLetterSourceDeliveryCount"
+_SUPPORT = Path(__file__).parents[2] / "packages" / "redis" / "tests"
+"""Where the Redis package's test servers live (a private, restartable redis-server)."""
 
 
 class Deployment:
@@ -99,6 +106,34 @@ class Fixture:
     def deployment(self, *, lease: float) -> Deployment:
         """A fresh topic, subscriptions, collections and key prefix for one test."""
         return Deployment(self.base, lease)
+
+    @contextlib.asynccontextmanager
+    async def restartable(
+        self, *, lease: float
+    ) -> AsyncIterator[tuple[Deployment, Callable[[float], Awaitable[None]]]]:
+        """A deployment whose Redis is a private redis-server (``appendonly yes``,
+        ``appendfsync always``), and its restart: SIGKILL, a pause, the same port and data.
+
+        Only Redis restarts: it is the one server of this backend a deployment runs itself.
+        Pub/Sub and Firestore are services that do not restart under their clients, and their
+        emulators keep everything in memory (a restarted emulator is an empty one)."""
+        if str(_SUPPORT) not in sys.path:
+            sys.path.insert(0, str(_SUPPORT))
+        from redis_test_support import RedisServer
+
+        with tempfile.TemporaryDirectory(prefix="flowcraft-gcp-restart-") as workdir:
+            server = RedisServer(Path(workdir), persistent=True)
+
+            async def restart(down_for: float) -> None:
+                await asyncio.to_thread(server.restart, signal.SIGKILL, down_for)
+
+            server.start()
+            deployment = Deployment(dataclasses.replace(self.base, redis_url=server.url), lease)
+            try:
+                yield deployment, restart
+            finally:
+                await self.reset(deployment)
+                server.stop()
 
     def adapter(
         self,
