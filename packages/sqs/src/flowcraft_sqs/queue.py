@@ -13,7 +13,9 @@
   queue; ``dead_letter`` sends a job there itself, with its reason as the message attribute
   ``reason``, then deletes it.
 * Bodies are the TypeScript adapters' plain JSON; the run id also travels as the message
-  attribute ``runId``. A FIFO queue deduplicates by the job's id (run, node, iteration).
+  attribute ``runId``. A FIFO queue deduplicates by a digest of the body (the same job sent
+  twice within five minutes, e.g. a successor re-sent by a redelivered job, is kept once); every
+  job is a message group of its own, so no job waits behind another.
 """
 
 from __future__ import annotations
@@ -343,16 +345,10 @@ def _run_id(body: str) -> str | None:
 
 
 def _identity(body: str) -> tuple[str | None, str]:
-    """The run id and the FIFO deduplication id (the job's id) of a body."""
-    try:
-        job = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        job = None
-    if not isinstance(job, dict):
-        return None, hashlib.sha256(body.encode()).hexdigest()
-    run_id = job.get("runId") if isinstance(job.get("runId"), str) else None
-    ident = f"{run_id}\n{job.get('nodeId')}\n{job.get('iteration', 0)}"
-    return run_id, hashlib.sha256(ident.encode()).hexdigest()
+    """The run id and the FIFO deduplication id of a body: a digest of the whole body, so
+    only the same job sent again is dropped (a retry's next attempt, a fallback standing in
+    for another primary, a resume differ from it in their bodies)."""
+    return _run_id(body), hashlib.sha256(body.encode()).hexdigest()
 
 
 def _outcomes(count: int, failed: Sequence[Any], doing: str) -> list[BaseException | None]:

@@ -31,7 +31,8 @@ class SqsSettings:
         queue: Name of the job queue (``.fifo`` is appended for a FIFO queue).
         table: Name of the DynamoDB table holding contexts and coordination items.
         key_prefix: Prefix of every item's partition key, so deployments can share a table.
-        fifo: Whether the job queue is a FIFO queue (deduplication id = the job's id).
+        fifo: Whether the job queue is a FIFO queue (deduplication id = a digest of the
+            job's body, each job a message group of its own).
         max_receive_count: Receives after which SQS moves a job to the dead-letter queue by
             itself (the redrive policy); keep it above the worker's ``max_deliveries`` so
             the worker gives up first and fails the run with the reason.
