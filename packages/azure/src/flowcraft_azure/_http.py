@@ -1,8 +1,8 @@
-"""``HttpPool``: the one aiohttp session an adapter's Azure clients share.
+"""``HttpPool``: an aiohttp session the Azure clients of one account share.
 
 Each Azure SDK client would otherwise open an aiohttp session (and a connection pool of up to
-100 connections) of its own; one bounded pool keeps a process's connections to the storage
-account and the Cosmos account together under ``http_connections``.
+100 connections) of its own; the adapter keeps one bounded pool for the storage account and
+one for the Cosmos account, together ``http_connections``.
 """
 
 from __future__ import annotations

@@ -62,17 +62,24 @@ class AzureAdapter(DistributedAdapter):
         redis_settings = self.settings.redis()
         self.redis = redis_settings.client()
         self.batcher = Batcher(self.redis, redis_settings.retry())
-        self.http = HttpPool(self.settings.http_connections)
-        self.cosmos = CosmosAccount(self.settings, self.http)
+        # A pool per account: aiohttp bounds the connections in use, not the idle ones kept
+        # for each host, so one pool over two hosts could hold twice its limit.
+        storage_share = max(1, self.settings.http_connections // 2)
+        self.http = (
+            HttpPool(storage_share),
+            HttpPool(max(1, self.settings.http_connections - storage_share)),
+        )
+        self.cosmos = CosmosAccount(self.settings, self.http[1])
         parts = (self.redis, redis_settings, self.batcher)
-        queue = StorageQueue(self.settings, self.http)
+        queue = StorageQueue(self.settings, self.http[0])
+        closers = [pool.close for pool in self.http]
         super().__init__(
             queue=queue,
             context=CosmosContextStore(self.cosmos),
             coordination=RedisCoordinationStore(*parts),
             results=AzureResultChannel(self.cosmos, RedisResultChannel(*parts)),
             events=RedisEventLog(*parts),
-            closers=[queue.close, self.cosmos.close, self.http.close, self._close_redis],
+            closers=[queue.close, self.cosmos.close, *closers, self._close_redis],
             registry=registry,
             blueprints=blueprints,
             lease=lease,
@@ -84,6 +91,6 @@ class AzureAdapter(DistributedAdapter):
         await self.redis.aclose()
 
     def connections(self) -> int:
-        """The HTTP connections this adapter holds open (storage account and Cosmos, one
-        pool); its Redis connections are counted by the server (``CLIENT LIST``)."""
-        return self.http.connections()
+        """The HTTP connections this adapter holds open (storage account and Cosmos); its
+        Redis connections are counted by the server (``CLIENT LIST``)."""
+        return sum(pool.connections() for pool in self.http)

@@ -19,6 +19,7 @@ escaped: ``~`` → ``~0``, ``/`` → ``~1``); only a patch of more than 10 keys,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections.abc import Iterable
 from typing import Any
@@ -162,7 +163,5 @@ class CosmosContextStore:
     async def delete_run(self, run_id: str) -> None:
         proxy = await self._account.container(self._container)
         async with cosmos_errors:
-            try:
+            with contextlib.suppress(cosmos_exceptions.CosmosResourceNotFoundError):
                 await proxy.delete_item(item_id(run_id), partition_key=run_id)
-            except cosmos_exceptions.CosmosResourceNotFoundError:
-                pass

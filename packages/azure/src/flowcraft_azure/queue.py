@@ -232,7 +232,9 @@ class StorageQueue:
         for queue in list(_wakes.get(self.url, ())):
             queue._wake()
 
-    async def _settle(self, delivery: Delivery, action: Callable[[_Lease], Awaitable[None]]) -> None:
+    async def _settle(
+        self, delivery: Delivery, action: Callable[[_Lease], Awaitable[None]]
+    ) -> None:
         lease = delivery.handle
         if not isinstance(lease, _Lease) or self._abandoned:
             return
@@ -252,7 +254,7 @@ class StorageQueue:
         except AdapterError as exc:
             # Gone already, or its lease ran out and another worker holds it (a new receipt):
             # that delivery settles it.
-            if not isinstance(exc.__cause__, azure_errors.ResourceNotFoundError):
+            if not _lease_lost(exc):
                 raise
 
     async def dead_letter(self, delivery: Delivery, reason: str) -> None:
@@ -309,8 +311,8 @@ class StorageQueue:
                 )
             )
         except AdapterError as exc:
-            if isinstance(exc.__cause__, azure_errors.ResourceNotFoundError):
-                return  # the lease was lost already: the message is another delivery's now
+            if _lease_lost(exc):
+                return  # the message is another delivery's now, or gone
             raise
         lease.pop_receipt = updated.pop_receipt
         lease.until = started + seconds
@@ -339,3 +341,15 @@ class StorageQueue:
 
 def _code(exc: azure_errors.HttpResponseError) -> str | None:
     return getattr(exc, "error_code", None)
+
+
+def _lease_lost(exc: AdapterError) -> bool:
+    """Whether a delete or update failed because the receipt is no longer the message's: it
+    was deleted (404 MessageNotFound), or its visibility timeout ran out and it was received
+    again with a new receipt (400 PopReceiptMismatch)."""
+    cause = exc.__cause__
+    if isinstance(cause, azure_errors.ResourceNotFoundError):
+        return True
+    return (
+        isinstance(cause, azure_errors.HttpResponseError) and _code(cause) == "PopReceiptMismatch"
+    )

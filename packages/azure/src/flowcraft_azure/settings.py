@@ -71,8 +71,8 @@ class AzureSettings:
             this long on an idle worker. Jobs enqueued in the worker's own process wake it at
             once.
         batch_size: Most messages one receive asks for (1-32).
-        http_connections: Most HTTP connections one adapter opens (queue and Cosmos share one
-            aiohttp pool; a burst waits for a free connection).
+        http_connections: Most HTTP connections one adapter opens, half to the storage account
+            and half to Cosmos (a burst waits for a free connection).
         create: Whether missing queues, the database and containers are created on first use.
         redis_url: Redis, for coordination, result wakes and run events (``REDIS_URL``).
         redis_prefix: Prefix of every Redis key, so deployments can share a server.
@@ -112,8 +112,8 @@ class AzureSettings:
             raise ValueError(
                 f"need 0 < poll_min <= poll_max, not {self.poll_min} and {self.poll_max}"
             )
-        if self.http_connections < 1:
-            raise ValueError(f"http_connections must be positive, not {self.http_connections}")
+        if self.http_connections < 2:
+            raise ValueError(f"http_connections must be at least 2, not {self.http_connections}")
 
     @classmethod
     def from_dsn(cls, dsn: str, **overrides: Any) -> AzureSettings:
