@@ -127,9 +127,7 @@ class StorageQueue:
         if self._setup_lock is None:
             self._setup_lock = asyncio.Lock()
         async with self._setup_lock:
-            if self._ready:
-                return
-            if self._settings.create:
+            if not self._ready and self._settings.create:
                 async with queue_errors:
                     for client in self._clients():
                         with contextlib.suppress(azure_errors.ResourceExistsError):
@@ -239,9 +237,9 @@ class StorageQueue:
         if not isinstance(lease, _Lease) or self._abandoned:
             return
         async with lease.lock:
-            if self._abandoned:
-                return
-            await action(lease)
+            # Abandoned while this waited for the lock: a killed process settles nothing.
+            if not self._abandoned:
+                await action(lease)
 
     async def ack(self, delivery: Delivery) -> None:
         """Delete a handled job with its newest pop receipt."""
@@ -314,7 +312,8 @@ class StorageQueue:
             if _lease_lost(exc):
                 return  # the message is another delivery's now, or gone
             raise
-        lease.pop_receipt = updated.pop_receipt
+        if updated.pop_receipt:
+            lease.pop_receipt = updated.pop_receipt
         lease.until = started + seconds
 
     async def stop_receiving(self) -> None:
