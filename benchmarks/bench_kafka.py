@@ -73,6 +73,10 @@ ANCHOR = HERE / "ts-kafka-anchor"
 ANCHOR_WORK = HERE / ".anchor" / "kafka"
 
 
+SERVER_PIDS: dict[str, int] = {}
+"""The servers' processes, where this machine runs them: their CPU per node is measured."""
+
+
 def servers() -> dict[str, str]:
     from flowcraft_services.cli import start_many
 
@@ -81,7 +85,30 @@ def servers() -> dict[str, str]:
         if isinstance(service, Exception):
             raise RuntimeError(f"{name} did not start: {service}") from service
         env.update(service.env)
+        state = getattr(service, "state", None)
+        if state is not None and state.processes:
+            SERVER_PIDS[name] = state.processes[0].pid
     return env
+
+
+async def measured(client: Client, shape: str, runs: int, pids: list[int]) -> dict[str, Any]:
+    """``batch``, with the CPU each server used per node execution meanwhile."""
+    before = {name: cpu_seconds(pid) for name, pid in SERVER_PIDS.items()}
+    result = await batch(client, shape, runs, pids, None)
+    nodes = runs * NODE_COUNT[shape]
+    result["server_cpu_us_per_node"] = {
+        name: (cpu_seconds(pid) - before[name]) / nodes * 1e6 for name, pid in SERVER_PIDS.items()
+    }
+    return result
+
+
+def _cpu(per_server: dict[str, float]) -> str:
+    return " ".join(f"{name} {value:.0f}" for name, value in per_server.items())
+
+
+def server_cpu(reps: list[dict[str, Any]]) -> dict[str, float]:
+    names = reps[0].get("server_cpu_us_per_node", {}) if reps else {}
+    return {n: statistics.median(r["server_cpu_us_per_node"][n] for r in reps) for n in names}
 
 
 def base_settings(env: dict[str, str]) -> KafkaSettings:
@@ -237,7 +264,7 @@ async def bare_rep(
         producer.flush()
         seen = 0
         while seen < 1:
-            seen += len(await asyncio.to_thread(watcher.consume, 100, 1.0))
+            seen += len(await asyncio.to_thread(watcher.consume, 1, 1.0))
         before = [cpu_seconds(p.pid) for p in procs]
         began = time.perf_counter()
         for i in range(runs):
@@ -246,7 +273,9 @@ async def bare_rep(
         producer.flush()
         seen = 0
         while seen < runs:
-            seen += len(await asyncio.to_thread(watcher.consume, 100, 1.0))
+            # Asked for exactly what is missing, consume returns as the last one arrives (a
+            # larger count would wait out its timeout, and the wall would be that timeout).
+            seen += len(await asyncio.to_thread(watcher.consume, runs - seen, 1.0))
         wall = time.perf_counter() - began
         used = sum(cpu_seconds(p.pid) - b for p, b in zip(procs, before, strict=True))
         messages = runs * NODE_COUNT[shape]
@@ -254,7 +283,8 @@ async def bare_rep(
     finally:
         watcher.close()
         stop_workers(procs)
-        admin.delete_topics([topic, done])
+        for future in admin.delete_topics([topic, done]).values():
+            future.result()
 
 
 # ------------------------------------------------------------------------------- the TS anchor
@@ -354,7 +384,7 @@ async def bench(
             ) -> None:
                 await batch(client, shape, min(args.runs, 10), pids, None)
                 for _ in range(args.reps):
-                    ours.append(await batch(client, shape, args.runs, pids, None))
+                    ours.append(await measured(client, shape, args.runs, pids))
                     bare.append(await bare_rep(base, len(pids), shape, args.runs))
                     aio.append(
                         await bare_rep(base, len(pids), shape, args.runs, "--bare-aio-worker")
@@ -394,7 +424,12 @@ async def bench(
             stats["aio_to_thread"] = statistics.median(
                 a["msgs_per_s"] / b["msgs_per_s"] for a, b in zip(aio, bare, strict=True)
             )
+            stats["server_cpu_us_per_node"] = server_cpu(ours)
             if ts:
+                stats["ts_server_cpu_us_per_node"] = {
+                    name: statistics.median(t["server_cpu_s"][name] / t["execs"] * 1e6 for t in ts)
+                    for name in ts[0]["server_cpu_s"]
+                }
                 stats["ts_node_execs_per_s"] = statistics.median(t["node_execs_per_s"] for t in ts)
                 stats["ts_p50_ms"] = statistics.median(t["p50_ms"] for t in ts)
                 stats["ratio_to_ts"] = statistics.median(
@@ -418,6 +453,10 @@ async def bench(
                 f"  redis-streams node-exec/s {stats.get('redis_streams_node_execs_per_s', 0):.0f}",
                 flush=True,
             )
+            line = "      server CPU µs/node: " + _cpu(stats["server_cpu_us_per_node"])
+            if "ts_server_cpu_us_per_node" in stats:
+                line += " | TS adapter: " + _cpu(stats["ts_server_cpu_us_per_node"])
+            print(line, flush=True)
             print(
                 f"      aio bare msg/s {stats['aio_bare_msgs_per_s']:6.0f}"
                 f" (aio/thread {stats['aio_to_thread']:4.2f},"
