@@ -14,7 +14,10 @@ each receives a message, acks it and publishes the next one (a chain of 20 messa
   ``PublisherAsyncClient.publish`` (one request per pulled batch, as the backend batches
   a tick's acks and publishes);
 * ``streaming-pull``: the threaded ``SubscriberClient.subscribe`` (streaming pull, flow
-  control ``max_messages``) with the batching ``PublisherClient``, callbacks in its threads.
+  control ``max_messages``) with the batching ``PublisherClient``, callbacks in its threads;
+* ``async-pull+firestore``: the ``async-pull`` loop plus the least a hop needs from Firestore
+  (per pulled batch, one batch get and one batched write of a document per message), to show
+  what the Firestore emulator leaves of the bare loop.
 
 Ratios are ours over the ``async-pull`` loop of the same repetitions. Servers:
 ``flowcraft_services`` (or ``PUBSUB_EMULATOR_HOST``, ``FIRESTORE_EMULATOR_HOST``,
@@ -61,7 +64,7 @@ from flowcraft_gcp import GcpSettings
 HERE = Path(__file__).resolve().parent
 APP = "benchmarks.redis_app:app"
 CHAIN_HOPS = NODE_COUNT[CHAIN] - 1
-DRIVERS = ("async-pull", "streaming-pull")
+DRIVERS = ("async-pull", "streaming-pull", "async-pull+firestore")
 SERVICES = (
     ("pubsub", "PUBSUB_EMULATOR_HOST"),
     ("firestore", "FIRESTORE_EMULATOR_HOST"),
@@ -82,8 +85,10 @@ async def bare_worker(driver: str, topic: str, subscription: str, prefetch: int)
 
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    serve = _serve_async if driver == "async-pull" else _serve_streaming
-    await serve(topic, subscription, prefetch, stop)
+    if driver == "streaming-pull":
+        await _serve_streaming(topic, subscription, prefetch, stop)
+    else:
+        await _serve_async(topic, subscription, prefetch, stop, firestore=driver != "async-pull")
 
 
 def _next(data: bytes, topic: str) -> tuple[str, bytes]:
@@ -93,11 +98,16 @@ def _next(data: bytes, topic: str) -> tuple[str, bytes]:
     return f"{topic}-done", b"{}"
 
 
-async def _serve_async(topic: str, subscription: str, prefetch: int, stop: asyncio.Event) -> None:
+async def _serve_async(
+    topic: str, subscription: str, prefetch: int, stop: asyncio.Event, *, firestore: bool
+) -> None:
+    from google.cloud.firestore import AsyncClient
     from google.pubsub_v1.services.publisher import PublisherAsyncClient
     from google.pubsub_v1.services.subscriber import SubscriberAsyncClient
 
     publisher, subscriber = PublisherAsyncClient(), SubscriberAsyncClient()
+    db = AsyncClient(project=project()) if firestore else None
+    documents = db.collection(topic.rsplit("/", 1)[-1]) if db is not None else None
     print("worker started", file=sys.stderr, flush=True)
 
     async def serve() -> None:
@@ -110,6 +120,16 @@ async def _serve_async(topic: str, subscription: str, prefetch: int, stop: async
             received = list(response.received_messages)
             if not received:
                 continue
+            if db is not None and documents is not None:
+                # What a hop needs from Firestore at the least, as the backend sends a tick's:
+                # one batch get of the messages' documents, one batched write of them.
+                refs = [documents.document(m.message.message_id) for m in received]
+                async for _ in db.get_all(refs):
+                    pass
+                batch = db.batch()
+                for ref in refs:
+                    batch.set(ref, {"v": b"x"})
+                await batch.commit()
             await subscriber.acknowledge(
                 subscription=subscription, ack_ids=[m.ack_id for m in received]
             )
@@ -221,6 +241,11 @@ class Bare:
             for name in (topic, f"{topic}-done"):
                 await subscriber.delete_subscription(subscription=self._subscription(name))
                 await publisher.delete_topic(topic=name)
+        from google.cloud import firestore
+
+        db = firestore.Client(project=project())
+        collection = self.topics["async-pull+firestore"].rsplit("/", 1)[-1]
+        db.recursive_delete(db.collection(collection))
 
 
 # ------------------------------------------------------------------------------ flowcraft runs
@@ -308,7 +333,9 @@ async def bench(args: argparse.Namespace, servers: dict[str, str]) -> dict[str, 
                         f" p95 {stats['p95_ms']:6.1f} ms  completion seen"
                         f" {stats['completion_p50_ms']:5.1f} ms | bare async-pull"
                         f" {stats['bare_async-pull']:5.0f}/s streaming-pull"
-                        f" {stats['bare_streaming-pull']:5.0f}/s | ratio {stats['ratio']:.2f}",
+                        f" {stats['bare_streaming-pull']:5.0f}/s +firestore"
+                        f" {stats['bare_async-pull+firestore']:5.0f}/s"
+                        f" | ratio {stats['ratio']:.2f}",
                         flush=True,
                     )
     for name in transports:
