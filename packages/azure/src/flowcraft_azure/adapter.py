@@ -24,6 +24,8 @@ from flowcraft_redis_store import Batcher, RedisCoordinationStore, RedisEventLog
 
 __all__ = ["AzureAdapter"]
 
+_LEASE_CONNECTIONS = 2
+
 # The SDKs log every request's headers at INFO; a worker logging at INFO would print each job's
 # HTTP traffic. A level the application set itself is kept.
 for _name in (
@@ -68,10 +70,12 @@ class AzureAdapter(DistributedAdapter):
         self.http = (
             HttpPool(storage_share),
             HttpPool(max(1, self.settings.http_connections - storage_share)),
+            # Lease renewals and releases: workers only (a client holds no jobs).
+            HttpPool(_LEASE_CONNECTIONS),
         )
         self.cosmos = CosmosAccount(self.settings, self.http[1])
         parts = (self.redis, redis_settings, self.batcher)
-        queue = StorageQueue(self.settings, self.http[0])
+        queue = StorageQueue(self.settings, self.http[0], self.http[2])
         closers = [pool.close for pool in self.http]
         super().__init__(
             queue=queue,

@@ -82,14 +82,19 @@ class StorageQueue:
 
     Args:
         settings: Connection string, queue, lease, poll back-off.
-        http: The adapter's shared aiohttp pool.
+        http: The adapter's aiohttp pool for the storage account.
+        leases: A pool of its own for lease renewals and releases, so that a heartbeat never
+            waits behind the jobs' traffic for a connection (a renewal that came too late
+            would hand a live worker's job to another).
     """
 
-    def __init__(self, settings: AzureSettings, http: HttpPool) -> None:
+    def __init__(self, settings: AzureSettings, http: HttpPool, leases: HttpPool) -> None:
         self._settings = settings
         self._http = http
+        self._leases = leases
         self._jobs: QueueClient | None = None
         self._poison: QueueClient | None = None
+        self._renewals: QueueClient | None = None
         self._ready = False
         self._setup_lock: asyncio.Lock | None = None
         self._delay = settings.poll_min
@@ -100,12 +105,12 @@ class StorageQueue:
 
     # Setup
 
-    def _client(self, name: str) -> QueueClient:
+    def _client(self, name: str, http: HttpPool | None = None) -> QueueClient:
         return QueueClient.from_connection_string(
             self._settings.connection_string,
             name,
             message_encode_policy=BinaryBase64EncodePolicy(),
-            transport=self._http.transport(),
+            transport=(http or self._http).transport(),
             # Few tries: the worker backs off and retries itself once ConnectionFailed is out.
             retry_total=2,
         )
@@ -115,6 +120,11 @@ class StorageQueue:
             self._jobs = self._client(self._settings.queue)
             self._poison = self._client(self._settings.poison_queue)
         return self._jobs, self._poison
+
+    def _renewer(self) -> QueueClient:
+        if self._renewals is None:
+            self._renewals = self._client(self._settings.queue, self._leases)
+        return self._renewals
 
     @property
     def url(self) -> str:
@@ -300,7 +310,7 @@ class StorageQueue:
         await self._settle(delivery, extend)
 
     async def _update(self, lease: _Lease, seconds: int) -> None:
-        jobs, _ = self._clients()
+        jobs = self._renewer()
         started = time.monotonic()
         try:
             updated = await self._call(
@@ -327,13 +337,13 @@ class StorageQueue:
 
     async def close(self) -> None:
         """Close both clients (the adapter closes the shared HTTP pool); safe to call twice."""
-        jobs, poison = self._jobs, self._poison
-        self._jobs = self._poison = None
+        jobs, poison, renewals = self._jobs, self._poison, self._renewals
+        self._jobs = self._poison = self._renewals = None
         if jobs is not None:
             _wakes.get(jobs.url, weakref.WeakSet()).discard(self)
         self._woken = None
         self._ready = False
-        for client in (jobs, poison):
+        for client in (jobs, poison, renewals):
             if client is not None:
                 await client.close()
 

@@ -72,7 +72,8 @@ class AzureSettings:
             once.
         batch_size: Most messages one receive asks for (1-32).
         http_connections: Most HTTP connections one adapter opens, half to the storage account
-            and half to Cosmos (a burst waits for a free connection).
+            and half to Cosmos (a burst waits for a free connection); a worker adds up to 2 of
+            its own for lease renewals.
         create: Whether missing queues, the database and containers are created on first use.
         redis_url: Redis, for coordination, result wakes and run events (``REDIS_URL``).
         redis_prefix: Prefix of every Redis key, so deployments can share a server.
