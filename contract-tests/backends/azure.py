@@ -26,12 +26,12 @@ import orjson
 import redis as sync_redis
 from azure.core import exceptions as azure_errors
 from azure.storage.queue import QueueClient
-from flowcraft_azure import AzureAdapter, AzureSettings, decode_body
 from urllib3.exceptions import InsecureRequestWarning
 
 from backends._fixture import spawn_worker
 from flowcraft.blueprint import Blueprint
 from flowcraft.distributed import ContextStore, CoordinationStore, DistributedAdapter
+from flowcraft_azure import AzureAdapter, AzureSettings, decode_body
 
 __all__ = ["Deployment", "Fixture"]
 
