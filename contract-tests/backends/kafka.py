@@ -100,9 +100,12 @@ class Fixture:
         self, *, lease: float
     ) -> AsyncIterator[tuple[Deployment, Callable[[float], Awaitable[None]]]]:
         """A deployment on a private Kafka, Cassandra and Redis, and their restart: all three
-        SIGKILLed at once, a pause, then started again on their ports and data. Kafka and
-        Cassandra write to the page cache before they acknowledge, which a killed process
-        does not lose; Redis runs with ``appendfsync always``."""
+        SIGKILLed at once, a pause, then started again on their ports and data, each with the
+        durability a deployment that must lose no acknowledged write configures: Cassandra
+        with ``commitlog_sync: batch`` (with the default periodic sync, a killed node
+        replays its commit log only up to the last sync, seconds behind what it
+        acknowledged), Redis with ``appendfsync always``; Kafka recovers what it acknowledged
+        from its log segments (a killed process leaves them in the page cache)."""
         with tempfile.TemporaryDirectory(prefix="flowcraft-kafka-restart-") as workdir:
             servers = _PrivateServers(Path(workdir))
             deployment: Deployment | None = None
@@ -369,7 +372,7 @@ class _PrivateServers:
             _Server(
                 "cassandra",
                 cassandra_dir,
-                _quick(cassandra_provider.prepare(cassandra_dir, storage, native)),
+                _quick(cassandra_provider.prepare(cassandra_dir, storage, native, durable=True)),
                 cassandra_provider.CassandraService.probe,
                 {
                     "CASSANDRA_CONTACT_POINTS": procs.LOOPBACK,

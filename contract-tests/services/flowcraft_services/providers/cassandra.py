@@ -87,14 +87,18 @@ LOGBACK = """<configuration>
 """
 
 
-def _yaml(workdir: Path, storage_port: int, native_port: int) -> str:
+def _yaml(workdir: Path, storage_port: int, native_port: int, durable: bool) -> str:
     """Return a cassandra.yaml with every address on 127.0.0.1 and everything in workdir."""
+    # Periodic sync acknowledges writes before they are on disk, and a restarted node replays
+    # its commit log only up to the last sync: a killed node loses the last seconds' writes.
+    sync = "commitlog_sync: batch"
+    if not durable:
+        sync = "commitlog_sync: periodic\ncommitlog_sync_period: 10000ms"
     return f"""\
 cluster_name: flowcraft
 num_tokens: 1
 partitioner: org.apache.cassandra.dht.Murmur3Partitioner
-commitlog_sync: periodic
-commitlog_sync_period: 10000ms
+{sync}
 commitlog_directory: {workdir}/commitlog
 data_file_directories: [{workdir}/data]
 saved_caches_directory: {workdir}/saved_caches
@@ -131,14 +135,17 @@ def cluster(env: Mapping[str, str], timeout: float = 5.0) -> Any:
     )
 
 
-def prepare(workdir: Path, storage_port: int, native_port: int) -> list[str]:
+def prepare(
+    workdir: Path, storage_port: int, native_port: int, *, durable: bool = False
+) -> list[str]:
     """Write a one-node config into ``workdir``; return the command that runs the node (again
-    and again on the same data, as a restart does)."""
+    and again on the same data, as a restart does). ``durable``: every acknowledged write is
+    in the synced commit log (``commitlog_sync: batch``), so a killed node loses none."""
     lib = installers.maven_assemble(
         f"cassandra-{VERSION}", [f"org.apache.cassandra:cassandra-all:{VERSION}"]
     )
     config = workdir / "cassandra.yaml"
-    config.write_text(_yaml(workdir, storage_port, native_port))
+    config.write_text(_yaml(workdir, storage_port, native_port, durable))
     logback = workdir / "logback.xml"
     logback.write_text(LOGBACK.format(log=workdir / "system.log"))
     return [

@@ -46,7 +46,13 @@ class KafkaResultChannel:
         )
 
     async def publish(self, run_id: str, result: WorkflowResult | None) -> None:
-        """Store a final result's status row (once), then wake every waiting process."""
+        """Wake every waiting process, then store a final result's status row (once).
+
+        Python clients read the result core stored before this call, so they are woken
+        first: the status row's lightweight transaction (a Paxos round) would otherwise delay
+        every completion seen. A crash in between leaves the row to core's reconcile pass,
+        which publishes a final result again."""
+        await self._wakes.publish(run_id, None)
         if result is not None and result.status != "awaiting":
             data = orjson.dumps(ts_status(result)).decode()
             now = datetime.now(UTC)
@@ -55,7 +61,6 @@ class KafkaResultChannel:
             if rows and not rows[0][0]:  # the "[applied]" column
                 update = await self._db.prepared("status-update", self._update)
                 await self._db.execute(update, (result.status, data, now, run_id))
-        await self._wakes.publish(run_id, None)
 
     async def listen(self, woken: Woken) -> None:
         """Listen for wakes on Redis (one subscription per process)."""
