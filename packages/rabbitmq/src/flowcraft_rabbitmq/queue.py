@@ -30,7 +30,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import aio_pika
 import aiormq
@@ -189,7 +189,8 @@ class RabbitQueue:
             expiration=expiration,
         )
         async with _translated:
-            underlay = await channel.get_underlay_channel()
+            # aiormq's own channel: its abstract type lacks the ``wait`` argument.
+            underlay = cast(aiormq.Channel, await channel.get_underlay_channel())
             # wait=False: a publish holds the channel's lock only while its frames are queued,
             # not until the socket is drained, so concurrent publishes go out together instead
             # of one per event-loop turn; the broker's confirm is still awaited.
