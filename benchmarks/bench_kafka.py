@@ -221,9 +221,12 @@ async def bare_aio_worker(bootstrap: str, topic: str, done_topic: str) -> None:
     await consumer.subscribe([topic])
     print("worker started", flush=True)
     while True:
-        messages = await consumer.consume(500, 0.1)
-        if not messages:
+        # As the sync loop: wait for one, then take what is there (a consume of 500 with a
+        # timeout would wait out the timeout whenever fewer are in flight).
+        first = await consumer.poll(0.1)
+        if first is None:
             continue
+        messages = [first, *await consumer.consume(499, 0)]
         sent = []
         for message in messages:
             if message.error() is not None:
