@@ -14,8 +14,9 @@ in one table here, so one ``TransactWriteItems`` makes all of it at once:
 * a target joining several predecessors goes into the run's pending set, and whether its
   join is complete is read after the transaction (two last branches then both see it
   complete, and the fence lets one of them fire it);
-* the job counted done, unless a join's decision is still to come (the job counts itself
-  done only once every successor it fires is counted in flight).
+* the job counted done when it fires a successor here (which keeps the run going);
+  otherwise, as after a join's decision, it counts itself done after the transaction, as the
+  generic path does, so exactly one last job learns that the run is over.
 
 Then the won successors are sent (one ``SendMessageBatch``) and the adapter acks the job.
 A crash after the transaction is repaired as any crash of the generic path: the job comes
@@ -86,7 +87,7 @@ class DynamoHopCommitter:
         direct = [t for t in hop.targets if t not in joins]
         token = write_token()
         try:
-            fired, skipped = await self._claim(hop, context, direct, joins, token)
+            fired, skipped, counted = await self._claim(hop, context, direct, joins, token)
         except _Slow:
             return HopCommit("slow")
         if joins:
@@ -96,10 +97,8 @@ class DynamoHopCommitter:
         if fired:
             bodies = {t.member: t.body for t in hop.targets}
             await asyncio.gather(*(self._queue.enqueue(bodies[m]) for m in fired))
-        if joins:
-            quiet = await self._count_done(hop, skipped)
-        else:
-            quiet = not fired and await self._quiet(hop)
+        # Counted in the transaction only beside a successor it fired: the run goes on.
+        quiet = not counted and await self._count_done(hop, skipped)
         return HopCommit("quiescent" if quiet else "applied", fired)
 
     # ------------------------------------------------------------------ the transaction
@@ -111,8 +110,9 @@ class DynamoHopCommitter:
         direct: Sequence[HopTarget],
         joins: Sequence[HopTarget],
         token: str,
-    ) -> tuple[list[str], list[str]]:
-        """The one transaction; the members whose fences it won and those found skipped."""
+    ) -> tuple[list[str], list[str], bool]:
+        """The one transaction; the members whose fences it won, those found skipped, and
+        whether it counted the job (and those) done."""
         # A fence found taken is read and the transaction made again without it.
         held: dict[str, str | None] = {}
         for attempt in range(_ATTEMPTS):
@@ -129,7 +129,11 @@ class DynamoHopCommitter:
                 sets.setdefault(hop.pending, set()).add(target.member)
             if direct:
                 sets.setdefault(hop.enqueued, set()).update(t.member for t in direct)
-            if not joins:
+            # A job that fires a successor here cannot empty the run's frontier, so it is
+            # counted done here; one that fires none is counted after, by two updates whose
+            # sizes tell exactly one last job that the run is over.
+            counted = not joins and bool(fences)
+            if counted:
                 sets.setdefault(hop.enqueued, set()).add(hop.member)
                 sets.setdefault(hop.done, set()).update([hop.member, *skipped])
             items = self._head(hop, token) + context
@@ -143,7 +147,7 @@ class DynamoHopCommitter:
             failed = await self._transact(items)
             if failed is None:
                 fired = list(dict.fromkeys(t.member for t in fences.values()))
-                return fired, skipped
+                return fired, skipped, counted
             first_fence = len(items) - len(fence_items)
             lost = [i - first_fence for i in failed if i >= first_fence]
             if len(lost) != len(failed):
@@ -287,12 +291,6 @@ class DynamoHopCommitter:
             await self._coordination.add_to_set(hop.done, member, hop.ttl)
         done = await self._coordination.add_to_set(hop.done, hop.member, hop.ttl)
         return done >= await self._coordination.add_to_set(hop.enqueued, hop.member, hop.ttl)
-
-    async def _quiet(self, hop: Hop) -> bool:
-        """Whether nothing of the run is in flight after a transaction that counted the job
-        done (two last jobs may both see it: ending a run twice writes one result)."""
-        _, (done, enqueued) = await self._coordination.read([], [hop.done, hop.enqueued])
-        return len(done) >= len(enqueued)
 
 
 def _reasons(exc: BaseException, count: int) -> list[str]:
