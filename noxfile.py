@@ -128,6 +128,8 @@ CI_BACKENDS = [
     "redis-streams",
     "redis-cluster",
     "redis-streams-cluster",
+    "rabbitmq",
+    "sqs",
 ]
 
 
