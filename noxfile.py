@@ -128,8 +128,6 @@ CI_BACKENDS = [
     "redis-streams",
     "redis-cluster",
     "redis-streams-cluster",
-    "rabbitmq",
-    "sqs",
 ]
 
 
