@@ -11,10 +11,10 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
 
+from flowcraft.backend import dsn_values, env_settings, merge_settings, settings_env
 from flowcraft_redis_store import DEFAULT_URL as DEFAULT_REDIS_URL
 from flowcraft_redis_store import RedisSettings
 
@@ -22,7 +22,6 @@ __all__ = ["MAX_BATCH", "MAX_VISIBILITY", "AzureSettings", "visibility_seconds"]
 
 _ENV_PREFIX = "FLOWCRAFT_AZURE_"
 _DSN_VAR = "FLOWCRAFT_AZURE_URL"
-_TRUE = {"1", "true", "yes", "on"}
 
 MAX_BATCH = 32
 """The most messages one Get Messages request returns."""
@@ -120,14 +119,10 @@ class AzureSettings:
     def from_dsn(cls, dsn: str, **overrides: Any) -> AzureSettings:
         """Settings from ``azure://<queue>?cosmos_endpoint=…&redis_url=…`` (every field may be
         a query parameter, URL-encoded), then keyword overrides."""
-        parts = urlsplit(dsn)
-        if parts.scheme != "azure":
-            raise ValueError(f"not an azure:// DSN: {dsn!r}")
-        values: dict[str, Any] = {}
-        if parts.netloc:
-            values["queue"] = unquote(parts.netloc)
-        values.update(parse_qsl(parts.query))
-        return cls()._merge({**values, **overrides})
+        queue, _, query = dsn_values(dsn, "azure")
+        values: dict[str, Any] = {"queue": queue} if queue else {}
+        values.update(query)
+        return merge_settings(cls(), {**values, **overrides}, backend="Azure")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> AzureSettings:
@@ -144,29 +139,16 @@ class AzureSettings:
         ):
             if env.get(variable):
                 values[name] = env[variable]
-        base = cls()._merge(values)
+        base = merge_settings(cls(), values, backend="Azure")
         if env.get(_DSN_VAR):
             base = cls.from_dsn(env[_DSN_VAR], **values)
-        named = {
-            f.name: env[_ENV_PREFIX + f.name.upper()]
-            for f in fields(cls)
-            if _ENV_PREFIX + f.name.upper() in env
-        }
-        return base._merge({**named, **overrides})
-
-    def _merge(self, values: Mapping[str, Any]) -> AzureSettings:
-        known = {f.name for f in fields(self)}
-        typed: dict[str, Any] = {}
-        for name, value in values.items():
-            if name not in known:
-                raise ValueError(f"unknown Azure backend setting {name!r}")
-            typed[name] = _coerce(value, getattr(self, name))
-        return replace(self, **typed)
+        named = env_settings(cls, _ENV_PREFIX, env)
+        return merge_settings(base, {**named, **overrides}, backend="Azure")
 
     def to_env(self) -> dict[str, str]:
         """These settings as the environment variables :meth:`from_env` reads (for a worker
         process)."""
-        env = {_ENV_PREFIX + f.name.upper(): str(getattr(self, f.name)) for f in fields(self)}
+        env = settings_env(self, _ENV_PREFIX)
         env["REDIS_URL"] = self.redis_url
         return env
 
@@ -194,33 +176,14 @@ class AzureSettings:
 
     def redis(self) -> RedisSettings:
         """Redis settings with this deployment's key prefix."""
-        prefix = self.redis_prefix
-        base = RedisSettings(
+        return RedisSettings(
             url=self.redis_url,
             max_connections=self.redis_connections,
             client_name=self.client_name,
             state_ttl_seconds=self.retention_seconds,
-        )
-        return replace(
-            base,
-            state_prefix=prefix + base.state_prefix,
-            status_prefix=prefix + base.status_prefix,
-            coordination_prefix=prefix + base.coordination_prefix,
-        )
+        ).prefixed(self.redis_prefix)
 
 
 def visibility_seconds(seconds: float) -> int:
     """``seconds`` as a visibility timeout: whole seconds, rounded up, 1 s to 7 days."""
     return max(1, min(MAX_VISIBILITY, math.ceil(seconds)))
-
-
-def _coerce(value: Any, default: Any) -> Any:
-    if not isinstance(value, str):
-        return value
-    if isinstance(default, bool):
-        return value.strip().lower() in _TRUE
-    if isinstance(default, int):
-        return int(value)
-    if isinstance(default, float):
-        return float(value)
-    return value

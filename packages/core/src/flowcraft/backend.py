@@ -7,6 +7,13 @@ author's guide: each method's contract, what core does for the backend, the cont
 fixture and a checklist. :mod:`flowcraft.memory` is the reference implementation.
 """
 
+from flowcraft._settings import (
+    InvalidSettings,
+    dsn_values,
+    env_settings,
+    merge_settings,
+    settings_env,
+)
 from flowcraft.distributed._hop import ArrivalRead, Hop, HopCommit, HopTarget
 from flowcraft.distributed._payload import JobPayload
 from flowcraft.distributed._protocols import (
@@ -69,10 +76,16 @@ __all__ = [
     "patch_writes",
     "translate_errors",
     "write_token",
+    # Settings read by one set of rules
+    "dsn_values",
+    "env_settings",
+    "merge_settings",
+    "settings_env",
     # Errors a backend raises
     "AdapterError",
     "ConnectionFailed",
     "DeliveryLimitExceeded",
+    "InvalidSettings",
     "JobRejected",
     "SerializationError",
 ]

@@ -11,10 +11,10 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
 
+from flowcraft.backend import dsn_values, env_settings, merge_settings, settings_env
 from flowcraft_redis_store import DEFAULT_URL as DEFAULT_REDIS_URL
 from flowcraft_redis_store import RedisSettings
 
@@ -23,7 +23,6 @@ __all__ = ["MAX_ACK_DEADLINE", "MIN_SUBSCRIPTION_DEADLINE", "GcpSettings"]
 _ENV_PREFIX = "FLOWCRAFT_GCP_"
 _DSN_VAR = "FLOWCRAFT_GCP_URL"
 _PROJECT_VARS = ("GOOGLE_CLOUD_PROJECT", "PUBSUB_PROJECT_ID", "GCLOUD_PROJECT")
-_TRUE = {"1", "true", "yes", "on"}
 
 MAX_ACK_DEADLINE = 600
 """The longest ack deadline Pub/Sub accepts in one call (the emulator accepts more)."""
@@ -90,16 +89,12 @@ class GcpSettings:
     def from_dsn(cls, dsn: str, **overrides: Any) -> GcpSettings:
         """Settings from ``gcp://<project>/<topic>?subscription=…&redis_url=…`` (every field
         may be a query parameter), then keyword overrides."""
-        parts = urlsplit(dsn)
-        if parts.scheme != "gcp":
-            raise ValueError(f"not a gcp:// DSN: {dsn!r}")
-        values: dict[str, Any] = {}
-        if parts.netloc:
-            values["project"] = parts.netloc
-        if parts.path.strip("/"):
-            values["topic"] = parts.path.strip("/")
-        values.update(parse_qsl(parts.query))
-        return cls()._merge({**values, **overrides})
+        project, topic, query = dsn_values(dsn, "gcp")
+        values: dict[str, Any] = {"project": project} if project else {}
+        if topic:
+            values["topic"] = topic
+        values.update(query)
+        return merge_settings(cls(), {**values, **overrides}, backend="GCP")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> GcpSettings:
@@ -112,29 +107,16 @@ class GcpSettings:
             values["project"] = project
         if env.get("REDIS_URL"):
             values["redis_url"] = env["REDIS_URL"]
-        base = cls()._merge(values)
+        base = merge_settings(cls(), values, backend="GCP")
         if env.get(_DSN_VAR):
             base = cls.from_dsn(env[_DSN_VAR], **values)
-        named = {
-            f.name: env[_ENV_PREFIX + f.name.upper()]
-            for f in fields(cls)
-            if _ENV_PREFIX + f.name.upper() in env
-        }
-        return base._merge({**named, **overrides})
-
-    def _merge(self, values: Mapping[str, Any]) -> GcpSettings:
-        known = {f.name for f in fields(self)}
-        typed: dict[str, Any] = {}
-        for name, value in values.items():
-            if name not in known:
-                raise ValueError(f"unknown GCP backend setting {name!r}")
-            typed[name] = _coerce(value, getattr(self, name))
-        return replace(self, **typed)
+        named = env_settings(cls, _ENV_PREFIX, env)
+        return merge_settings(base, {**named, **overrides}, backend="GCP")
 
     def to_env(self) -> dict[str, str]:
         """These settings as the environment variables :meth:`from_env` reads (for a worker
         process)."""
-        env = {_ENV_PREFIX + f.name.upper(): str(getattr(self, f.name)) for f in fields(self)}
+        env = settings_env(self, _ENV_PREFIX)
         env["REDIS_URL"] = self.redis_url
         return env
 
@@ -173,33 +155,14 @@ class GcpSettings:
 
     def redis(self) -> RedisSettings:
         """Redis settings with this deployment's key prefix."""
-        prefix = self.redis_prefix
-        base = RedisSettings(
+        return RedisSettings(
             url=self.redis_url,
             max_connections=self.redis_connections,
             client_name=self.client_name,
             state_ttl_seconds=self.retention_seconds,
-        )
-        return replace(
-            base,
-            state_prefix=prefix + base.state_prefix,
-            status_prefix=prefix + base.status_prefix,
-            coordination_prefix=prefix + base.coordination_prefix,
-        )
+        ).prefixed(self.redis_prefix)
 
 
 def ack_seconds(seconds: float) -> int:
     """``seconds`` as an ack deadline: whole seconds, rounded up, 1-600."""
     return max(1, min(MAX_ACK_DEADLINE, math.ceil(seconds)))
-
-
-def _coerce(value: Any, default: Any) -> Any:
-    if not isinstance(value, str):
-        return value
-    if isinstance(default, bool):
-        return value.strip().lower() in _TRUE
-    if isinstance(default, int):
-        return int(value)
-    if isinstance(default, float):
-        return float(value)
-    return value

@@ -13,9 +13,10 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from flowcraft.backend import env_settings, merge_settings
 from flowcraft_redis_store import RedisSettings
 
 __all__ = ["KafkaSettings"]
@@ -108,19 +109,9 @@ class KafkaSettings:
     @classmethod
     def from_env(cls, **overrides: Any) -> KafkaSettings:
         """Settings from the environment (see the module's table), then keyword overrides."""
-        values: dict[str, Any] = {"redis": RedisSettings.from_env()}
-        defaults = cls()
-        for item in fields(cls):
-            if item.name == "redis":
-                continue
-            raw = os.environ.get(f"FLOWCRAFT_KAFKA_{item.name.upper()}")
-            standard = _STANDARD.get(item.name)
-            if raw is None and standard is not None:
-                raw = os.environ.get(standard)
-            if raw is not None:
-                values[item.name] = _parse(raw, getattr(defaults, item.name))
-        values.update(overrides)
-        return cls(**values)
+        values: dict[str, Any] = env_settings(cls, "FLOWCRAFT_KAFKA_", os.environ, _STANDARD)
+        values["redis"] = RedisSettings.from_env()
+        return merge_settings(cls(), {**values, **overrides}, backend="Kafka")
 
     @property
     def dead_letters(self) -> str:
@@ -143,9 +134,3 @@ class KafkaSettings:
             group_id=f"{self.group_id}-{tag}",
             redis=self.redis.namespaced(tag),
         )
-
-
-def _parse(raw: str, default: Any) -> Any:
-    if isinstance(default, bool):
-        return raw.strip().lower() in ("1", "true", "yes", "on")
-    return type(default)(raw)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
+from flowcraft.backend import env_settings, merge_settings, settings_env
 from flowcraft_redis_store import DEFAULT_URL as DEFAULT_REDIS_URL
 from flowcraft_redis_store import RedisSettings
 
@@ -14,6 +15,8 @@ __all__ = ["DEFAULT_AMQP_URL", "DEFAULT_DATABASE_URL", "RabbitSettings"]
 
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 DEFAULT_DATABASE_URL = "postgresql://127.0.0.1:5432/flowcraft"
+_ENV_PREFIX = "FLOWCRAFT_RABBITMQ_"
+_STANDARD = {"amqp_url": "AMQP_URL", "database_url": "DATABASE_URL", "redis_url": "REDIS_URL"}
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,39}$")
 
 
@@ -90,27 +93,16 @@ class RabbitSettings:
         """Settings from ``AMQP_URL``, ``DATABASE_URL``, ``REDIS_URL`` and
         ``FLOWCRAFT_RABBITMQ_<FIELD>`` variables (e.g. ``FLOWCRAFT_RABBITMQ_QUEUE_NAME``), then
         keyword overrides."""
-        values: dict[str, Any] = {
-            "amqp_url": os.environ.get("AMQP_URL", DEFAULT_AMQP_URL),
-            "database_url": os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL),
-            "redis_url": os.environ.get("REDIS_URL", DEFAULT_REDIS_URL),
-        }
-        defaults = cls()
-        for item in fields(cls):
-            raw = os.environ.get(f"FLOWCRAFT_RABBITMQ_{item.name.upper()}")
-            if raw is not None:
-                values[item.name] = type(getattr(defaults, item.name))(raw)
-        values.update(overrides)
-        return cls(**values)
+        values = env_settings(cls, _ENV_PREFIX, os.environ, _STANDARD)
+        return merge_settings(cls(), {**values, **overrides}, backend="RabbitMQ")
 
     def to_env(self) -> dict[str, str]:
         """These settings as the environment variables :meth:`from_env` reads (for spawning
         worker processes)."""
-        env = {"AMQP_URL": self.amqp_url, "DATABASE_URL": self.database_url}
-        env["REDIS_URL"] = self.redis_url
-        for item in fields(self):
-            if item.name not in ("amqp_url", "database_url", "redis_url"):
-                env[f"FLOWCRAFT_RABBITMQ_{item.name.upper()}"] = str(getattr(self, item.name))
+        env = settings_env(self, _ENV_PREFIX)
+        for name, variable in _STANDARD.items():
+            del env[_ENV_PREFIX + name.upper()]
+            env[variable] = getattr(self, name)
         return env
 
     def namespaced(self, tag: str) -> RabbitSettings:

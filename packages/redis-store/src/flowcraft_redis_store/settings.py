@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import quote
 
@@ -15,6 +15,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError, TimeoutError
 
+from flowcraft.backend import env_settings, merge_settings
 from flowcraft_redis_store.cluster import slot_connection_class
 
 __all__ = ["DEFAULT_URL", "RedisSettings", "clone_pool", "url_of"]
@@ -98,17 +99,8 @@ class RedisSettings:
         """Settings from ``REDIS_URL`` and ``FLOWCRAFT_REDIS_<FIELD>`` variables (e.g.
         ``FLOWCRAFT_REDIS_QUEUE_NAME``), then keyword overrides."""
         values: dict[str, Any] = {"url": os.environ.get("REDIS_URL", DEFAULT_URL)}
-        for item in fields(cls):
-            if not item.init:
-                continue
-            raw = os.environ.get(f"FLOWCRAFT_REDIS_{item.name.upper()}")
-            if raw is None:
-                continue
-            kind = type(getattr(cls(), item.name))
-            # bool("false") is True: a flag is spelled out.
-            values[item.name] = raw.strip().lower() in _TRUE if kind is bool else kind(raw)
-        values.update(overrides)
-        return cls(**values)
+        values.update(env_settings(cls, "FLOWCRAFT_REDIS_", os.environ))
+        return merge_settings(cls(), {**values, **overrides}, backend="Redis")
 
     @classmethod
     def from_connection(
@@ -118,6 +110,16 @@ class RedisSettings:
         TypeScript adapter's ``connection`` object), then keyword overrides."""
         url = connection if isinstance(connection, str) else url_of(connection)
         return cls.from_env(url=url, **overrides)
+
+    def prefixed(self, prefix: str) -> RedisSettings:
+        """These settings with ``prefix`` before the context, status and coordination key
+        prefixes: a deployment of its own on a shared server."""
+        return replace(
+            self,
+            state_prefix=prefix + self.state_prefix,
+            status_prefix=prefix + self.status_prefix,
+            coordination_prefix=prefix + self.coordination_prefix,
+        )
 
     @property
     def tag(self) -> str:
@@ -185,9 +187,6 @@ class RedisSettings:
     def bullmq_prefix(self) -> str:
         """The ``prefix`` option BullMQ gets: ``prefix``, behind the hash tag."""
         return f"{self.tag}{self.prefix}"
-
-
-_TRUE = frozenset({"1", "true", "yes", "on"})
 
 
 def url_of(connection: Mapping[str, Any]) -> str:

@@ -6,17 +6,17 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
 
 from botocore.config import Config
+
+from flowcraft.backend import dsn_values, env_settings, merge_settings
 
 __all__ = ["SqsSettings"]
 
 _ENV_PREFIX = "FLOWCRAFT_SQS_"
 _DSN_VAR = "FLOWCRAFT_SQS_URL"
-_TRUE = {"1", "true", "yes", "on"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,16 +78,12 @@ class SqsSettings:
     def from_dsn(cls, dsn: str, **overrides: Any) -> SqsSettings:
         """Settings from ``sqs://<queue>/<table>?fifo=true&key_prefix=t1&…`` (every field
         may be a query parameter), then keyword overrides."""
-        parts = urlsplit(dsn)
-        if parts.scheme != "sqs":
-            raise ValueError(f"not an sqs:// DSN: {dsn!r}")
-        values: dict[str, Any] = {}
-        if parts.hostname:
-            values["queue"] = parts.netloc
-        if parts.path.strip("/"):
-            values["table"] = parts.path.strip("/")
-        values.update(parse_qsl(parts.query))
-        return cls._build({**values, **overrides})
+        queue, table, query = dsn_values(dsn, "sqs")
+        values: dict[str, Any] = {"queue": queue} if queue else {}
+        if table:
+            values["table"] = table
+        values.update(query)
+        return merge_settings(cls(), {**values, **overrides}, backend="SQS")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> SqsSettings:
@@ -95,26 +91,8 @@ class SqsSettings:
         variables (e.g. ``FLOWCRAFT_SQS_QUEUE``), then keyword overrides."""
         env = os.environ if env is None else env
         base = cls.from_dsn(env[_DSN_VAR]) if env.get(_DSN_VAR) else cls()
-        values = {
-            f.name: env[_ENV_PREFIX + f.name.upper()]
-            for f in fields(cls)
-            if _ENV_PREFIX + f.name.upper() in env
-        }
-        return base._merge({**values, **overrides})
-
-    @classmethod
-    def _build(cls, values: Mapping[str, Any]) -> SqsSettings:
-        return cls()._merge(values)
-
-    def _merge(self, values: Mapping[str, Any]) -> SqsSettings:
-        known = {f.name: f for f in fields(self)}
-        typed: dict[str, Any] = {}
-        for name, value in values.items():
-            if name not in known:
-                raise ValueError(f"unknown SQS backend setting {name!r}")
-            default = getattr(type(self)(), name)
-            typed[name] = _coerce(name, value, default)
-        return replace(self, **typed)
+        values = env_settings(cls, _ENV_PREFIX, env)
+        return merge_settings(base, {**values, **overrides}, backend="SQS")
 
     @property
     def queue_name(self) -> str:
@@ -153,17 +131,3 @@ class SqsSettings:
         if endpoint:
             kwargs["endpoint_url"] = endpoint
         return kwargs
-
-
-def _coerce(name: str, value: Any, default: Any) -> Any:
-    if not isinstance(value, str):
-        return value
-    if isinstance(default, bool):
-        return value.strip().lower() in _TRUE
-    if isinstance(default, int):
-        return int(value)
-    if isinstance(default, float):
-        return float(value)
-    if default is None:
-        return value or None
-    return value
