@@ -160,6 +160,40 @@ def npm_install(spec: str, binary: str | None = None) -> Path:
     return target
 
 
+def npm_install_locked(directory: Path) -> None:
+    """Install the packages ``directory``'s lock file pins into its ``node_modules`` (a test's
+    own Node client), once per change of its ``package.json`` or lock file.
+
+    ``npm ci`` is not used: some npm releases write lock files without other platforms'
+    optional packages, which ``npm ci`` then rejects. ``npm install --no-save`` installs the
+    locked versions and leaves the committed lock file untouched.
+    """
+    sources = (directory / "package-lock.json", directory / "package.json")
+    stamp = directory / "node_modules" / ".package-lock.json"
+
+    def current() -> bool:
+        return stamp.exists() and stamp.stat().st_mtime >= max(p.stat().st_mtime for p in sources)
+
+    if current():
+        return
+    npm = require_tool("npm", "install Node.js and npm (Debian: apt-get install nodejs npm)")
+    with file_lock(f"npm-{hashlib.sha1(str(directory).encode()).hexdigest()[:12]}"):
+        if current():
+            return
+        argv = [npm, "install", "--no-save", "--ignore-scripts", "--no-audit", "--no-fund"]
+        try:
+            run(
+                [*argv, "--prefer-offline", "--loglevel=error"],
+                what=f"npm install in {directory}",
+                cwd=directory,
+                env={"npm_config_update_notifier": "false"},
+            )
+        except ServiceError:
+            # A half-written node_modules must not pass for an installed one next time.
+            stamp.unlink(missing_ok=True)
+            raise
+
+
 # --- Maven Central -----------------------------------------------------------------------------
 
 _POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">

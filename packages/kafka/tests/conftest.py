@@ -7,9 +7,7 @@ does.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
@@ -18,6 +16,7 @@ from typing import Any
 
 import pytest
 from flowcraft_services.cli import start_many
+from flowcraft_services.installers import npm_install_locked
 
 from flowcraft_kafka import KafkaSettings
 from flowcraft_redis_store import RedisSettings
@@ -96,31 +95,6 @@ class TsClient:
         return statuses
 
 
-def _install(npm: str) -> None:
-    # ``npm install --no-save`` installs the locked versions and leaves the committed lock
-    # file alone (``npm ci`` rejects lock files some npm releases write without other
-    # platforms' optional packages).
-    lock = TS_CLIENT_DIR / "package-lock.json"
-    stamp = TS_CLIENT_DIR / "node_modules" / ".package-lock.json"
-    if stamp.exists() and stamp.stat().st_mtime >= lock.stat().st_mtime:
-        return
-    argv = [npm, "install", "--no-save", "--ignore-scripts", "--no-audit", "--no-fund"]
-    done = subprocess.run(
-        [*argv, "--prefer-offline"],
-        cwd=TS_CLIENT_DIR,
-        capture_output=True,
-        timeout=600,
-        check=False,
-        env={**os.environ, "npm_config_update_notifier": "false"},
-    )
-    if done.returncode != 0:
-        with contextlib.suppress(OSError):
-            stamp.unlink()
-        raise RuntimeError(
-            f"npm install in {TS_CLIENT_DIR} failed:\n{done.stderr.decode(errors='replace')}"
-        )
-
-
 @pytest.fixture(scope="session")
 def ts_client() -> TsClient:
     """The TS client script, its npm packages installed on first use."""
@@ -131,5 +105,5 @@ def ts_client() -> TsClient:
             " cannot run the kafkajs client script; install Node.js 18+ to run them"
         )
         pytest.skip(reason=why)
-    _install(npm)
+    npm_install_locked(TS_CLIENT_DIR)
     return TsClient(node)

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 import redis
-from redis_test_support import RedisServer, TsClient, install_ts_client
+from flowcraft_services.installers import npm_install_locked
+from redis_test_support import TS_CLIENT_DIR, RedisServer, TsClient
 
 
 @pytest.fixture(scope="session")
@@ -69,5 +70,5 @@ def ts_client() -> TsClient:
             " cannot run the BullMQ client script; install Node.js 18+ to run them"
         )
         pytest.skip(reason=why)
-    install_ts_client(npm)
+    npm_install_locked(TS_CLIENT_DIR)
     return TsClient(node)

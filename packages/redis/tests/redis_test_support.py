@@ -6,9 +6,7 @@ own pid, own data directory), so it never disturbs the shared server other tests
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import shutil
 import signal
 import socket
@@ -20,7 +18,7 @@ from typing import Any
 
 import redis
 
-__all__ = ["TS_CLIENT_DIR", "RedisServer", "TsClient", "install_ts_client", "redis_server_binary"]
+__all__ = ["TS_CLIENT_DIR", "RedisServer", "TsClient", "redis_server_binary"]
 
 TS_CLIENT_DIR = Path(__file__).parent / "ts-client"
 _LOOPBACK = "127.0.0.1"
@@ -181,33 +179,3 @@ class TsClient:
             )
         statuses: dict[str, str | None] = json.loads(done.stdout)["statuses"]
         return statuses
-
-
-def install_ts_client(npm: str) -> None:
-    """``npm install`` the client's pinned packages into ``ts-client/node_modules``.
-
-    ``npm ci`` is not used: some npm releases write lock files without other platforms'
-    optional packages, which ``npm ci`` then rejects. ``npm install --no-save`` installs the
-    locked versions and leaves the committed lock file untouched.
-    """
-    lock = TS_CLIENT_DIR / "package-lock.json"
-    stamp = TS_CLIENT_DIR / "node_modules" / ".package-lock.json"
-    if stamp.exists() and stamp.stat().st_mtime >= max(
-        lock.stat().st_mtime, (TS_CLIENT_DIR / "package.json").stat().st_mtime
-    ):
-        return
-    argv = [npm, "install", "--no-save", "--ignore-scripts", "--no-audit", "--no-fund"]
-    done = subprocess.run(
-        [*argv, "--prefer-offline"],
-        cwd=TS_CLIENT_DIR,
-        capture_output=True,
-        timeout=600,
-        check=False,
-        env={**os.environ, "npm_config_update_notifier": "false"},
-    )
-    if done.returncode != 0:
-        with contextlib.suppress(OSError):
-            stamp.unlink()
-        raise RuntimeError(
-            f"npm install in {TS_CLIENT_DIR} failed:\n{done.stderr.decode(errors='replace')}"
-        )
