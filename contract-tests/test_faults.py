@@ -14,7 +14,8 @@ import pytest
 from conftest import Harness, outputs
 
 from flowcraft import NodeContext, create_flow
-from flowcraft.distributed import Delivery, JobPayload
+from flowcraft.distributed import Client, Delivery, JobPayload
+from flowcraft.errors import AdapterError
 
 T = 15.0
 
@@ -296,3 +297,48 @@ async def test_reconcile_restores_a_lost_blueprint_record_from_the_context(
     assert await adapter.meta(run_id) == ("recorded", harness.blueprints["recorded"].version)
     harness.worker()
     assert (await harness.client.wait(run_id, timeout=T)).status == "completed"
+
+
+async def test_a_wake_lost_with_its_worker_is_published_by_the_redelivered_job(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    harness.deployment = harness.backend.deployment(lease=0.3)
+    go = asyncio.Event()
+
+    async def gated(ctx: NodeContext) -> str:
+        await go.wait()
+        return "done"
+
+    harness.add(create_flow("lost-wake").node("a", gated))
+    victim = harness.worker()
+    wake = victim.adapter.results.publish
+    died: list[str] = []
+
+    async def dies_before_waking(run_id: str, result: Any) -> None:
+        # The first wake is lost with the worker: the final record is stored, nobody is told.
+        if not died:
+            died.append(run_id)
+            raise AdapterError("the worker died before waking the waiters")
+        await wake(run_id, result)
+
+    monkeypatch.setattr(victim.adapter.results, "publish", dies_before_waking)
+    adapter = harness.adapter()
+    lookup = adapter.final_result
+    looked = asyncio.Event()
+
+    async def looked_up(run_id: str) -> Any:
+        result = await lookup(run_id)
+        looked.set()
+        return result
+
+    # The wait must have read the stores before the run ends, so only a wake can end it.
+    monkeypatch.setattr(adapter, "final_result", looked_up)
+    client = Client(adapter)
+    run_id = await client.start("lost-wake")
+    waiting = asyncio.ensure_future(client.wait(run_id, timeout=T))
+    await asyncio.wait_for(looked.wait(), T)
+    go.set()
+    result = await waiting
+    assert died == [run_id]
+    assert result.status == "completed"
+    assert result.context["_outputs.a"] == "done"

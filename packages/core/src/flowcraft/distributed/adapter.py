@@ -237,7 +237,13 @@ class DistributedAdapter(HopSteps):
                 f"job for blueprint '{blueprint.id}': node '{node_id}' does not exist"
             )
         if final is not None:
-            return  # finished or cancelled: queued jobs of the run are dropped on arrival
+            # Finished or cancelled: queued jobs of the run are dropped on arrival. A
+            # redelivered one may be the job that stored the final record and died before
+            # waking the waiters, and nothing else would wake them: it wakes them again
+            # (waiters re-check the stored result, so a second wake is harmless).
+            if delivery.delivery_count > 1:
+                await self.publish(run_id, str(orjson.loads(final)["status"]))
+            return
         await self._check_version(payload, blueprint, meta)
         job = Job(
             delivery=delivery,
