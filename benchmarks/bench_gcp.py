@@ -29,46 +29,29 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
-import statistics
 import sys
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 # Siblings of this script, importable because its directory leads sys.path.
-from bench_redis import (
-    KB,
-    Sample,
-    child_env,
-    client_batch,
-    drop_keys,
-    load_transport,
-    namespace,
-    one_run,
-    percentile,
-    start_workers,
-    stop_workers,
-    with_workers,
-)
-from redis_app import CHAIN, FAN, NODE_COUNT
+from bench_backend import Deployment, compare, find_servers, redis_streams
+from bench_backend import main as bench_main
+from bench_redis import child_env, drop_keys, start_workers, stop_workers
+from redis_app import CHAIN, NODE_COUNT
 
-from flowcraft.distributed import Client
 from flowcraft_gcp import GcpSettings
 
 HERE = Path(__file__).resolve().parent
-APP = "benchmarks.redis_app:app"
-CHAIN_HOPS = NODE_COUNT[CHAIN] - 1
 DRIVERS = ("async-pull", "streaming-pull", "async-pull+firestore")
 SERVICES = (
-    ("pubsub", "PUBSUB_EMULATOR_HOST"),
-    ("firestore", "FIRESTORE_EMULATOR_HOST"),
-    ("redis", "REDIS_URL"),
+    ("pubsub", ("PUBSUB_EMULATOR_HOST",)),
+    ("firestore", ("FIRESTORE_EMULATOR_HOST",)),
+    ("redis", ("REDIS_URL",)),
 )
 
 
@@ -251,9 +234,7 @@ class Bare:
 # ------------------------------------------------------------------------------ flowcraft runs
 
 
-def deployment(
-    name: str, servers: dict[str, str]
-) -> tuple[Any, dict[str, str], Callable[[], None]]:
+def deployment(name: str, servers: dict[str, str]) -> Deployment:
     """Settings, worker environment and cleanup of one case's fresh topic and namespace."""
     if name == "gcp":
         tag = f"b{uuid.uuid4().hex[:10]}"
@@ -278,108 +259,7 @@ def deployment(
             drop_keys(settings.redis_url, tag)
 
         return settings, {**servers, **settings.to_env()}, clean
-    redis = namespace(servers["REDIS_URL"])
-    env = {
-        "REDIS_URL": redis.url,
-        "FLOWCRAFT_REDIS_QUEUE_NAME": redis.queue_name,
-        "FLOWCRAFT_REDIS_STATE_PREFIX": redis.state_prefix,
-        "FLOWCRAFT_REDIS_STATUS_PREFIX": redis.status_prefix,
-        "FLOWCRAFT_REDIS_COORDINATION_PREFIX": redis.coordination_prefix,
-    }
-    return redis, env, lambda: drop_keys(redis.url, redis.coordination_prefix.rstrip(":"))
-
-
-async def bench(args: argparse.Namespace, servers: dict[str, str]) -> dict[str, Any]:
-    report: dict[str, Any] = {"throughput": {}, "single": {}, "bare": {}}
-    transports = [t for t in args.transports.split(",") if t]
-    for workers in args.workers:
-        async with Bare(workers, args.concurrency) as bare:
-            for shape in (CHAIN, FAN):
-                for name in transports:
-                    factory = load_transport(name)
-                    if isinstance(factory, str):
-                        raise SystemExit(f"{name}: {factory}")
-                    settings, env, clean = deployment(name, servers)
-
-                    async def body(client: Client, shape: str = shape) -> Any:
-                        await client_batch(client, shape, min(args.runs, 10))  # warm-up
-                        reps, bares = [], []
-                        for _ in range(args.reps):
-                            reps.append(await client_batch(client, shape, args.runs))
-                            bares.append(await bare.rep(args.runs))
-                        return reps, bares
-
-                    try:
-                        reps, bares = await with_workers(
-                            name,
-                            env,
-                            workers,
-                            args.concurrency,
-                            body,
-                            factory,
-                            settings,
-                            f"{shape}-w{workers}",
-                        )
-                    finally:
-                        clean()
-                    stats = {k: statistics.median(r[k] for r in reps) for k in reps[0]}
-                    for driver in DRIVERS:
-                        stats[f"bare_{driver}"] = statistics.median(b[driver] for b in bares)
-                    stats["ratio"] = stats["node_execs_per_s"] / stats["bare_async-pull"]
-                    report["throughput"][f"{name} {shape} W={workers}"] = stats
-                    print(
-                        f"{name:14s} {shape} W={workers}: node-exec/s"
-                        f" {stats['node_execs_per_s']:6.0f}  p50 {stats['p50_ms']:6.1f}"
-                        f" p95 {stats['p95_ms']:6.1f} ms  completion seen"
-                        f" {stats['completion_p50_ms']:5.1f} ms | bare async-pull"
-                        f" {stats['bare_async-pull']:5.0f}/s streaming-pull"
-                        f" {stats['bare_streaming-pull']:5.0f}/s +firestore"
-                        f" {stats['bare_async-pull+firestore']:5.0f}/s"
-                        f" | ratio {stats['ratio']:.2f}",
-                        flush=True,
-                    )
-    for name in transports:
-        factory = load_transport(name)
-        settings, env, clean = deployment(name, servers)
-
-        async def singles(client: Client) -> list[Sample]:
-            for _ in range(3):
-                await one_run(client, CHAIN, {"blob": "x" * KB})
-            return [await one_run(client, CHAIN, {"blob": "x" * KB}) for _ in range(args.single)]
-
-        try:
-            samples = await with_workers(
-                name, env, 1, args.concurrency, singles, factory, settings, "single"
-            )
-        finally:
-            clean()
-        single = {
-            "hop_ms": statistics.median(s.span for s in samples) / CHAIN_HOPS * 1000,
-            "latency_ms": statistics.median(s.latency for s in samples) * 1000,
-            "completion_p50_ms": percentile([s.completion * 1000 for s in samples], 50),
-            "completion_p95_ms": percentile([s.completion * 1000 for s in samples], 95),
-        }
-        report["single"][name] = single
-        print(
-            f"{name:14s} single chain20: per hop {single['hop_ms']:5.2f} ms  run"
-            f" {single['latency_ms']:6.1f} ms  completion seen p50"
-            f" {single['completion_p50_ms']:5.1f} p95 {single['completion_p95_ms']:5.1f} ms",
-            flush=True,
-        )
-    return report
-
-
-def servers() -> dict[str, str]:
-    found = {k: os.environ[k] for _, k in SERVICES if k in os.environ}
-    from flowcraft_services import resolve
-
-    for service, variable in SERVICES:
-        if variable not in found:
-            found.update(resolve(service).start())
-    found.setdefault("GOOGLE_CLOUD_PROJECT", project())
-    # Google's clients, ours and the bare loops', read the emulator hosts from the environment.
-    os.environ.update(found)
-    return {k: found[k] for k in (*(v for _, v in SERVICES), "GOOGLE_CLOUD_PROJECT")}
+    return redis_streams(servers)
 
 
 def main() -> None:
@@ -387,21 +267,19 @@ def main() -> None:
         driver, topic, subscription, prefetch = sys.argv[2:6]
         asyncio.run(bare_worker(driver, topic, subscription, int(prefetch)))
         return
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--transports", default="gcp,redis-streams")
-    parser.add_argument("--runs", type=int, default=50)
-    parser.add_argument("--reps", type=int, default=2)
-    parser.add_argument("--workers", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2])
-    parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--single", type=int, default=10)
-    parser.add_argument("--out", default=str(HERE / "results" / "gcp.json"))
-    args = parser.parse_args()
-    report = asyncio.run(bench(args, servers()))
-    report["args"] = vars(args)
-    report["machine"] = {"cpus": os.cpu_count(), "python": sys.version.split()[0]}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2))
-    print(f"wrote {args.out}")
+    # Google's clients, ours and the bare loops', read the emulator hosts from the environment.
+    servers = find_servers(SERVICES)
+    servers["GOOGLE_CLOUD_PROJECT"] = os.environ.setdefault("GOOGLE_CLOUD_PROJECT", project())
+
+    async def bench(args: argparse.Namespace) -> dict[str, Any]:
+        return await compare(
+            args,
+            lambda name: deployment(name, servers),
+            lambda workers: Bare(workers, args.concurrency),
+            "async-pull",
+        )
+
+    bench_main("gcp", "gcp,redis-streams", bench)
 
 
 if __name__ == "__main__":

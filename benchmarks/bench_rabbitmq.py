@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import statistics
 import sys
 import time
 import uuid
@@ -30,29 +28,20 @@ from typing import Any
 import orjson
 
 # Siblings of this script, importable because its directory leads sys.path.
-from bench_redis import (
-    KB,
-    Sample,
-    child_env,
-    client_batch,
-    drop_keys,
-    load_transport,
-    namespace,
-    one_run,
-    percentile,
-    start_workers,
-    stop_workers,
-    with_workers,
-)
-from redis_app import CHAIN, FAN, NODE_COUNT
+from bench_backend import Deployment, compare, find_servers, redis_streams
+from bench_backend import main as bench_main
+from bench_redis import child_env, drop_keys, start_workers, stop_workers
+from redis_app import CHAIN, NODE_COUNT
 
-from flowcraft.distributed import Client
 from flowcraft_rabbitmq import RabbitSettings
 
 HERE = Path(__file__).resolve().parent
-APP = "benchmarks.redis_app:app"
-CHAIN_HOPS = NODE_COUNT[CHAIN] - 1
 DRIVERS = ("aio-pika", "pika")
+SERVICES = (
+    ("rabbitmq", ("AMQP_URL",)),
+    ("postgres", ("DATABASE_URL",)),
+    ("redis", ("REDIS_URL",)),
+)
 
 
 # ------------------------------------------------------------------------------ the bare loop
@@ -208,9 +197,7 @@ class Bare:
 # ------------------------------------------------------------------------------ flowcraft runs
 
 
-def deployment(
-    name: str, servers: dict[str, str]
-) -> tuple[Any, dict[str, str], Callable[[], None]]:
+def deployment(name: str, servers: dict[str, str]) -> Deployment:
     """Settings, worker environment and cleanup of one case's fresh queue and namespace."""
     if name.startswith("rabbitmq"):
         tag = f"b{uuid.uuid4().hex[:10]}"
@@ -234,107 +221,7 @@ def deployment(
             drop_keys(settings.redis_url, tag)
 
         return settings, settings.to_env(), clean
-    redis = namespace(servers["REDIS_URL"])
-    env = {
-        "REDIS_URL": redis.url,
-        "FLOWCRAFT_REDIS_QUEUE_NAME": redis.queue_name,
-        "FLOWCRAFT_REDIS_STATE_PREFIX": redis.state_prefix,
-        "FLOWCRAFT_REDIS_STATUS_PREFIX": redis.status_prefix,
-        "FLOWCRAFT_REDIS_COORDINATION_PREFIX": redis.coordination_prefix,
-    }
-    return redis, env, lambda: drop_keys(redis.url, redis.coordination_prefix.rstrip(":"))
-
-
-async def bench(args: argparse.Namespace, servers: dict[str, str]) -> dict[str, Any]:
-    report: dict[str, Any] = {"throughput": {}, "single": {}, "bare": {}}
-    transports = [t for t in args.transports.split(",") if t]
-    for workers in args.workers:
-        async with Bare(servers["AMQP_URL"], workers, args.concurrency) as bare:
-            for shape in (CHAIN, FAN):
-                for name in transports:
-                    factory = load_transport(name)
-                    if isinstance(factory, str):
-                        raise SystemExit(f"{name}: {factory}")
-                    settings, env, clean = deployment(name, servers)
-
-                    async def body(client: Client, shape: str = shape) -> Any:
-                        await client_batch(client, shape, min(args.runs, 10))  # warm-up
-                        reps, bares = [], []
-                        for _ in range(args.reps):
-                            reps.append(await client_batch(client, shape, args.runs))
-                            bares.append(await bare.rep(args.runs))
-                        return reps, bares
-
-                    try:
-                        reps, bares = await with_workers(
-                            name,
-                            env,
-                            workers,
-                            args.concurrency,
-                            body,
-                            factory,
-                            settings,
-                            f"{shape}-w{workers}",
-                        )
-                    finally:
-                        clean()
-                    stats = {k: statistics.median(r[k] for r in reps) for k in reps[0]}
-                    for driver in DRIVERS:
-                        stats[f"bare_{driver}"] = statistics.median(b[driver] for b in bares)
-                    stats["ratio"] = stats["node_execs_per_s"] / stats["bare_aio-pika"]
-                    report["throughput"][f"{name} {shape} W={workers}"] = stats
-                    print(
-                        f"{name:18s} {shape} W={workers}: node-exec/s"
-                        f" {stats['node_execs_per_s']:6.0f}  p50 {stats['p50_ms']:6.1f}"
-                        f" p95 {stats['p95_ms']:6.1f} ms  completion seen"
-                        f" {stats['completion_p50_ms']:5.1f} ms | bare aio-pika"
-                        f" {stats['bare_aio-pika']:5.0f}/s pika {stats['bare_pika']:5.0f}/s"
-                        f" | ratio {stats['ratio']:.2f}",
-                        flush=True,
-                    )
-    for name in transports:
-        factory = load_transport(name)
-        settings, env, clean = deployment(name, servers)
-
-        async def singles(client: Client) -> list[Sample]:
-            for _ in range(3):
-                await one_run(client, CHAIN, {"blob": "x" * KB})
-            return [await one_run(client, CHAIN, {"blob": "x" * KB}) for _ in range(args.single)]
-
-        try:
-            samples = await with_workers(
-                name, env, 1, args.concurrency, singles, factory, settings, "single"
-            )
-        finally:
-            clean()
-        single = {
-            "hop_ms": statistics.median(s.span for s in samples) / CHAIN_HOPS * 1000,
-            "latency_ms": statistics.median(s.latency for s in samples) * 1000,
-            "completion_p50_ms": percentile([s.completion * 1000 for s in samples], 50),
-            "completion_p95_ms": percentile([s.completion * 1000 for s in samples], 95),
-        }
-        report["single"][name] = single
-        print(
-            f"{name:18s} single chain20: per hop {single['hop_ms']:5.2f} ms  run"
-            f" {single['latency_ms']:6.1f} ms  completion seen p50"
-            f" {single['completion_p50_ms']:5.1f} p95 {single['completion_p95_ms']:5.1f} ms",
-            flush=True,
-        )
-    return report
-
-
-def servers() -> dict[str, str]:
-    found = {k: os.environ[k] for k in ("AMQP_URL", "DATABASE_URL", "REDIS_URL") if k in os.environ}
-    from flowcraft_services import resolve
-
-    for service, variable in (
-        ("rabbitmq", "AMQP_URL"),
-        ("postgres", "DATABASE_URL"),
-        ("redis", "REDIS_URL"),
-    ):
-        if variable not in found:
-            found[variable] = resolve(service).start()[variable]
-    return found
+    return redis_streams(servers)
 
 
 def main() -> None:
@@ -342,21 +229,17 @@ def main() -> None:
         driver, queue, prefetch = sys.argv[2], sys.argv[3], int(sys.argv[4])
         asyncio.run(bare_worker(driver, os.environ["AMQP_URL"], queue, prefetch))
         return
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--transports", default="rabbitmq,rabbitmq-postgres,redis-streams")
-    parser.add_argument("--runs", type=int, default=50)
-    parser.add_argument("--reps", type=int, default=2)
-    parser.add_argument("--workers", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2])
-    parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--single", type=int, default=10)
-    parser.add_argument("--out", default=str(HERE / "results" / "rabbitmq.json"))
-    args = parser.parse_args()
-    report = asyncio.run(bench(args, servers()))
-    report["args"] = vars(args)
-    report["machine"] = {"cpus": os.cpu_count(), "python": sys.version.split()[0]}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2))
-    print(f"wrote {args.out}")
+    servers = find_servers(SERVICES)
+
+    async def bench(args: argparse.Namespace) -> dict[str, Any]:
+        return await compare(
+            args,
+            lambda name: deployment(name, servers),
+            lambda workers: Bare(servers["AMQP_URL"], workers, args.concurrency),
+            "aio-pika",
+        )
+
+    bench_main("rabbitmq", "rabbitmq,rabbitmq-postgres,redis-streams", bench)
 
 
 if __name__ == "__main__":
