@@ -24,6 +24,7 @@ from flowcraft.distributed._protocols import (
     Delivery,
     HopCommitter,
     HopCoordination,
+    HopMarking,
     Queue,
     ResultChannel,
     Woken,
@@ -58,6 +59,7 @@ __all__ = [
     "ArrivalReader",
     "HopCommitter",
     "HopCoordination",
+    "HopMarking",
     # What flows through them
     "Arrival",
     "ArrivalRead",

@@ -41,14 +41,18 @@ end
 if redis.call('GET', KEYS[2]) == ARGV[3] then return 1 end
 return 0
 """
-# HopCoordination.claim_hop (the readable reference is flowcraft.memory.hop.claim). KEYS: the
-# result, the splices set, enqueued, pending, done, then taken/resolved/fence per target. ARGV:
-# the record, the TTL (ms), the fence mark, then per target its taken-mark, source, member,
-# number of predecessors and the predecessors.
+# HopCoordination.claim_hop, or with an empty record HopMarking.mark_hop (the readable
+# references are flowcraft.memory.hop.claim and marks). KEYS: the result, the splices set,
+# enqueued, pending, done, then taken/resolved/fence per target. ARGV: the record, the TTL (ms),
+# the fence mark, then per target its taken-mark, source, member, number of predecessors and
+# the predecessors.
 _CLAIM = """
 local ttl = ARGV[2]
-if redis.call('EXISTS', KEYS[1]) == 1 or redis.call('SCARD', KEYS[2]) > 0 then return false end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl)
+if redis.call('SCARD', KEYS[2]) > 0 then return false end
+if ARGV[1] ~= '' then
+  if redis.call('EXISTS', KEYS[1]) == 1 then return false end
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl)
+end
 local function add(key, member)
   redis.call('SADD', key, member)
   redis.call('PEXPIRE', key, ttl)
@@ -174,6 +178,13 @@ class RedisCoordinationStore(BatchedStore):
 
     async def claim_hop(self, hop: Hop, record: str, mark: str) -> list[str] | None:
         """``HopCoordination.claim_hop`` in one script (it joins the tick's batch)."""
+        return await self._claim_or_mark(hop, record, mark)
+
+    async def mark_hop(self, hop: Hop, mark: str) -> list[str] | None:
+        """``HopMarking.mark_hop``: the claim's script without the record."""
+        return await self._claim_or_mark(hop, "", mark)
+
+    async def _claim_or_mark(self, hop: Hop, record: str, mark: str) -> list[str] | None:
         key = self._key
         keys = [key(hop.result_key), key(hop.dynamic), key(hop.enqueued)]
         keys += [key(hop.pending), key(hop.done)]

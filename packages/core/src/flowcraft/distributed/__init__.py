@@ -15,6 +15,7 @@ from flowcraft.distributed._protocols import (
     Delivery,
     HopCommitter,
     HopCoordination,
+    HopMarking,
     Queue,
     ResultChannel,
 )
@@ -33,6 +34,7 @@ __all__ = [
     "DistributedAdapter",
     "HopCommitter",
     "HopCoordination",
+    "HopMarking",
     "JobPayload",
     "Queue",
     "ResultChannel",

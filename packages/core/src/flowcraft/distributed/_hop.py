@@ -123,7 +123,8 @@ class HopCommit:
     Attributes:
         outcome: ``committed`` (applied and acked), ``applied`` (applied; the adapter acks the
             job as usual), ``quiescent`` (applied, not acked: the run may be over) or ``slow``
-            (nothing applied: take the generic path).
+            (nothing applied, or only the result record, the split hop's claim of a hop into a
+            join: take the generic path, which routes from a stored record).
         fired: Members of the targets whose jobs this step enqueued (or reserved).
         next: The job this worker handles next, with its arrival read: the reserved
             successor, or (``Hop.follow``) a job taken from the queue.

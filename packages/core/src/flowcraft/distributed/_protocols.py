@@ -26,6 +26,7 @@ __all__ = [
     "Delivery",
     "HopCommitter",
     "HopCoordination",
+    "HopMarking",
     "Queue",
     "ResultChannel",
 ]
@@ -239,6 +240,21 @@ class HopCoordination(Protocol):
     async def count_done(self, done: str, enqueued: str, member: str, ttl: float) -> bool:
         """Add ``member`` to the sets ``done`` and ``enqueued`` in one atomic step; whether
         ``done`` then has at least as many members as ``enqueued``."""
+
+
+@runtime_checkable
+class HopMarking(Protocol):
+    """Optional, beside :class:`HopCoordination`: a hop's join marks in a step of their own,
+    after its context writes. The split hop then claims a hop into a join (a target with
+    several predecessors) in two steps around its context patch, so the branch completing the
+    join cannot fire it before this branch's writes land; without it such hops take the
+    generic path."""
+
+    async def mark_hop(self, hop: Hop, mark: str) -> list[str] | None:
+        """In one atomic step: None, changing nothing, if ``hop.dynamic`` is not empty; else
+        the second half of :meth:`HopCoordination.claim_hop` (every target's marks, fences,
+        in-flight counts and pending joins, the result record aside). Returns the members
+        whose fences this step set, in target order."""
 
 
 @runtime_checkable

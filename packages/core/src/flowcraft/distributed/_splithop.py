@@ -1,4 +1,4 @@
-"""The split hop: a hop in four round trips when the stores live on different servers.
+"""The split hop: a hop in four or five round trips when the stores live on different servers.
 
 A backend whose queue, context store and coordination store are three servers (RabbitMQ with
 PostgreSQL and Redis, Kafka with Cassandra and Redis, ...) cannot make a hop one atomic step,
@@ -12,30 +12,40 @@ which the shared Redis store implements in Lua), the adapter commits the common 
 3. the successors whose fences the claim won, enqueued;
 4. the job counted done, in one step; the job that empties the run's frontier ends it.
 
-A crash between the steps is repaired by the generic path, as after any crash: the job is
-redelivered, finds its stored result and routes from it. That is why the claim stores the
-context writes inside the result record (``RECORD_OPS``), why the successors are enqueued only
-after the context writes (they read them), and why the job counts itself done only after its
-successors are enqueued (else another branch could end the run before they exist). Nothing
-after the claim can change what it decided, so a duplicate of the job can never write a second
-result or a second set of context writes.
+A hop into a join (a target with several predecessors) claims in two steps instead, around
+the patch (:class:`~flowcraft.distributed.HopMarking`): the result record first, then the
+context writes, then the marks, fences and counts. Marked before its writes landed, this
+branch could let the branch completing the join fire it first, and the join would read a
+missing input. A graph spliced between the two steps makes the second answer None: the hop
+answers ``slow`` and the generic path routes from the stored result, as after a lost race.
+A coordination store without ``mark_hop`` leaves such hops to the generic path.
 
-A hop with context writes into a join (a target with several predecessors) takes the generic
-path: its claim would mark the branch resolved before its writes land, and the branch that
-completes the join could fire it in between (a join that read a missing input was caught by
-the GCP backend's chaos test, with no worker killed).
+A crash between the steps is repaired by the generic path, as after any crash: the job is
+redelivered, finds its stored result and routes from it, writing the context before it marks.
+That is why the claim stores the context writes inside the result record (``RECORD_OPS``), why
+the successors are enqueued only after the context writes (they read them), and why the job
+counts itself done only after its successors are enqueued (else another branch could end the
+run before they exist). Nothing after the claim can change what it decided, so a duplicate of
+the job can never write a second result or a second set of context writes.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 import orjson
 
 from flowcraft.distributed._hop import Hop, HopCommit
 from flowcraft.distributed._payload import fired_by
-from flowcraft.distributed._protocols import ContextStore, Delivery, HopCoordination, Queue
+from flowcraft.distributed._protocols import (
+    ContextStore,
+    Delivery,
+    HopCoordination,
+    HopMarking,
+    Queue,
+)
 from flowcraft.distributed._storage import patch_writes
 from flowcraft.node import PatchOperation
 
@@ -69,31 +79,37 @@ class SplitHop:
 
     def __init__(self, coordination: HopCoordination, context: ContextStore, queue: Queue) -> None:
         self._coordination = coordination
+        self._marking = coordination if isinstance(coordination, HopMarking) else None
         self._context = context
         self._queue = queue
 
     async def commit(
         self, delivery: Delivery, hop: Hop, stored: Callable[[], None] | None = None
     ) -> HopCommit:
-        """Apply ``hop`` in four steps; ``slow`` when the claim finds it must not.
+        """Apply ``hop`` in four or five steps; ``slow`` when a claim finds it must not.
 
         ``stored`` is called once the result and context writes are stored, before any
         successor is enqueued (the node's events must precede its successors')."""
-        if hop.context_ops and any(len(target.preds) > 1 for target in hop.targets):
-            # The claim marks this branch resolved before its context writes land, so the
-            # branch completing the join could fire it first and the join would read without
-            # them; the generic path writes the context before it marks.
-            return HopCommit("slow")
         # An invalid patch must fail the job before the claim makes its result final.
         patch_writes(hop.context_ops)
         record = record_with_ops(hop.result_record, hop.context_ops)
-        fired = await self._coordination.claim_hop(hop, record, fired_by(hop.member))
-        if fired is None:
-            return HopCommit("slow")
-        if hop.context_ops:
-            await self._context.patch(hop.run_id, hop.context_ops)
-        if stored is not None:
-            stored()
+        mark = fired_by(hop.member)
+        if any(len(target.preds) > 1 for target in hop.targets):
+            marking = self._marking
+            if marking is None:
+                return HopCommit("slow")
+            alone = replace(hop, targets=())
+            if await self._coordination.claim_hop(alone, record, mark) is None:
+                return HopCommit("slow")
+            await self._stored(hop, stored)
+            fired = await marking.mark_hop(hop, mark)
+            if fired is None:
+                return HopCommit("slow")
+        else:
+            fired = await self._coordination.claim_hop(hop, record, mark)
+            if fired is None:
+                return HopCommit("slow")
+            await self._stored(hop, stored)
         if fired:
             won = set(fired)
             bodies = [target.body for target in hop.targets if target.member in won]
@@ -103,3 +119,9 @@ class SplitHop:
                 await asyncio.gather(*(self._queue.enqueue(body) for body in bodies))
         quiet = await self._coordination.count_done(hop.done, hop.enqueued, hop.member, hop.ttl)
         return HopCommit("quiescent" if quiet else "applied", fired)
+
+    async def _stored(self, hop: Hop, stored: Callable[[], None] | None) -> None:
+        if hop.context_ops:
+            await self._context.patch(hop.run_id, hop.context_ops)
+        if stored is not None:
+            stored()

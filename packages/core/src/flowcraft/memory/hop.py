@@ -16,7 +16,7 @@ from flowcraft.memory.context import MemoryContextStore
 from flowcraft.memory.coordination import MemoryCoordinationStore, Step
 from flowcraft.memory.queue import MemoryQueue
 
-__all__ = ["MemoryHopCommitter", "MemorySplitCoordination", "claim"]
+__all__ = ["MemoryHopCommitter", "MemorySplitCoordination", "claim", "marks"]
 
 
 class MemoryHopCommitter:
@@ -78,8 +78,15 @@ def claim(step: Step, hop: Hop, mark: str, record: str) -> list[HopTarget] | Non
     # A result stored already (a redelivery, a race) or a graph changed by spliced nodes.
     if step.get(hop.result_key) is not None or step.members(hop.dynamic):
         return None
+    step.set(hop.result_key, record, hop.ttl)
+    return marks(step, hop, mark)
+
+
+def marks(step: Step, hop: Hop, mark: str) -> list[HopTarget]:
+    """The join marks, fences and in-flight counts of ``hop``'s targets (the claim's second
+    half, and ``HopMarking.mark_hop`` once the claim stored the result alone): the targets
+    whose fences it took."""
     ttl = hop.ttl
-    step.set(hop.result_key, record, ttl)
     for target in hop.targets:
         step.add(target.taken, target.mark, ttl)
         step.add(target.resolved, target.source, ttl)
@@ -98,13 +105,21 @@ def claim(step: Step, hop: Hop, mark: str, record: str) -> list[HopTarget] | Non
 
 class MemorySplitCoordination(MemoryCoordinationStore):
     """A memory coordination store that claims hops in one step: the reference of
-    :class:`~flowcraft.distributed.HopCoordination` (what ``flowcraft_redis_store`` does in
-    Lua), for the split hop core makes over it (``MemoryBackend(hop_step="split")``)."""
+    :class:`~flowcraft.distributed.HopCoordination` and
+    :class:`~flowcraft.distributed.HopMarking` (what ``flowcraft_redis_store`` does in Lua),
+    for the split hop core makes over it (``MemoryBackend(hop_step="split")``)."""
 
     async def claim_hop(self, hop: Hop, record: str, mark: str) -> list[str] | None:
         with self.step() as step:
             won = claim(step, hop, mark, record)
         return None if won is None else [target.member for target in won]
+
+    async def mark_hop(self, hop: Hop, mark: str) -> list[str] | None:
+        with self.step() as step:
+            # Spliced since the claim: the targets' predecessors may have changed.
+            if step.members(hop.dynamic):
+                return None
+            return [target.member for target in marks(step, hop, mark)]
 
     async def count_done(self, done: str, enqueued: str, member: str, ttl: float) -> bool:
         with self.step() as step:
