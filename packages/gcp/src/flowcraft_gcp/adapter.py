@@ -7,12 +7,11 @@ Options: ``settings`` (default: :meth:`GcpSettings.from_env`), plus every option
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
-from flowcraft.backend import Arrival, DistributedAdapter
+from flowcraft.backend import DistributedAdapter
 from flowcraft.blueprint import Blueprint
 from flowcraft_gcp._claims import Claims
 from flowcraft_gcp.context import FirestoreContextStore
@@ -22,30 +21,6 @@ from flowcraft_gcp.settings import GcpSettings
 from flowcraft_redis_store import Batcher, RedisCoordinationStore, RedisEventLog, RedisResultChannel
 
 __all__ = ["GcpAdapter"]
-
-
-class ConcurrentArrivals:
-    """A job's arrival read (an :class:`~flowcraft.backend.ArrivalReader`): its run's state
-    in Redis and its input in Firestore, read at once rather than one after the other."""
-
-    def __init__(self, coordination: RedisCoordinationStore, context: FirestoreContextStore):
-        self._coordination = coordination
-        self._context = context
-
-    async def read_arrival(
-        self,
-        run_id: str,
-        keys: Sequence[str],
-        set_keys: Sequence[str],
-        context_keys: Sequence[str] | None,
-    ) -> Arrival:
-        if not context_keys:
-            strings, sets = await self._coordination.read(keys, set_keys)
-            return strings, sets, {}
-        (strings, sets), data = await asyncio.gather(
-            self._coordination.read(keys, set_keys), self._context.get_many(run_id, context_keys)
-        )
-        return strings, sets, data
 
 
 class GcpAdapter(DistributedAdapter):
@@ -89,7 +64,6 @@ class GcpAdapter(DistributedAdapter):
             context=context,
             coordination=coordination,
             results=GcpResultChannel(self.settings, context, RedisResultChannel(*parts)),
-            arrivals=ConcurrentArrivals(coordination, context),
             events=RedisEventLog(*parts),
             closers=[queue.close, context.close, self._close_redis],
             registry=registry,

@@ -26,7 +26,7 @@ from flowcraft.blueprint import Blueprint
 from flowcraft_rabbitmq._pg import Pool
 from flowcraft_rabbitmq.context import PostgresContextStore
 from flowcraft_rabbitmq.coordination import PostgresCoordinationStore
-from flowcraft_rabbitmq.hop import PostgresHop, SplitArrivals
+from flowcraft_rabbitmq.hop import PostgresHop
 from flowcraft_rabbitmq.queue import RabbitQueue
 from flowcraft_rabbitmq.results import PostgresResultChannel
 from flowcraft_rabbitmq.settings import RabbitSettings
@@ -83,7 +83,7 @@ class _RabbitAdapter(DistributedAdapter):
 
     def _fast_paths(
         self, queue: RabbitQueue, context: ContextStore, coordination: CoordinationStore
-    ) -> tuple[HopCommitter | None, ArrivalReader]:
+    ) -> tuple[HopCommitter | None, ArrivalReader | None]:
         raise NotImplementedError
 
 
@@ -103,11 +103,12 @@ class RabbitAdapter(_RabbitAdapter):
 
     def _fast_paths(
         self, queue: RabbitQueue, context: ContextStore, coordination: CoordinationStore
-    ) -> tuple[HopCommitter | None, ArrivalReader]:
+    ) -> tuple[HopCommitter | None, ArrivalReader | None]:
         # A hop spans Redis and PostgreSQL here, which no one step can: without a committer
         # of its own the adapter takes core's split hop (a Lua claim on Redis, one context
-        # patch, the successors published, the job counted done in one step).
-        return None, SplitArrivals(coordination, context)
+        # patch, the successors published, the job counted done in one step), and core reads
+        # a job's arrival from both servers at once.
+        return None, None
 
 
 class RabbitPostgresAdapter(_RabbitAdapter):
@@ -119,6 +120,6 @@ class RabbitPostgresAdapter(_RabbitAdapter):
 
     def _fast_paths(
         self, queue: RabbitQueue, context: ContextStore, coordination: CoordinationStore
-    ) -> tuple[HopCommitter | None, ArrivalReader]:
+    ) -> tuple[HopCommitter | None, ArrivalReader | None]:
         hop = PostgresHop(self.pool, queue)
         return hop, hop

@@ -7,14 +7,10 @@ whose fences it won are then published, their confirms awaited together, and cor
 (``applied``). A crash between the commit and the publishes loses nothing: the job comes back,
 finds its result stored and takes core's generic path, which enqueues again every successor
 whose fence names it.
-
-``SplitArrivals`` serves ``rabbitmq`` (coordination on Redis): its two reads go to two servers,
-so they are made at once rather than one after the other.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,8 +20,6 @@ import psycopg
 from flowcraft.backend import (
     AdapterError,
     Arrival,
-    ContextStore,
-    CoordinationStore,
     Delivery,
     Hop,
     HopCommit,
@@ -38,7 +32,7 @@ from flowcraft_rabbitmq.context import encoded_values
 from flowcraft_rabbitmq.coordination import assemble
 from flowcraft_rabbitmq.queue import RabbitQueue
 
-__all__ = ["PostgresHop", "SplitArrivals"]
+__all__ = ["PostgresHop"]
 
 
 class PostgresHop:
@@ -128,28 +122,3 @@ class PostgresHop:
                 found[str(key)] = (value, members)
         strings, sets = assemble(found, keys, set_keys)
         return strings, sets, {k: decode_value(v) for k, v in fields.items()}
-
-
-class SplitArrivals:
-    """An :class:`~flowcraft.backend.ArrivalReader` over stores on two servers: both reads
-    at once."""
-
-    def __init__(self, coordination: CoordinationStore, context: ContextStore) -> None:
-        self._coordination = coordination
-        self._context = context
-
-    async def read_arrival(
-        self,
-        run_id: str,
-        keys: Sequence[str],
-        set_keys: Sequence[str],
-        context_keys: Sequence[str] | None,
-    ) -> Arrival:
-        """``CoordinationStore.read`` and ``ContextStore.get_many``, concurrently."""
-        if not context_keys:
-            strings, sets = await self._coordination.read(keys, set_keys)
-            return strings, sets, {}
-        (strings, sets), fields = await asyncio.gather(
-            self._coordination.read(keys, set_keys), self._context.get_many(run_id, context_keys)
-        )
-        return strings, sets, fields
