@@ -2,21 +2,36 @@
 
 Provisioning: ``AMQP_URL``, ``DATABASE_URL`` and ``REDIS_URL`` if set, else the servers of
 ``flowcraft_services`` (RabbitMQ and PostgreSQL from Debian, Redis). Each test gets a queue,
-a PostgreSQL schema and a Redis key prefix of its own; reset deletes all three.
+a PostgreSQL schema and a Redis key prefix of its own; reset deletes all three. The restart
+test gets the servers privately (``restartable``), so that killing them disturbs nothing else.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import os
+import pwd
+import secrets
+import signal
 import subprocess
+import tempfile
+import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pika
+import psutil
 import psycopg
 import redis as sync_redis
+from flowcraft_services import installers, procs
+from flowcraft_services.providers import postgres as postgres_provider
+from flowcraft_services.providers import rabbitmq as rabbitmq_provider
+from flowcraft_services.providers.redis import RedisService
 from psycopg import sql
 
 from backends._fixture import spawn_worker
@@ -92,6 +107,38 @@ class Fixture:
     ) -> subprocess.Popen[bytes]:
         """A ``flowcraft worker`` process serving ``deployment`` (for SIGKILL tests)."""
         return spawn_worker(self.name, app, {**env, **deployment.settings.to_env()})
+
+    @contextlib.asynccontextmanager
+    async def restartable(
+        self, *, lease: float
+    ) -> AsyncIterator[tuple[Deployment, Callable[[float], Awaitable[None]]]]:
+        """A deployment on a private RabbitMQ node, PostgreSQL cluster and (``rabbitmq``)
+        Redis server, and their restart: all SIGKILLed at once, a pause, then started again on
+        their ports and data. Each keeps what it acknowledged across a killed process, as a
+        production deployment configures it: the quorum queue confirms a publish once it is
+        in its log, PostgreSQL commits with ``synchronous_commit`` on (its default; the WAL is
+        written before the commit returns), Redis with ``appendfsync always``."""
+        with tempfile.TemporaryDirectory(prefix="flowcraft-rabbitmq-restart-") as workdir:
+            servers = _PrivateServers(Path(workdir), redis=self.adapter_class is RabbitAdapter)
+            deployment: Deployment | None = None
+            try:
+                await asyncio.to_thread(servers.start)
+                env = servers.env
+                base = RabbitSettings(
+                    amqp_url=env["AMQP_URL"],
+                    database_url=env["DATABASE_URL"],
+                    **({"redis_url": env["REDIS_URL"]} if "REDIS_URL" in env else {}),
+                )
+                deployment = Deployment(base, lease)
+
+                async def restart(down_for: float) -> None:
+                    await asyncio.to_thread(servers.restart, down_for)
+
+                yield deployment, restart
+            finally:
+                for adapter in deployment.adapters if deployment is not None else ():
+                    await adapter.close()
+                await asyncio.to_thread(servers.stop)
 
     def deployment(self, *, lease: float) -> Deployment:
         """A fresh queue, schema and key prefix for one test."""
@@ -199,3 +246,173 @@ class Fixture:
             keys = list(client.scan_iter(match=f"*{settings.coordination_prefix}*", count=1000))
             if keys:
                 client.delete(*keys)
+
+
+class _Server:
+    """One server process of the restart test: the same command on the same ports and data
+    every time it starts."""
+
+    def __init__(
+        self,
+        name: str,
+        workdir: Path,
+        argv: list[str],
+        probe: Callable[[Mapping[str, str]], None],
+        env: dict[str, str],
+        *,
+        process_env: Mapping[str, str] | None = None,
+        user: str | None = None,
+    ) -> None:
+        self.name = name
+        self.workdir = workdir
+        self.argv = argv
+        self.probe = probe
+        self.env = env
+        self.process_env = process_env
+        self.user = user
+        self.process: procs.ProcessRef | None = None
+
+    def start(self) -> None:
+        log = self.workdir / "server.log"
+        self.process = procs.spawn(
+            self.argv, log_path=log, env=self.process_env, cwd=self.workdir, user=self.user
+        )
+        procs.wait_until(
+            lambda: self.probe(self.env),
+            what=f"private {self.name} start",
+            timeout=120,
+            proc=self.process,
+            log_path=log,
+        )
+
+    def kill(self) -> None:
+        # The whole tree at once (PostgreSQL's backends, the Erlang VM under its start
+        # script): a postmaster killed alone leaves backends holding its shared memory.
+        process, self.process = self.process, None
+        if process is not None:
+            procs.stop(process, sig=signal.SIGKILL)
+
+
+class _PrivateServers:
+    """A RabbitMQ node, a PostgreSQL cluster and (``redis``) a Redis server of the restart
+    test's own."""
+
+    def __init__(self, workdir: Path, *, redis: bool) -> None:
+        self._epmd_port = procs.free_port()
+        self.servers = [self._rabbitmq(workdir / "rabbitmq"), self._postgres(workdir)]
+        if redis:
+            self.servers.append(self._redis(workdir / "redis"))
+
+    def _rabbitmq(self, home: Path) -> _Server:
+        home.mkdir()
+        port, dist_port = procs.free_port(), procs.free_port()
+        (home / "enabled_plugins").write_text("[].\n")
+        (home / "rabbitmq.conf").write_text(
+            f"listeners.tcp.default = {procs.LOOPBACK}:{port}\n"
+            "loopback_users.guest = true\n"
+            "log.console = true\nlog.console.level = warning\nlog.file = false\n"
+        )
+        cookie = home / ".erlang.cookie"
+        cookie.write_text(secrets.token_hex(16))
+        cookie.chmod(0o400)
+        env = {
+            "HOME": str(home),
+            "RABBITMQ_NODENAME": f"flowcraft{port}@localhost",
+            "RABBITMQ_NODE_IP_ADDRESS": procs.LOOPBACK,
+            "RABBITMQ_NODE_PORT": str(port),
+            "RABBITMQ_DIST_PORT": str(dist_port),
+            "ERL_EPMD_ADDRESS": procs.LOOPBACK,
+            "ERL_EPMD_PORT": str(self._epmd_port),
+            "RABBITMQ_BASE": str(home),
+            "RABBITMQ_CONFIG_FILE": str(home / "rabbitmq.conf"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(home / "enabled_plugins"),
+            "RABBITMQ_MNESIA_BASE": str(home / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(home / "log"),
+            "RABBITMQ_PID_FILE": str(home / "rabbitmq.pid"),
+            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
+        }
+        return _Server(
+            "rabbitmq",
+            home,
+            [str(rabbitmq_provider.SERVER)],
+            rabbitmq_provider.RabbitMQService.probe,
+            {"AMQP_URL": f"amqp://guest:guest@{procs.LOOPBACK}:{port}/%2F"},
+            process_env=env,
+        )
+
+    def _postgres(self, workdir: Path) -> _Server:
+        # PostgreSQL refuses to run as root, and its user must reach the cluster's directory:
+        # a directory of its own, made over to that user.
+        user = "postgres" if os.geteuid() == 0 else None
+        home = Path(tempfile.mkdtemp(prefix="flowcraft-postgres-", dir=workdir))
+        home.chmod(0o755)
+        workdir.chmod(0o755)
+        data, sockets, pwfile = home / "data", home / "sockets", home / "pwfile"
+        sockets.mkdir()
+        pwfile.write_text(postgres_provider.PASSWORD + "\n")
+        if user is not None:
+            entry = pwd.getpwnam(user)
+            for path in (home, sockets, pwfile):
+                os.chown(path, entry.pw_uid, entry.pw_gid)
+        bindir = postgres_provider._bindir()
+        postgres_provider._initdb(bindir, data, pwfile, user, home)
+        port = procs.free_port()
+        argv = [
+            str(bindir / "postgres"),
+            *("-D", str(data), "-p", str(port)),
+            *("-c", f"listen_addresses={procs.LOOPBACK}"),
+            *("-c", f"unix_socket_directories={sockets}"),
+            # A killed process, not a lost machine: what was written survives in the page
+            # cache, so flushing it to disk would only slow the test.
+            *("-c", "fsync=off", "-c", "max_connections=200"),
+        ]
+        p = postgres_provider
+        url = f"postgresql://{p.USER}:{p.PASSWORD}@{procs.LOOPBACK}:{port}/{p.DATABASE}"
+        return _Server(
+            "postgres", home, argv, p.PostgresService.probe, {"DATABASE_URL": url}, user=user
+        )
+
+    def _redis(self, home: Path) -> _Server:
+        home.mkdir()
+        port = procs.free_port()
+        redis_server = installers.require_tool("redis-server", "apt-get install redis-server")
+        return _Server(
+            "redis",
+            home,
+            [
+                redis_server,
+                *("--port", str(port), "--bind", procs.LOOPBACK),
+                *("--dir", str(home), "--save", "", "--daemonize", "no"),
+                *("--appendonly", "yes", "--appendfsync", "always"),
+            ],
+            RedisService.probe,
+            {"REDIS_URL": f"redis://{procs.LOOPBACK}:{port}/0"},
+        )
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {k: v for server in self.servers for k, v in server.env.items()}
+
+    def _each(self, action: Callable[[_Server], None]) -> None:
+        with ThreadPoolExecutor(len(self.servers)) as pool:
+            for future in [pool.submit(action, server) for server in self.servers]:
+                future.result()
+
+    def start(self) -> None:
+        self._each(_Server.start)
+
+    def restart(self, down_for: float) -> None:
+        self._each(_Server.kill)
+        time.sleep(down_for)
+        self.start()
+
+    def stop(self) -> None:
+        # Their data goes with the test's directory: nothing to shut down cleanly for.
+        self._each(_Server.kill)
+        # The node's epmd detaches from its start script, so it is found by its port.
+        for conn in psutil.net_connections(kind="tcp"):
+            if conn.status == psutil.CONN_LISTEN and conn.laddr.port == self._epmd_port:
+                with contextlib.suppress(psutil.NoSuchProcess, TypeError):
+                    epmd = psutil.Process(conn.pid)
+                    if epmd.name() == "epmd":
+                        epmd.kill()

@@ -281,6 +281,7 @@ class Pool:
                         raise
                     await asyncio.sleep(pause)
                     pause *= 2
+                    await self._discard_broken()
         except BaseException as exc:
             for _, _, future in batch:
                 if not future.done():
@@ -290,6 +291,14 @@ class Pool:
                         future.set_exception(exc)
             if not isinstance(exc, Exception):
                 raise
+
+    async def _discard_broken(self) -> None:
+        # After a server restart every idle connection of the pool is dead, and the pool
+        # hands them out unchecked: the next attempt would fail on the next dead one.
+        pool = self._pool
+        if pool is not None:
+            with contextlib.suppress(Exception):
+                await pool.check()
 
     async def _clean(self) -> None:
         delete = [

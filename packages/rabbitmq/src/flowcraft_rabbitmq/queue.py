@@ -31,13 +31,14 @@ import time
 import uuid
 from dataclasses import dataclass
 from typing import Any, cast
+from urllib.parse import parse_qs, urlsplit
 
 import aio_pika
 import aiormq
 from aio_pika.abc import (
-    AbstractChannel,
     AbstractIncomingMessage,
     AbstractQueue,
+    AbstractRobustChannel,
     AbstractRobustConnection,
 )
 
@@ -63,6 +64,9 @@ DELIVERIES = "x-flowcraft-deliveries"
 aiormq.Connection.FRAME_BUFFER_SIZE = max(aiormq.Connection.FRAME_BUFFER_SIZE, 4096)
 
 _PUBLISH_TIMEOUT = 30.0
+"""How long a publish keeps trying while the broker is away, before it fails."""
+_RECONNECT_PAUSE = 0.05
+_RECONNECT_PAUSE_MAX = 1.0
 _SETTLE_TIMEOUT = 5.0
 _translated = translate_errors(
     "rabbitmq",
@@ -101,13 +105,13 @@ class RabbitQueue:
         self.prefetch = settings.prefetch or prefetch
         self._park_after = settings.consumer_timeout_seconds / 2
         self._connection: AbstractRobustConnection | None = None
-        self._channel: AbstractChannel | None = None
+        self._channel: AbstractRobustChannel | None = None
         self._queue: AbstractQueue | None = None
         self._consumer: str | None = None
         self._buffer: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
         self._redelivery_delay = settings.redelivery_delay_seconds
         self._delayed: dict[AbstractIncomingMessage, asyncio.TimerHandle] = {}
-        self._connecting: asyncio.Future[AbstractChannel] | None = None
+        self._connecting: asyncio.Future[AbstractRobustChannel] | None = None
         self._closed = False
         """Abandoned: everything is a no-op from then on, as in a killed process."""
         self._later: set[asyncio.Task[None]] = set()
@@ -116,7 +120,7 @@ class RabbitQueue:
 
     # ------------------------------------------------------------------ connection
 
-    async def _open(self) -> AbstractChannel:
+    async def _open(self) -> AbstractRobustChannel:
         if self._channel is not None:
             return self._channel
         if self._closed:
@@ -132,10 +136,16 @@ class RabbitQueue:
             if connecting.done() and self._connecting is connecting:
                 self._connecting = None
 
-    async def _connect(self) -> AbstractChannel:
+    async def _connect(self) -> AbstractRobustChannel:
         async with _translated:
+            url = self.settings.amqp_url
             connection = await aio_pika.connect_robust(
-                self.settings.amqp_url,
+                url,
+                # aio-pika's pause between reconnect attempts is 5 s unless the URL sets
+                # ``reconnect_interval``: a restarted broker is used again within a second.
+                reconnect_interval=(
+                    None if "reconnect_interval" in parse_qs(urlsplit(url).query) else 1.0
+                ),
                 heartbeat=self.settings.heartbeat_seconds,
                 client_properties={"connection_name": self.settings.client_name},
             )
@@ -150,7 +160,7 @@ class RabbitQueue:
         self._channel = channel
         return channel
 
-    async def _declare(self, channel: AbstractChannel) -> None:
+    async def _declare(self, channel: AbstractRobustChannel) -> None:
         dead = f"{self.name}.dead"
         self._queue = await channel.declare_queue(
             self.name,
@@ -180,7 +190,6 @@ class RabbitQueue:
         headers: dict[str, Any] | None = None,
         expiration: float | None = None,
     ) -> None:
-        channel = await self._open()
         message = aio_pika.Message(
             body,
             content_type="application/json",
@@ -188,19 +197,46 @@ class RabbitQueue:
             headers=headers,
             expiration=expiration,
         )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _PUBLISH_TIMEOUT
+        pause = _RECONNECT_PAUSE
+        while True:
+            try:
+                await self._publish_once(routing_key, message, deadline - loop.time())
+                return
+            except ConnectionFailed:
+                # The broker is away (restarting, or the connection dropped): the robust
+                # connection reconnects by itself, and the publish goes again once it is back.
+                # A publish whose confirm was lost may be stored twice then; core handles a
+                # duplicated job, a lost one never comes back.
+                if self._closed or loop.time() + pause >= deadline:
+                    raise
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, _RECONNECT_PAUSE_MAX)
+
+    async def _publish_once(
+        self, routing_key: str, message: aio_pika.Message, timeout: float
+    ) -> None:
+        channel = await self._open()
         async with _translated:
+            # A robust channel is ready once its connection is back and it is restored.
+            await asyncio.wait_for(channel.ready(), timeout)
             # aiormq's own channel: its abstract type lacks the ``wait`` argument.
             underlay = cast(aiormq.Channel, await channel.get_underlay_channel())
             # wait=False: a publish holds the channel's lock only while its frames are queued,
             # not until the socket is drained, so concurrent publishes go out together instead
             # of one per event-loop turn; the broker's confirm is still awaited.
-            await underlay.basic_publish(
-                body,
+            confirm = await underlay.basic_publish(
+                message.body,
                 routing_key=routing_key,
                 properties=message.properties,
-                timeout=_PUBLISH_TIMEOUT,
+                timeout=timeout,
                 wait=False,
             )
+        if not isinstance(confirm, aiormq.spec.Basic.Ack):
+            # A nack: the broker did not store it (a quorum queue without a leader, as while
+            # it recovers after a restart).
+            raise ConnectionFailed(f"rabbitmq refused to store a message ({confirm!r})")
 
     @property
     def connected(self) -> bool:
