@@ -38,12 +38,7 @@ async def test_a_join_fired_by_its_last_branch_reads_a_branch_whose_writes_were_
         return ctx.input
 
     flow = (
-        create_flow("fan")
-        .node("a", a)
-        .node("b", b)
-        .node("j", join)
-        .edge("a", "j")
-        .edge("b", "j")
+        create_flow("fan").node("a", a).node("b", b).node("j", join).edge("a", "j").edge("b", "j")
     )
     blueprint = flow.to_blueprint()
     backend = MemoryBackend(hop_step="split")
