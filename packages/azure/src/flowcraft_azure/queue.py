@@ -9,7 +9,8 @@
 * **Lease = visibility timeout.** Get Messages takes up to 32 messages and hides them for the
   lease (whole seconds, at least 1). ``extend_lease`` is Update Message, which answers with a
   new pop receipt that replaces the delivery's old one (the old one no longer deletes or
-  updates the message); a lease still longer than asked is left alone. A delivery's updates
+  updates the message); it asks for two leases, and a lease still longer than one is left
+  alone, so a long node costs one Update per lease, not one per heartbeat. A delivery's updates
   and its delete are serialised, so none of them uses a receipt that another just replaced.
 * **Delivery count** is the message's ``dequeue_count``, kept by the service.
 * **Dead letters** go to ``<queue>-poison`` as base64 JSON ``{"reason", "body", "messageId",
@@ -300,12 +301,17 @@ class StorageQueue:
         """Nothing to do: the visibility timeout runs out unless the heartbeat renews it."""
 
     async def extend_lease(self, delivery: Delivery, seconds: float) -> None:
-        """Keep the job hidden ``seconds`` more (whole seconds); its pop receipt is replaced."""
+        """Keep the job hidden at least ``seconds`` more; its pop receipt is replaced.
+
+        The Update asks for twice ``seconds`` (whole seconds), and a lease still longer than
+        ``seconds`` is left alone: a long node costs one Update per ``seconds`` rather than one
+        per heartbeat (three per lease), each sent with a whole lease still to run. The price:
+        a dead worker's renewed job comes back up to two leases after its last renewal."""
 
         async def extend(lease: _Lease) -> None:
             if lease.until - time.monotonic() > seconds:
-                return  # the visibility timeout was rounded up to whole seconds
-            await self._update(lease, visibility_seconds(seconds))
+                return
+            await self._update(lease, visibility_seconds(2 * seconds))
 
         await self._settle(delivery, extend)
 
