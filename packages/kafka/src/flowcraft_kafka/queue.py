@@ -61,6 +61,10 @@ _Headers = list[tuple[str, str | bytes | None]]
 _OWN: _Headers = [(ORIGIN_HEADER, b"python")]
 _POLL = 0.1
 """Seconds one poll waits: how soon an idle consumer commits, pauses or stops."""
+_FETCH_WAIT_MS = 100
+"""The longest a fetch waits on the broker for data: the first fetch of a newly assigned
+partition (at start and after every rebalance) waits this long even when jobs arrive in the
+meantime; librdkafka's 500 ms default delayed each worker's first job by about that much."""
 _RECONNECT_MAX_MS = 1000
 """librdkafka's default backs off up to 10 s: a broker back after a restart would wait that
 long for its clients."""
@@ -177,6 +181,11 @@ class KafkaQueue:
         self._closing = False
         self._abandoned = False
         self._counter_prefix = settings.redis.coordination_key(f"kafka-deliveries:{settings.topic}")
+        # librdkafka's idempotent producer asks for its producer id half a second after it
+        # starts (no broker is up at its first try; librdkafka PR 5032): started with the
+        # queue, that wait overlaps the adapter's other setup (Cassandra, the group join)
+        # instead of delaying its first job.
+        self._start_producer()
 
     # The producer side
 
@@ -476,6 +485,7 @@ class KafkaQueue:
             "auto.offset.reset": "earliest",
             "max.poll.interval.ms": settings.max_poll_interval_ms,
             "enable.partition.eof": False,
+            "fetch.wait.max.ms": _FETCH_WAIT_MS,
             "reconnect.backoff.max.ms": _RECONNECT_MAX_MS,
         }
         if settings.group_protocol == "classic":
