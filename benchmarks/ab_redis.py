@@ -55,7 +55,11 @@ async def compare(url: str, source: Path, args: argparse.Namespace) -> None:
     try:
         for label, tree in sides.items():
             settings[label] = namespace(url)
-            code = [] if tree is None else [tree / "packages/core/src", tree / "packages/redis/src"]
+            code = (
+                []
+                if tree is None
+                else [tree / f"packages/{p}/src" for p in ("core", "redis-store", "redis")]
+            )
             env = child_env(
                 REDIS_URL=settings[label].url,
                 FLOWCRAFT_REDIS_QUEUE_NAME=settings[label].queue_name,
