@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from flowcraft.backend import Arrival
 from flowcraft_sqs.context import DynamoContextStore
 from flowcraft_sqs.coordination import DynamoCoordinationStore
+from flowcraft_sqs.queue import rerouting
 from flowcraft_sqs.table import Table
 
 __all__ = ["DynamoArrivalReader"]
@@ -37,5 +38,7 @@ class DynamoArrivalReader:
         context = self._context.item_keys(run_id, context_keys or ())
         items = await self._table.batch_get([*coordination, *context])
         strings, sets = self._coordination.parse(items, keys, set_keys)
+        # The job's result is the third key: found stored, the job re-routes from it.
+        rerouting(len(strings) > 2 and strings[2] is not None)
         heads = [items[k] for k in context if k in items]
         return strings, sets, await self._context.decode(run_id, heads)
