@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 import subprocess
 import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -28,14 +26,14 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from confluent_kafka import TopicPartition as Partition
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
-from flowcraft_services import installers, procs
+from flowcraft_services import procs
 from flowcraft_services.cli import start_many
 from flowcraft_services.providers import cassandra as cassandra_provider
 from flowcraft_services.providers import kafka as kafka_provider
 from flowcraft_services.providers.cassandra import cluster
-from flowcraft_services.providers.redis import RedisService
 
 from backends._fixture import spawn_worker
+from backends._restart import PrivateServer, PrivateServers, aof_redis
 from flowcraft.blueprint import Blueprint
 from flowcraft.distributed import ContextStore, CoordinationStore, DistributedAdapter
 from flowcraft_kafka import (
@@ -107,7 +105,7 @@ class Fixture:
         acknowledged), Redis with ``appendfsync always``; Kafka recovers what it acknowledged
         from its log segments (a killed process leaves them in the page cache)."""
         with tempfile.TemporaryDirectory(prefix="flowcraft-kafka-restart-") as workdir:
-            servers = _PrivateServers(Path(workdir))
+            servers = _private_servers(Path(workdir))
             deployment: Deployment | None = None
             try:
                 await asyncio.to_thread(servers.start)
@@ -303,42 +301,6 @@ def _settings(env: Mapping[str, str]) -> KafkaSettings:
     )
 
 
-class _Server:
-    """One server process of the restart test: the same command on the same ports and data
-    every time it starts."""
-
-    def __init__(
-        self,
-        name: str,
-        workdir: Path,
-        argv: list[str],
-        probe: Callable[[Mapping[str, str]], None],
-        env: dict[str, str],
-    ) -> None:
-        self.name = name
-        self.workdir = workdir
-        self.argv = argv
-        self.probe = probe
-        self.env = env
-        self.process: procs.ProcessRef | None = None
-
-    def start(self) -> None:
-        log = self.workdir / "server.log"
-        self.process = procs.spawn(self.argv, log_path=log, cwd=self.workdir)
-        procs.wait_until(
-            lambda: self.probe(self.env),
-            what=f"private {self.name} start",
-            timeout=240,
-            proc=self.process,
-            log_path=log,
-        )
-
-    def kill(self) -> None:
-        process, self.process = self.process, None
-        if process is not None:
-            procs.stop(process, sig=signal.SIGKILL)
-
-
 _QUICK_JVM = ("-XX:TieredStopAtLevel=1",)
 """For the restart test's JVMs, which serve a few dozen runs: compiled by C1 only, they start
 with less CPU than with the providers' settings, tuned for long-lived servers."""
@@ -349,75 +311,34 @@ def _quick(argv: list[str]) -> list[str]:
     return [*argv[:at], *_QUICK_JVM, *argv[at:]]
 
 
-class _PrivateServers:
+def _private_servers(workdir: Path) -> PrivateServers:
     """A Kafka broker, a Cassandra node and a Redis server of the restart test's own."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.servers: list[_Server] = []
-        kafka_dir, cassandra_dir, redis_dir = (workdir / n for n in ("kafka", "cassandra", "redis"))
-        for directory in (kafka_dir, cassandra_dir, redis_dir):
-            directory.mkdir()
-        port, controller = procs.free_port(), procs.free_port()
-        self.servers.append(
-            _Server(
-                "kafka",
-                kafka_dir,
-                _quick(kafka_provider.prepare(kafka_dir, port, controller)),
-                kafka_provider.KafkaService.probe,
-                {"KAFKA_BOOTSTRAP_SERVERS": f"{procs.LOOPBACK}:{port}"},
-            )
-        )
-        storage, native = procs.free_port(), procs.free_port()
-        self.servers.append(
-            _Server(
-                "cassandra",
-                cassandra_dir,
-                _quick(cassandra_provider.prepare(cassandra_dir, storage, native, durable=True)),
-                cassandra_provider.CassandraService.probe,
-                {
-                    "CASSANDRA_CONTACT_POINTS": procs.LOOPBACK,
-                    "CASSANDRA_PORT": str(native),
-                    "CASSANDRA_LOCAL_DC": "datacenter1",
-                },
-            )
-        )
-        redis_port = procs.free_port()
-        redis_server = installers.require_tool("redis-server", "apt-get install redis-server")
-        self.servers.append(
-            _Server(
-                "redis",
-                redis_dir,
-                [
-                    redis_server,
-                    *("--port", str(redis_port), "--bind", procs.LOOPBACK),
-                    *("--dir", str(redis_dir), "--save", "", "--daemonize", "no"),
-                    *("--appendonly", "yes", "--appendfsync", "always"),
-                ],
-                RedisService.probe,
-                {"REDIS_URL": f"redis://{procs.LOOPBACK}:{redis_port}/0"},
-            )
-        )
-
-    @property
-    def env(self) -> dict[str, str]:
-        return {k: v for server in self.servers for k, v in server.env.items()}
-
-    def _each(self, action: Callable[[_Server], None]) -> None:
-        with ThreadPoolExecutor(len(self.servers)) as pool:
-            for future in [pool.submit(action, server) for server in self.servers]:
-                future.result()
-
-    def start(self) -> None:
-        self._each(_Server.start)
-
-    def restart(self, down_for: float) -> None:
-        self._each(_Server.kill)
-        time.sleep(down_for)
-        self.start()
-
-    def stop(self) -> None:
-        # Their data goes with the test's directory: nothing to shut down cleanly for.
-        self._each(_Server.kill)
+    kafka_dir, cassandra_dir = workdir / "kafka", workdir / "cassandra"
+    kafka_dir.mkdir()
+    cassandra_dir.mkdir()
+    port, controller = procs.free_port(), procs.free_port()
+    kafka = PrivateServer(
+        "kafka",
+        kafka_dir,
+        _quick(kafka_provider.prepare(kafka_dir, port, controller)),
+        kafka_provider.KafkaService.probe,
+        {"KAFKA_BOOTSTRAP_SERVERS": f"{procs.LOOPBACK}:{port}"},
+        start_timeout=240,
+    )
+    storage, native = procs.free_port(), procs.free_port()
+    cassandra = PrivateServer(
+        "cassandra",
+        cassandra_dir,
+        _quick(cassandra_provider.prepare(cassandra_dir, storage, native, durable=True)),
+        cassandra_provider.CassandraService.probe,
+        {
+            "CASSANDRA_CONTACT_POINTS": procs.LOOPBACK,
+            "CASSANDRA_PORT": str(native),
+            "CASSANDRA_LOCAL_DC": "datacenter1",
+        },
+        start_timeout=240,
+    )
+    return PrivateServers([kafka, cassandra, aof_redis(workdir / "redis")])
 
 
 def _create_topics(s: KafkaSettings) -> None:

@@ -14,13 +14,10 @@ import dataclasses
 import os
 import pwd
 import secrets
-import signal
 import subprocess
 import tempfile
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +25,13 @@ import pika
 import psutil
 import psycopg
 import redis as sync_redis
-from flowcraft_services import installers, procs
+from flowcraft_services import procs
 from flowcraft_services.providers import postgres as postgres_provider
 from flowcraft_services.providers import rabbitmq as rabbitmq_provider
-from flowcraft_services.providers.redis import RedisService
 from psycopg import sql
 
 from backends._fixture import spawn_worker
+from backends._restart import PrivateServer, PrivateServers, aof_redis
 from flowcraft.blueprint import Blueprint
 from flowcraft.distributed import ContextStore, CoordinationStore, DistributedAdapter
 from flowcraft_rabbitmq import RabbitAdapter, RabbitPostgresAdapter, RabbitSettings
@@ -248,62 +245,18 @@ class Fixture:
                 client.delete(*keys)
 
 
-class _Server:
-    """One server process of the restart test: the same command on the same ports and data
-    every time it starts."""
-
-    def __init__(
-        self,
-        name: str,
-        workdir: Path,
-        argv: list[str],
-        probe: Callable[[Mapping[str, str]], None],
-        env: dict[str, str],
-        *,
-        process_env: Mapping[str, str] | None = None,
-        user: str | None = None,
-    ) -> None:
-        self.name = name
-        self.workdir = workdir
-        self.argv = argv
-        self.probe = probe
-        self.env = env
-        self.process_env = process_env
-        self.user = user
-        self.process: procs.ProcessRef | None = None
-
-    def start(self) -> None:
-        log = self.workdir / "server.log"
-        self.process = procs.spawn(
-            self.argv, log_path=log, env=self.process_env, cwd=self.workdir, user=self.user
-        )
-        procs.wait_until(
-            lambda: self.probe(self.env),
-            what=f"private {self.name} start",
-            timeout=120,
-            proc=self.process,
-            log_path=log,
-        )
-
-    def kill(self) -> None:
-        # The whole tree at once (PostgreSQL's backends, the Erlang VM under its start
-        # script): a postmaster killed alone leaves backends holding its shared memory.
-        process, self.process = self.process, None
-        if process is not None:
-            procs.stop(process, sig=signal.SIGKILL)
-
-
-class _PrivateServers:
+class _PrivateServers(PrivateServers):
     """A RabbitMQ node, a PostgreSQL cluster and (``redis``) a Redis server of the restart
     test's own."""
 
     def __init__(self, workdir: Path, *, redis: bool) -> None:
         self._epmd_port = procs.free_port()
-        self.servers = [self._rabbitmq(workdir / "rabbitmq"), self._postgres(workdir)]
+        servers = [self._rabbitmq(workdir / "rabbitmq"), self._postgres(workdir)]
         if redis:
-            self.servers.append(self._redis(workdir / "redis"))
+            servers.append(aof_redis(workdir / "redis"))
+        super().__init__(servers)
 
-    def _rabbitmq(self, home: Path) -> _Server:
+    def _rabbitmq(self, home: Path) -> PrivateServer:
         home.mkdir()
         port, dist_port = procs.free_port(), procs.free_port()
         (home / "enabled_plugins").write_text("[].\n")
@@ -331,7 +284,7 @@ class _PrivateServers:
             "RABBITMQ_PID_FILE": str(home / "rabbitmq.pid"),
             "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
         }
-        return _Server(
+        return PrivateServer(
             "rabbitmq",
             home,
             [str(rabbitmq_provider.SERVER)],
@@ -340,7 +293,7 @@ class _PrivateServers:
             process_env=env,
         )
 
-    def _postgres(self, workdir: Path) -> _Server:
+    def _postgres(self, workdir: Path) -> PrivateServer:
         # PostgreSQL refuses to run as root, and its user must reach the cluster's directory:
         # a directory of its own, made over to that user.
         user = "postgres" if os.geteuid() == 0 else None
@@ -368,47 +321,12 @@ class _PrivateServers:
         ]
         p = postgres_provider
         url = f"postgresql://{p.USER}:{p.PASSWORD}@{procs.LOOPBACK}:{port}/{p.DATABASE}"
-        return _Server(
+        return PrivateServer(
             "postgres", home, argv, p.PostgresService.probe, {"DATABASE_URL": url}, user=user
         )
 
-    def _redis(self, home: Path) -> _Server:
-        home.mkdir()
-        port = procs.free_port()
-        redis_server = installers.require_tool("redis-server", "apt-get install redis-server")
-        return _Server(
-            "redis",
-            home,
-            [
-                redis_server,
-                *("--port", str(port), "--bind", procs.LOOPBACK),
-                *("--dir", str(home), "--save", "", "--daemonize", "no"),
-                *("--appendonly", "yes", "--appendfsync", "always"),
-            ],
-            RedisService.probe,
-            {"REDIS_URL": f"redis://{procs.LOOPBACK}:{port}/0"},
-        )
-
-    @property
-    def env(self) -> dict[str, str]:
-        return {k: v for server in self.servers for k, v in server.env.items()}
-
-    def _each(self, action: Callable[[_Server], None]) -> None:
-        with ThreadPoolExecutor(len(self.servers)) as pool:
-            for future in [pool.submit(action, server) for server in self.servers]:
-                future.result()
-
-    def start(self) -> None:
-        self._each(_Server.start)
-
-    def restart(self, down_for: float) -> None:
-        self._each(_Server.kill)
-        time.sleep(down_for)
-        self.start()
-
     def stop(self) -> None:
-        # Their data goes with the test's directory: nothing to shut down cleanly for.
-        self._each(_Server.kill)
+        super().stop()
         # The node's epmd detaches from its start script, so it is found by its port.
         for conn in psutil.net_connections(kind="tcp"):
             if conn.status == psutil.CONN_LISTEN and conn.laddr.port == self._epmd_port:
