@@ -33,7 +33,7 @@ class _BrokenStores(MemoryAdapter):
         store = self.coordination.set_if_not_exist
 
         async def set_if_not_exist(key: str, value: str, ttl: float | None = None) -> bool:
-            if ":result:" in key and key.endswith(":b"):
+            if key.endswith("result:0:b"):
                 self.failures += 1
                 raise AdapterError("WRONGTYPE Operation against a key (injected)")
             return await store(key, value, ttl)

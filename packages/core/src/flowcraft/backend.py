@@ -15,6 +15,7 @@ from flowcraft._settings import (
     settings_env,
 )
 from flowcraft.distributed._hop import ArrivalRead, Hop, HopCommit, HopTarget
+from flowcraft.distributed._keys import FIELD
 from flowcraft.distributed._payload import JobPayload
 from flowcraft.distributed._protocols import (
     Arrival,
@@ -55,6 +56,7 @@ __all__ = [
     "Queue",
     "ResultChannel",
     "Woken",
+    "FIELD",
     # Optional fast paths
     "ArrivalReader",
     "HopCommitter",

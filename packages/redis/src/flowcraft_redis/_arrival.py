@@ -16,25 +16,29 @@ import redis.asyncio as aioredis
 from flowcraft.backend import Arrival
 from flowcraft_redis_store.batch import Batcher
 from flowcraft_redis_store.context import decode_fields
+from flowcraft_redis_store.coordination import FIELDS
 from flowcraft_redis_store.errors import text, translated
 from flowcraft_redis_store.settings import RedisSettings
 
 __all__ = ["READ_ARRIVAL", "RedisArrivalReader", "arrival", "arrival_keys"]
 
-READ_ARRIVAL = """
+READ_ARRIVAL = (
+    FIELDS
+    + """
 local function read_arrival(strings, sets, hash, fields)
   local got = {}
-  for _, k in ipairs(strings) do got[#got + 1] = redis.call('GET', k) end
-  for _, k in ipairs(sets) do got[#got + 1] = redis.call('SMEMBERS', k) end
+  for _, k in ipairs(strings) do got[#got + 1] = fc_get(k) end
+  for _, k in ipairs(sets) do got[#got + 1] = fc_members(k) end
   local values = {}
   if #fields > 0 then values = redis.call('HMGET', hash, unpack(fields)) end
   got[#got + 1] = values
   return got
 end
 """
+)
 """Lua: a job's arrival read (missing strings and fields come back as nil), as :func:`arrival`
-decodes it. This script, the hop's (for the successor it reserves) and the stream read's (for
-the jobs it takes) make it."""
+decodes it (a key may be a field of a run's bookkeeping hash, see ``FIELDS``). This script, the
+hop's (for the successor it reserves) and the stream read's (for the jobs it takes) make it."""
 
 # KEYS: the string keys, the set keys, then the state hash. ARGV: how many string keys, how
 # many set keys, then the hash fields.

@@ -41,14 +41,15 @@ __all__ = ["RedisHopCommitter"]
 # ``take`` and no job reserved, the next new entry of the stream is read for the consumer (as
 # streams.READ_ENTRIES answers it). The receipt (kept a minute) makes a retry of the same call
 # — the client retries when a connection drops, even after the script ran — answer what the
-# first did.
+# first did. The result, fences, marks and receipt are fields of the run's bookkeeping hash
+# (``flowcraft_redis_store.coordination.FIELDS``).
 _COMMIT = (
     READ_ENTRIES
     + """
 local meta = cjson.decode(ARGV[1])
 local ttl = meta.ttl
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  local receipt = redis.call('GET', KEYS[7])
+if fc_get(KEYS[1]) then
+  local receipt = fc_get(KEYS[7])
   if receipt then
     local earlier = cjson.decode(receipt)
     if earlier.token == meta.token then return earlier.out end
@@ -56,7 +57,7 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
   return {'slow', {}, false}
 end
 if redis.call('SCARD', KEYS[6]) > 0 then return {'slow', {}, false} end
-redis.call('SET', KEYS[1], meta.record, 'PX', ttl)
+fc_set(KEYS[1], meta.record, ttl)
 local first_delete = 2 + meta.nset * 2
 if meta.nset > 0 then
   redis.call('HSET', KEYS[2], unpack(ARGV, 2, first_delete - 1))
@@ -70,19 +71,17 @@ local stream, delayed = false, false
 if meta.stream then stream, delayed = KEYS[after + 1], KEYS[after + 2] end
 for i, t in ipairs(meta.targets) do
   local base = 7 + (i - 1) * 3
-  redis.call('SADD', KEYS[base + 3], t.mark)
-  redis.call('PEXPIRE', KEYS[base + 3], ttl)
-  redis.call('SADD', KEYS[base + 2], t.source)
-  redis.call('PEXPIRE', KEYS[base + 2], ttl)
+  fc_add(KEYS[base + 3], t.mark, ttl)
+  fc_add(KEYS[base + 2], t.source, ttl)
 end
 local fired = {}
 local reserved = false
 for i, t in ipairs(meta.targets) do
   local base = 7 + (i - 1) * 3
   -- Only predecessors ever join a target's resolved set, so counting them is enough.
-  if t.preds == 0 or redis.call('SCARD', KEYS[base + 2]) >= t.preds then
+  if t.preds == 0 or #fc_members(KEYS[base + 2]) >= t.preds then
     redis.call('SADD', enq, t.member)
-    if redis.call('SET', KEYS[base + 1], 'fired:' .. meta.member, 'NX', 'PX', ttl) then
+    if fc_set_nx(KEYS[base + 1], 'fired:' .. meta.member, ttl) then
       if i == meta.reserve then
         -- Leased to this worker in the delayed set: if the worker dies, it comes due.
         local now = redis.call('TIME')
@@ -98,7 +97,7 @@ for i, t in ipairs(meta.targets) do
         redis.call('XADD', stream, '*', 'body', t.body)
       end
       fired[#fired + 1] = t.member
-    elseif redis.call('GET', KEYS[base + 1]) == 'skipped' then
+    elseif fc_get(KEYS[base + 1]) == 'skipped' then
       redis.call('SADD', done, t.member)
     end
   else
@@ -127,7 +126,7 @@ else
   redis.call('XACK', stream, meta.group, meta.entry)
   redis.call('XDEL', stream, meta.entry)
 end
-redis.call('SET', KEYS[7], cjson.encode({token = meta.token, out = out}), 'PX', 60000)
+fc_note(KEYS[7], cjson.encode({token = meta.token, out = out}), 60000)
 return out
 """
 )

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 __all__ = [
     "AWAITING",
     "DYNAMIC",
+    "FIELD",
     "INTERNAL",
     "NODE_TRACE",
     "PROGRESS",
@@ -21,6 +22,12 @@ __all__ = [
     "Keys",
 ]
 
+FIELD = "\x1f"
+"""Joins a run's bookkeeping hash (``Keys.bookkeeping``) and a field of it in the keys a node
+execution writes (result, fences, join marks). A store may keep such a key as that field of one
+hash per run, whose TTL every write of a field renews and which goes as a whole once the run is
+final (Redis does, so a node execution costs no key of its own), or as a key like any other.
+A store that groups splits at the first ``FIELD``."""
 RUN_SHARDS = 32
 """How many sets list the unfinished runs (``Keys.runs_of``)."""
 INTERNAL = "_flowcraft."
@@ -79,6 +86,10 @@ class Keys:
         it exists, a redelivered copy of the job waits instead of running it beside it."""
         return f"{self.namespace}:live:{run}:{job}"
 
+    def bookkeeping(self, run: str) -> str:
+        """The hash a grouping store keeps the run's per-node keys in (see :data:`FIELD`)."""
+        return f"{self.namespace}:run:{run}"
+
     def final(self, run: str) -> str:
         """The run's final result, written once."""
         return f"{self.namespace}:final:{run}"
@@ -114,32 +125,32 @@ class Keys:
 
     def resolved(self, run: str, target: str, iteration: int) -> str:
         """Set of predecessors that resolved their edges into ``target`` (join marks)."""
-        return f"{self.namespace}:resolved:{run}:{iteration}:{target}"
+        return f"{self.namespace}:run:{run}{FIELD}resolved:{iteration}:{target}"
 
     def taken(self, run: str, target: str, iteration: int) -> str:
         """Set of ``source|position`` edges taken into ``target``."""
-        return f"{self.namespace}:taken:{run}:{iteration}:{target}"
+        return f"{self.namespace}:run:{run}{FIELD}taken:{iteration}:{target}"
 
     def fire(self, run: str, target: str, iteration: int) -> str:
         """Fence: ``fired:<job id>`` (the job that fired it; ``fired`` from a client) or
         ``skipped``, written once per target and iteration."""
-        return f"{self.namespace}:fire:{run}:{iteration}:{target}"
+        return f"{self.namespace}:run:{run}{FIELD}fire:{iteration}:{target}"
 
     def result(self, run: str, node: str, iteration: int) -> str:
         """A node's full result (output, action, dynamic nodes), first writer wins."""
-        return f"{self.namespace}:result:{run}:{iteration}:{node}"
+        return f"{self.namespace}:run:{run}{FIELD}result:{iteration}:{node}"
 
     def rescue(self, run: str, primary: str, iteration: int) -> str:
         """The result of the fallback run for ``primary`` (one per rescued primary)."""
-        return f"{self.namespace}:rescue:{run}:{iteration}:{primary}"
+        return f"{self.namespace}:run:{run}{FIELD}rescue:{iteration}:{primary}"
 
     def resumed(self, run: str, node: str, iteration: int) -> str:
         """Fence: an awaiting node is resumed once."""
-        return f"{self.namespace}:resumed:{run}:{iteration}:{node}"
+        return f"{self.namespace}:run:{run}{FIELD}resumed:{iteration}:{node}"
 
     def fallback(self, run: str, node: str, iteration: int) -> str:
         """Fence: a failed node's fallback is started once."""
-        return f"{self.namespace}:fallback:{run}:{iteration}:{node}"
+        return f"{self.namespace}:run:{run}{FIELD}fallback:{iteration}:{node}"
 
     def attempts(self, run: str, node: str, iteration: int, role: str = "") -> str:
         """Counter of the attempts started at a node with retries (durable: a crash neither

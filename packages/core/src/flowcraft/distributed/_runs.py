@@ -214,6 +214,8 @@ class Runs(Parts):
         specs = (await self.graph_of(run_id, blueprint)).nodes if blueprint is not None else {}
         nodes.update(specs)
         doomed = [
+            # A store that groups the per-node keys (see _keys.FIELD) drops them all with it.
+            keys.bookkeeping(run_id),
             keys.enqueued(run_id),
             keys.done(run_id),
             keys.parked(run_id),
