@@ -12,11 +12,17 @@ profile.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
+import signal
 import subprocess
+import tempfile
+import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -38,6 +44,13 @@ __all__ = ["Deployment", "Fixture"]
 
 _PROFILES = {"emulators": ("elasticmq", "dynamodb-local"), "moto": ("moto", "moto")}
 _TABLE = "flowcraft-contract"
+_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "test",
+    "AWS_SECRET_ACCESS_KEY": "test",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+_UP_WITHIN = 120.0
+"""Seconds a private server may take to answer (two JVMs starting on a loaded machine)."""
 
 
 def _start(name: str) -> dict[str, str]:
@@ -47,11 +60,14 @@ def _start(name: str) -> dict[str, str]:
 
 
 class Deployment:
-    """One test's share: a job queue, a dead-letter queue and a key prefix of its own."""
+    """One test's share: a job queue, a dead-letter queue and a table of its own (deleted at
+    reset: cheaper than scanning a shared table for the test's items)."""
 
     def __init__(self, base: SqsSettings, lease: float) -> None:
         tag = f"t{uuid.uuid4().hex[:10]}"
-        self.settings = replace(base, queue=tag, key_prefix=f"{tag}/", lease_seconds=lease)
+        self.settings = replace(
+            base, queue=tag, table=f"{_TABLE}-{tag}", key_prefix=f"{tag}/", lease_seconds=lease
+        )
         self.lease = lease
         self.adapters: list[DistributedAdapter] = []
         self.clients: list[Clients] = []
@@ -68,7 +84,7 @@ class Fixture:
         self.env: dict[str, str] = {}
 
     def provision(self) -> None:
-        """Start (or reach) the profile's servers and create the shared table."""
+        """Start (or reach) the profile's servers."""
         profile = os.environ.get("FLOWCRAFT_SQS_SERVERS", "emulators")
         if profile not in _PROFILES:
             raise ValueError(f"FLOWCRAFT_SQS_SERVERS must be one of {sorted(_PROFILES)}")
@@ -128,6 +144,36 @@ class Fixture:
     def deployment(self, *, lease: float) -> Deployment:
         """A fresh queue and key prefix for one test."""
         return Deployment(self.base, lease)
+
+    @contextlib.asynccontextmanager
+    async def restartable(
+        self, *, lease: float
+    ) -> AsyncIterator[tuple[Deployment, Callable[[float], Awaitable[None]]]]:
+        """A deployment on a private ElasticMQ and DynamoDB Local that keep their data on disk
+        (ElasticMQ's queue and message storage, DynamoDB Local's ``-dbPath``), and their
+        restart: both SIGKILLed, a pause, both started again on their ports and data.
+        The emulators' profile only: moto server keeps everything in memory."""
+        with tempfile.TemporaryDirectory(prefix="flowcraft-sqs-restart-") as workdir:
+            servers = _PrivateServers(Path(workdir))
+            deployment: Deployment | None = None
+            try:
+                await asyncio.to_thread(servers.start)
+                base = replace(
+                    self.base,
+                    region=_CREDENTIALS["AWS_DEFAULT_REGION"],
+                    sqs_endpoint=servers.sqs_url,
+                    dynamodb_endpoint=servers.dynamodb_url,
+                )
+                deployment = Deployment(base, lease)
+
+                async def restart(down_for: float) -> None:
+                    await asyncio.to_thread(servers.restart, down_for)
+
+                yield deployment, restart
+            finally:
+                for adapter in deployment.adapters if deployment is not None else ():
+                    await adapter.close()
+                await asyncio.to_thread(servers.stop)
 
     def adapter(
         self,
@@ -220,7 +266,7 @@ class Fixture:
             await clients.close()
 
     async def reset(self, deployment: Deployment) -> None:
-        """Close the test's adapters and delete its items, jobs and dead letters."""
+        """Close the test's adapters and delete its queues and table."""
         for adapter in deployment.adapters:
             await adapter.close()
         for clients in deployment.clients:
@@ -233,31 +279,92 @@ class Fixture:
         for name in (settings.queue_name, settings.dead_letter_queue_name):
             url = self._url(name)
             if url is not None:
-                sqs.purge_queue(QueueUrl=url)
+                sqs.delete_queue(QueueUrl=url)
         dynamodb = self._dynamodb()
-        scan: dict[str, Any] = {
-            "TableName": settings.table,
-            "FilterExpression": "begins_with(#pk, :p)",
-            "ExpressionAttributeNames": {"#pk": "pk"},
-            "ExpressionAttributeValues": {":p": {"S": settings.key_prefix}},
-            "ProjectionExpression": "#pk, sk",
+        with contextlib.suppress(dynamodb.exceptions.ResourceNotFoundException):
+            dynamodb.delete_table(TableName=settings.table)
+
+
+class _PrivateServers:
+    """One test's ElasticMQ and DynamoDB Local, their data in ``workdir``, on fixed ports."""
+
+    def __init__(self, workdir: Path) -> None:
+        from flowcraft_services import procs
+
+        self.workdir = workdir
+        self.sqs_url = f"http://{procs.LOOPBACK}:{procs.free_port()}"
+        self.dynamodb_url = f"http://{procs.LOOPBACK}:{procs.free_port()}"
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    def start(self) -> None:
+        from flowcraft_services import installers, loopback, procs
+        from flowcraft_services.providers import dynamodb_local, elasticmq
+
+        java = installers.java()
+        artifact = f"org.elasticmq:elasticmq-server_2.13:{elasticmq.VERSION}"
+        lib = installers.maven_assemble(f"elasticmq-{elasticmq.VERSION}", [artifact])
+        data = self.workdir / "data"
+        data.mkdir(exist_ok=True)
+        port = self.sqs_url.rsplit(":", 1)[1]
+        conf = self.workdir / "elasticmq.conf"
+        conf.write_text(
+            'include classpath("application.conf")\n'
+            f'node-address {{ protocol = http, host = "{procs.LOOPBACK}", port = {port},'
+            ' context-path = "" }\n'
+            f'rest-sqs {{ enabled = true, bind-port = {port}, bind-hostname = "{procs.LOOPBACK}",'
+            " sqs-limits = strict }\n"
+            "rest-stats { enabled = false }\n"
+            'aws { region = "us-east-1", accountId = "000000000000" }\n'
+            f'queues-storage {{ enabled = true, path = "{data}/queues.conf" }}\n'
+            f'messages-storage {{ enabled = true, uri = "jdbc:h2:{data}/messages" }}\n'
+        )
+        jars = dynamodb_local._jar_dir()
+        sqs_argv = [
+            *(java, "-Xmx256m", "-XX:+UseSerialGC", f"-Dconfig.file={conf}"),
+            *("-cp", f"{lib}/*", "org.elasticmq.server.Main"),
+        ]
+        dynamodb_argv = [
+            *(java, "-Xmx512m", f"-Djava.library.path={jars / 'DynamoDBLocal_lib'}"),
+            *("-jar", str(jars / "DynamoDBLocal.jar"), "-dbPath", str(data), "-sharedDb"),
+            *("-port", self.dynamodb_url.rsplit(":", 1)[1], "-disableTelemetry"),
+        ]
+        # DynamoDB Local has no bind address option: the shim keeps it on loopback.
+        shim = {**os.environ, "LD_PRELOAD": loopback.shim_path()}
+        with (self.workdir / "servers.log").open("ab") as log:
+            self.processes = [
+                subprocess.Popen(sqs_argv, stdout=log, stderr=subprocess.STDOUT),
+                subprocess.Popen(dynamodb_argv, stdout=log, stderr=subprocess.STDOUT, env=shim),
+            ]
+        self._wait_up()
+
+    def _wait_up(self) -> None:
+        options = {"region_name": _CREDENTIALS["AWS_DEFAULT_REGION"]}
+        keys = {
+            "aws_access_key_id": _CREDENTIALS["AWS_ACCESS_KEY_ID"],
+            "aws_secret_access_key": _CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
         }
-        try:
-            pages = list(_scan(dynamodb, scan))
-        except dynamodb.exceptions.ResourceNotFoundException:
-            return
-        for keys in pages:
-            for start in range(0, len(keys), 25):
-                requests = [{"DeleteRequest": {"Key": k}} for k in keys[start : start + 25]]
-                while requests:
-                    reply = dynamodb.batch_write_item(RequestItems={settings.table: requests})
-                    requests = reply.get("UnprocessedItems", {}).get(settings.table, [])
+        sqs = boto3.client("sqs", endpoint_url=self.sqs_url, **options, **keys)
+        dynamodb = boto3.client("dynamodb", endpoint_url=self.dynamodb_url, **options, **keys)
+        deadline = time.monotonic() + _UP_WITHIN
+        while True:
+            try:
+                sqs.list_queues()
+                dynamodb.list_tables()
+                return
+            except Exception:
+                if time.monotonic() > deadline:
+                    log = (self.workdir / "servers.log").read_text(errors="replace")
+                    raise RuntimeError(f"private servers did not start:\n{log[-3000:]}") from None
+                time.sleep(0.2)
 
+    def stop(self) -> None:
+        for process in self.processes:
+            process.send_signal(signal.SIGKILL)
+        for process in self.processes:
+            process.wait()
+        self.processes = []
 
-def _scan(dynamodb: Any, request: dict[str, Any]) -> Any:
-    while True:
-        reply = dynamodb.scan(**request)
-        yield reply.get("Items", [])
-        if not reply.get("LastEvaluatedKey"):
-            return
-        request["ExclusiveStartKey"] = reply["LastEvaluatedKey"]
+    def restart(self, down_for: float) -> None:
+        self.stop()
+        time.sleep(down_for)
+        self.start()
