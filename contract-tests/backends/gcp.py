@@ -24,6 +24,7 @@ from typing import Any
 import redis as sync_redis
 from google.api_core import exceptions as google_errors
 from google.cloud import firestore, pubsub_v1  # type: ignore[attr-defined]
+from google.cloud.firestore_v1.field_path import FieldPath
 
 from backends._fixture import spawn_worker
 from flowcraft.blueprint import Blueprint
@@ -38,6 +39,8 @@ _SERVICES = (
     ("redis", "REDIS_URL"),
 )
 _SOURCE_COUNT = "CloudPubSubDeadLetterSourceDeliveryCount"
+_DELETES_PER_BATCH = 500
+"""Firestore's limit on the writes of one batch."""
 _SUPPORT = Path(__file__).parents[2] / "packages" / "redis" / "tests"
 """Where the Redis package's test servers live (a private, restartable redis-server)."""
 
@@ -244,10 +247,23 @@ class Fixture:
         db = self._firestore()
         try:
             for collection in (s.context_collection, s.status_collection):
-                db.recursive_delete(db.collection(collection))
+                _delete_all(db, collection)
         finally:
             db.close()  # type: ignore[no-untyped-call]
         with sync_redis.Redis.from_url(s.redis_url) as client:
             keys = list(client.scan_iter(match=f"{s.redis_prefix}*", count=1000))
             if keys:
                 client.delete(*keys)
+
+
+def _delete_all(db: firestore.Client, collection: str) -> None:
+    """Every document under ``collection``, subcollections included, in batched deletes of
+    500: ``recursive_delete`` throttles its BulkWriter from 500 writes/s up (2,000 documents
+    on the emulator: 5.0 s with it, 1.7 s so; the 2,000-waits test's teardown took 30 s)."""
+    query = db.collection(collection).recursive().select([FieldPath.document_id()])
+    refs = [snapshot.reference for snapshot in query.stream()]
+    for start in range(0, len(refs), _DELETES_PER_BATCH):
+        batch = db.batch()
+        for ref in refs[start : start + _DELETES_PER_BATCH]:
+            batch.delete(ref)
+        batch.commit()
