@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
@@ -209,13 +210,47 @@ class Pool:
                 await pool.close()
                 raise
             self._pool = pool
-            # Concurrent first starts would race on CREATE … IF NOT EXISTS (it is not atomic in
-            # the catalog): one at a time, across processes.
-            async with pool.connection() as conn, conn.transaction():
-                await conn.execute("SELECT pg_advisory_xact_lock(7170301)")
-                await conn.execute(self.query(SCHEMA))
+            await self._migrate(pool)
         if self.settings.cleanup_seconds > 0:
             self._cleanup = asyncio.ensure_future(self._clean())
+
+    async def _migrate(self, pool: psycopg_pool.AsyncConnectionPool[Any]) -> None:
+        """Apply :data:`SCHEMA` unless this release applied it already (its digest is the hop
+        function's comment).
+
+        Not on every start: ``CREATE INDEX IF NOT EXISTS`` share-locks its table even when
+        the index exists, so a starting worker's DDL deadlocked with running hops (which
+        write the coordination and context tables in one transaction), and every ``CREATE OR
+        REPLACE FUNCTION`` makes each session re-plan the hop function. When it does run, a
+        deadlock rolls it back whole and it is tried again.
+        """
+        ddl = self.query(SCHEMA)
+        digest = hashlib.blake2b(ddl.encode(), digest_size=12).hexdigest()
+        hop = sql.Identifier(self.settings.schema, f"{self.settings.table_prefix}hop")
+        signature = sql.SQL("{}(jsonb, text[], text[], text[], float8)").format(hop)
+        current = sql.SQL("SELECT obj_description(to_regprocedure({}), 'pg_proc') = {}").format(
+            sql.Literal(signature.as_string(None)), sql.Literal(digest)
+        )
+        mark = sql.SQL("COMMENT ON FUNCTION {} IS {}").format(signature, sql.Literal(digest))
+        async with pool.connection() as conn:
+            row = await (await conn.execute(current)).fetchone()
+            if row is not None and row[0]:
+                return
+            pause = _BACKOFF
+            for attempt in range(_RETRIES):
+                try:
+                    # Concurrent first starts would race on CREATE … IF NOT EXISTS (it is not
+                    # atomic in the catalog): one at a time, across processes.
+                    async with conn.transaction():
+                        await conn.execute("SELECT pg_advisory_xact_lock(7170301)")
+                        await conn.execute(ddl)
+                        await conn.execute(mark)
+                    return
+                except psycopg.errors.DeadlockDetected:
+                    if attempt == _RETRIES - 1:
+                        raise
+                    await asyncio.sleep(pause)
+                    pause *= 2
 
     @contextlib.asynccontextmanager
     async def connection(self) -> AsyncIterator[AsyncConnection[tuple[object, ...]]]:

@@ -30,7 +30,6 @@ from flowcraft_rabbitmq.hop import PostgresHop
 from flowcraft_rabbitmq.queue import RabbitQueue
 from flowcraft_rabbitmq.results import PostgresResultChannel
 from flowcraft_rabbitmq.settings import RabbitSettings
-from flowcraft_redis_store import Batcher, RedisCoordinationStore
 
 __all__ = ["RabbitAdapter", "RabbitPostgresAdapter"]
 
@@ -91,6 +90,10 @@ class RabbitAdapter(_RabbitAdapter):
     """RabbitMQ + PostgreSQL, coordination on Redis; the arguments are ``_RabbitAdapter``'s."""
 
     def _coordination(self) -> tuple[CoordinationStore, list[Closer]]:
+        # Here, not at the top: redis-py is most of a worker's start-up, and
+        # ``rabbitmq-postgres`` needs none of it.
+        from flowcraft_redis_store import Batcher, RedisCoordinationStore
+
         redis_settings = self.settings.redis()
         client = redis_settings.client()
         batcher = Batcher(client, redis_settings.retry())

@@ -4,13 +4,17 @@ PostgreSQL, so a job's arrival read is one query and a finished node's hop one s
 ``PostgresHop.commit`` applies the hop in the ``<prefix>hop`` function (``_pg.py``): result
 record, context writes, join marks, fences and the done count, all-or-nothing. The successors
 whose fences it won are then published, their confirms awaited together, and core acks the job
-(``applied``). A crash between the commit and the publishes loses nothing: the job comes back,
-finds its result stored and takes core's generic path, which enqueues again every successor
-whose fence names it.
+(``applied``); the one core asks to reserve (``HopTarget.reserve``) is not published but handed
+back as ``HopCommit.next``, for this worker to run next (``RabbitQueue.reserve``: the job's own
+delivery stays unacked until that successor is settled). A crash between the commit and the
+publishes, or while the reserved successor runs, loses nothing: the job comes back, finds its
+result stored and takes core's generic path, which enqueues again every successor whose fence
+names it.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any
 
@@ -100,8 +104,32 @@ class PostgresHop:
             return HopCommit("slow")
         outcome, fired = str(reply[0]), [str(v) for v in reply[1:]]
         won = set(fired)
-        await self._queue.enqueue_many([t.body for t in hop.targets if t.member in won])
-        return HopCommit("quiescent" if outcome == "quiescent" else "applied", fired)
+        reserve = next((t for t in hop.targets if t.reserve and t.member in won), None)
+        bodies = [t.body for t in hop.targets if t.member in won and t is not reserve]
+        if reserve is None:
+            await self._queue.enqueue_many(bodies)
+            following = None
+        else:
+            following = await self._reserve(delivery, reserve.body, bodies)
+        return HopCommit("quiescent" if outcome == "quiescent" else "applied", fired, following)
+
+    async def _reserve(self, delivery: Delivery, body: str, bodies: list[str]) -> Delivery | None:
+        # The successor's claim and the other successors' publishes at once.
+        reserved, published = await asyncio.gather(
+            self._queue.reserve(delivery, body),
+            self._queue.enqueue_many(bodies),
+            return_exceptions=True,
+        )
+        if isinstance(reserved, BaseException):
+            raise reserved
+        if isinstance(published, BaseException):
+            # Core handles the job again; its generic path publishes every successor.
+            if reserved is not None:
+                self._queue.unreserve(delivery, reserved)
+            raise published
+        if reserved is None:
+            await self._queue.enqueue(body)
+        return reserved
 
     async def read_arrival(
         self,

@@ -5,16 +5,20 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flowcraft.backend import env_settings, merge_settings, settings_env
-from flowcraft_redis_store import DEFAULT_URL as DEFAULT_REDIS_URL
-from flowcraft_redis_store import RedisSettings
+
+if TYPE_CHECKING:
+    from flowcraft_redis_store import RedisSettings
 
 __all__ = ["DEFAULT_AMQP_URL", "DEFAULT_DATABASE_URL", "RabbitSettings"]
 
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 DEFAULT_DATABASE_URL = "postgresql://127.0.0.1:5432/flowcraft"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+"""``flowcraft_redis_store.DEFAULT_URL``; the Redis store is imported only by the ``rabbitmq``
+variant that uses it: it pulls in redis-py, most of a ``rabbitmq-postgres`` worker's start-up."""
 _ENV_PREFIX = "FLOWCRAFT_RABBITMQ_"
 _STANDARD = {"amqp_url": "AMQP_URL", "database_url": "DATABASE_URL", "redis_url": "REDIS_URL"}
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,39}$")
@@ -117,6 +121,8 @@ class RabbitSettings:
 
     def redis(self) -> RedisSettings:
         """The settings of the Redis coordination store."""
+        from flowcraft_redis_store import RedisSettings
+
         return RedisSettings(
             url=self.redis_url,
             coordination_prefix=self.coordination_prefix,
