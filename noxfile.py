@@ -1,7 +1,8 @@
 """Development sessions. Run ``./run <session>`` on a fresh machine (it bootstraps nox and uv).
 
 Sessions: ``tests`` (core unit tests), ``lint``, ``typecheck``, ``example``, ``bench``,
-``contract-<backend>``, ``redis`` (the Redis backend's own tests), ``services``,
+``contract-<backend>``, ``chaos-<backend>``, ``redis``, ``rabbitmq``, ``kafka``, ``azure``,
+``sqs`` (each backend package's own tests), ``wheels``, ``services``,
 ``services-smoke``; ``ci`` runs what CI runs.
 """
 
@@ -130,6 +131,9 @@ CI_BACKENDS = [
     "redis-streams-cluster",
     "rabbitmq",
     "rabbitmq-postgres",
+    "kafka",
+    "gcp",
+    "azure",
 ]
 
 
@@ -187,11 +191,18 @@ def redis(session: nox.Session) -> None:
     session.run(*REDIS_TESTS, *_args(session))
 
 
-@nox.session
-def rabbitmq(session: nox.Session) -> None:
-    """The RabbitMQ backend's own tests (consumer timeout on a node of its own, large values)."""
-    _install_packages(session, *DEV, "-e", f"{SERVICES}[test]")
-    session.run("pytest", "packages/rabbitmq/tests", "-q", "--timeout=900", *_args(session))
+def _package_session(package: str) -> None:
+    def run(session: nox.Session) -> None:
+        _install_packages(session, *DEV, "-e", f"{SERVICES}[test]")
+        tests = ["pytest", f"packages/{package}/tests", "-q", "-p", "no:cacheprovider"]
+        session.run(*tests, "--timeout=900", *_args(session))
+
+    run.__doc__ = f"The {package} backend package's own tests, on the servers they start."
+    nox.session(name=package)(run)
+
+
+for _package in ("rabbitmq", "kafka", "azure", "sqs"):
+    _package_session(_package)
 
 
 # The package of each CI backend but memory and Redis (whose wheels run the example below).
@@ -278,17 +289,25 @@ def _ensure_chromium(session: nox.Session) -> None:
     )
 
 
-# CI runs the backends' suites in this many lanes at once: a suite spends most of its time
-# waiting on its servers and its worker processes, so two lanes on two cores cut the wall time
-# without starving either (each suite's leases are sized for a loaded machine).
-CI_LANES = 2
+# CI runs the backends' suites and packages' tests in two lanes at once: a suite spends most
+# of its time waiting on its servers and its worker processes, so two lanes on two cores cut
+# the wall time without starving either. The second lane's share, chosen so that the two
+# JVM-heavy suites (Kafka + Cassandra, the Google emulators) do not overlap much.
+CI_SECOND_LANE = ["rabbitmq", "rabbitmq-postgres", "gcp", "redis-streams", "redis-streams-cluster"]
+# Each backend package's own tests (wire interop, limits, its servers' particulars): the
+# lane they run in.
+PACKAGE_TESTS = {
+    "kafka": 0,
+    "redis": 1,
+    "rabbitmq": 1,
+    "azure": 1,
+}
 
 
-def _in_lanes(session: nox.Session, commands: list[list[str]]) -> None:
-    """Run ``commands`` in ``CI_LANES`` lanes, each lane's one after another: the first lane
-    in this session, the others in background shells whose output is printed when they end.
-    A failed command fails its lane and the session; a failure in the first lane stops the
-    others."""
+def _in_lanes(session: nox.Session, lanes: list[list[list[str]]]) -> None:
+    """Run each lane's commands one after another, the lanes at once: the first lane in this
+    session, the others in background shells whose output is printed when they end. A failed
+    command fails its lane and the session; a failure in the first lane stops the others."""
     import contextlib
     import os
     import shlex
@@ -296,7 +315,6 @@ def _in_lanes(session: nox.Session, commands: list[list[str]]) -> None:
     import subprocess
     import tempfile
 
-    lanes = [commands[i::CI_LANES] for i in range(CI_LANES)]
     env = {**os.environ, "PATH": f"{session.bin}{os.pathsep}{os.environ['PATH']}"}
     background: list[tuple[int, subprocess.Popen[bytes], Path]] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -346,10 +364,14 @@ def ci(session: nox.Session) -> None:
         smoke = ["pytest", "contract-tests/smoke", "-q", "-p", "no:cacheprovider", "--timeout=900"]
         session.run(*smoke, env={"FLOWCRAFT_SMOKE_KEEP": "1"})
         suite = ["pytest", "contract-tests", "-q", "--durations=5", "--backend"]
-        _in_lanes(session, [[*suite, backend] for backend in CI_BACKENDS])
-        session.run(*REDIS_TESTS)
+        lanes: list[list[list[str]]] = [[], []]
+        for backend in CI_BACKENDS:
+            lanes[backend in CI_SECOND_LANE].append([*suite, backend])
+        for package, lane in PACKAGE_TESTS.items():
+            tests = ["pytest", f"packages/{package}/tests", "-q", "-p", "no:cacheprovider"]
+            lanes[lane].append([*tests, "--timeout=900"])
+        _in_lanes(session, lanes)
         wheels(session)
-        session.run("pytest", "packages/rabbitmq/tests", "-q", "--timeout=900")
         session.run("python", "examples/content_moderation.py")
     finally:
         # Also after a failure: what the tests started is stopped, by PID.
