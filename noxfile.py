@@ -129,8 +129,6 @@ CI_BACKENDS = [
     "redis-streams",
     "redis-cluster",
     "redis-streams-cluster",
-    "rabbitmq",
-    "rabbitmq-postgres",
     "kafka",
     "gcp",
     "azure",
