@@ -72,3 +72,48 @@ async def test_a_copy_of_a_running_job_waits_for_it_and_the_node_runs_once() -> 
     assert max(counts) > 1
     # ...and still run once.
     assert runs == ["slow", "after"]
+
+
+async def test_a_slow_coordination_store_does_not_hold_back_the_lease_renewals() -> None:
+    runs: list[str] = []
+
+    async def slow(ctx: NodeContext) -> str:
+        runs.append(ctx.node_id)
+        await asyncio.sleep(2.0)
+        return "slow"
+
+    flow = create_flow("stuck-marks").node("slow", slow)
+    blueprint = flow.to_blueprint()
+    options: dict[str, Any] = {
+        "registry": flow.function_registry,
+        "blueprints": {blueprint.id: blueprint},
+    }
+    backend = MemoryBackend(visibility=0.6, max_deliveries=20)
+    add_to_set = backend.coordination.add_to_set
+
+    async def stuck(key: str, member: str, ttl: float) -> int:
+        if ":held:" in key:
+            # The heartbeat's run-alive mark never gets an answer (a store under load).
+            await asyncio.Event().wait()
+        return await add_to_set(key, member, ttl)
+
+    backend.coordination.add_to_set = stuck  # type: ignore[method-assign]
+    counts: list[int] = []
+    receive = backend.queue.receive
+
+    async def counted(max_jobs: int, wait: float) -> list[Delivery]:
+        deliveries = await receive(max_jobs, wait)
+        counts.extend(d.delivery_count for d in deliveries)
+        return deliveries
+
+    backend.queue.receive = counted  # type: ignore[method-assign]
+    worker = Worker(MemoryAdapter(backend, **options), concurrency=2, receive_wait=0.02)
+    worker.start()
+    try:
+        result = await Client(MemoryAdapter(backend, **options)).run("stuck-marks", {}, timeout=20)
+    finally:
+        await worker.stop(timeout=3)
+    assert result.status == "completed"
+    # The lease kept being renewed while the marks hung: the job was never redelivered.
+    assert counts == [1]
+    assert runs == ["slow"]

@@ -133,14 +133,20 @@ class DistributedAdapter(HopSteps):
 
         async def renew() -> None:
             await self.queue.extend_lease(delivery, self.lease)
+
+        async def mark() -> None:
             if waiting:
                 return
             # A long node shows its run is alive: the reconciler must not hand its job to
             # another worker while this one still runs it; and a copy of the job must wait.
-            await self.coordination.add_to_set(self.keys.held(payload.run_id), held, self.lease)
-            await self.coordination.increment(live, self.lease)
+            await asyncio.gather(
+                self.coordination.add_to_set(self.keys.held(payload.run_id), held, self.lease),
+                self.coordination.increment(live, self.lease),
+            )
 
-        heartbeat = self.renewals.add(renew)
+        # Two ticker actions, not one: a coordination store slow to answer must not hold back
+        # the next lease renewal (the queue would redeliver a job its worker still runs).
+        heartbeat = self.renewals.add(renew), self.renewals.add(mark)
         try:
             if waiting:
                 await self._outlive_copy(payload, live)
@@ -150,7 +156,8 @@ class DistributedAdapter(HopSteps):
             await self._reject(delivery, payload.run_id, exc.message)
             return
         finally:
-            self.renewals.remove(heartbeat)
+            for action in heartbeat:
+                self.renewals.remove(action)
         if not delivery.settled:
             await self.queue.ack(delivery)
         bus = self.event_bus
