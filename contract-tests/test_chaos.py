@@ -307,7 +307,12 @@ async def test_runs_complete_exactly_while_workers_are_sigkilled(
                     kills_mid_node += 1
                 else:
                     await asyncio.sleep(0.01)
-            await pool.kill(victim if victim is not None else random.choice(list(pool.live)))
+            if victim is None:
+                # The longest-lived worker: the newest may still be importing and joining (on a
+                # loaded machine for seconds), and killing it then tests nothing but costs a
+                # recovery (a group rebalance, a lease) all the same.
+                victim = next(iter(pool.live))
+            await pool.kill(victim)
             pool.start()
 
     for _ in range(WORKERS):
