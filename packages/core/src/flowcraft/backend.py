@@ -27,6 +27,7 @@ from flowcraft.distributed._protocols import (
     HopCoordination,
     HopMarking,
     Queue,
+    ReservingQueue,
     ResultChannel,
     Woken,
 )
@@ -62,6 +63,7 @@ __all__ = [
     "HopCommitter",
     "HopCoordination",
     "HopMarking",
+    "ReservingQueue",
     # What flows through them
     "Arrival",
     "ArrivalRead",

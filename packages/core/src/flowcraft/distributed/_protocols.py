@@ -28,6 +28,7 @@ __all__ = [
     "HopCoordination",
     "HopMarking",
     "Queue",
+    "ReservingQueue",
     "ResultChannel",
 ]
 
@@ -103,6 +104,22 @@ class Queue(Protocol):
 
     async def close(self) -> None:
         """Release connections; safe to call repeatedly."""
+
+
+@runtime_checkable
+class ReservingQueue(Protocol):
+    """Optional, on a :class:`Queue`: leases a successor that a hop fired to the worker that
+    fired it, so that worker runs it next instead of the queue handing it to any worker
+    (``HopTarget.reserve``; the split hop asks for it when the worker follows)."""
+
+    async def reserve(self, delivery: Delivery, body: str) -> Delivery | None:
+        """``body`` as a delivery leased to this worker, stored as durably as an enqueued job
+        (or vouched for by ``delivery``, still unacked); None when it cannot be (the caller
+        enqueues it then). A worker dying with it loses it to the queue when its lease ends."""
+
+    def unreserve(self, delivery: Delivery, successor: Delivery) -> None:
+        """Undo :meth:`reserve`, leaving no job behind: the caller enqueues the successor
+        after all, or fails the job (its redelivery enqueues every successor again)."""
 
 
 @runtime_checkable

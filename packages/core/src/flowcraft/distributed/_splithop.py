@@ -9,7 +9,9 @@ which the shared Redis store implements in Lua), the adapter commits the common 
 1. claim: the result record, the join marks and the fences, in one step; a result stored
    already (a redelivery, a duplicate) or a graph with spliced nodes answers ``slow``;
 2. the context writes, one patch;
-3. the successors whose fences the claim won, enqueued;
+3. the successors whose fences the claim won, enqueued (when the worker follows and the queue
+   is a :class:`~flowcraft.distributed.ReservingQueue`, the first is leased to this worker
+   instead, which runs it next without a round trip through the queue);
 4. the job counted done, in one step; the job that empties the run's frontier ends it.
 
 A hop into a join (a target with several predecessors) claims in two steps instead, around
@@ -45,6 +47,7 @@ from flowcraft.distributed._protocols import (
     HopCoordination,
     HopMarking,
     Queue,
+    ReservingQueue,
 )
 from flowcraft.distributed._storage import patch_writes
 from flowcraft.node import PatchOperation
@@ -82,6 +85,7 @@ class SplitHop:
         self._marking = coordination if isinstance(coordination, HopMarking) else None
         self._context = context
         self._queue = queue
+        self._reserving = queue if isinstance(queue, ReservingQueue) else None
 
     async def commit(
         self, delivery: Delivery, hop: Hop, stored: Callable[[], None] | None = None
@@ -110,15 +114,45 @@ class SplitHop:
             if fired is None:
                 return HopCommit("slow")
             await self._stored(hop, stored)
-        if fired:
-            won = set(fired)
-            bodies = [target.body for target in hop.targets if target.member in won]
-            if len(bodies) == 1:
-                await self._queue.enqueue(bodies[0])
-            else:
-                await asyncio.gather(*(self._queue.enqueue(body) for body in bodies))
+        following = await self._send(delivery, hop, fired) if fired else None
         quiet = await self._coordination.count_done(hop.done, hop.enqueued, hop.member, hop.ttl)
-        return HopCommit("quiescent" if quiet else "applied", fired)
+        return HopCommit("quiescent" if quiet else "applied", fired, following)
+
+    async def _send(self, delivery: Delivery, hop: Hop, fired: Sequence[str]) -> Delivery | None:
+        """Enqueue the won successors; the one the hop reserves, when the queue can lease it
+        to this worker, is not enqueued but returned for the worker to run next."""
+        won = set(fired)
+        queue = self._reserving
+        kept = (
+            next((t for t in hop.targets if t.reserve and t.member in won), None)
+            if queue is not None
+            else None
+        )
+        bodies = [t.body for t in hop.targets if t.member in won and t is not kept]
+        if queue is None or kept is None:
+            await self._enqueue(bodies)
+            return None
+        # The reservation and the other successors' enqueues at once.
+        reserved, sent = await asyncio.gather(
+            queue.reserve(delivery, kept.body), self._enqueue(bodies), return_exceptions=True
+        )
+        if isinstance(reserved, BaseException):
+            raise reserved
+        if isinstance(sent, BaseException):
+            # The job fails unacked; its redelivery routes from the stored result and
+            # enqueues every successor, the reserved one too.
+            if reserved is not None:
+                queue.unreserve(delivery, reserved)
+            raise sent
+        if reserved is None:
+            await self._queue.enqueue(kept.body)
+        return reserved
+
+    async def _enqueue(self, bodies: Sequence[str]) -> None:
+        if len(bodies) == 1:
+            await self._queue.enqueue(bodies[0])
+        elif bodies:
+            await asyncio.gather(*(self._queue.enqueue(body) for body in bodies))
 
     async def _stored(self, hop: Hop, stored: Callable[[], None] | None) -> None:
         if hop.context_ops:

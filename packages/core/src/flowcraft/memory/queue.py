@@ -61,6 +61,14 @@ class MemoryQueue:
         self._messages[message.id] = message
         return Delivery(body, message.id, 1)
 
+    async def reserve(self, delivery: Delivery, body: str) -> Delivery | None:
+        """``body`` leased to the caller (:class:`~flowcraft.distributed.ReservingQueue`)."""
+        return self.leased(body)
+
+    def unreserve(self, delivery: Delivery, successor: Delivery) -> None:
+        """Drop a reserved job (whoever unreserves it enqueues it again or fails)."""
+        self._messages.pop(successor.handle, None)
+
     async def enqueue(self, body: str) -> None:
         """Enqueue a job."""
         self.put(body)
