@@ -51,7 +51,8 @@ PARTITIONS = 6
 """Two per worker of the chaos test's three."""
 SESSION_TIMEOUT_MS = 2000
 """How long a killed worker keeps its partitions (the suite kills dozens of workers; the
-default of 6 s is for production). The provider's broker allows sessions this short;
+default of 6 s is for production). The provider's broker allows sessions this short with
+either group protocol, so the queue takes KIP-848's and sets it as the group's own session;
 heartbeats come from librdkafka's own thread, so a busy event loop does not miss them."""
 
 
@@ -142,6 +143,7 @@ class Fixture:
             "FLOWCRAFT_KAFKA_PARTITIONS": str(s.partitions),
             "FLOWCRAFT_KAFKA_SESSION_TIMEOUT_MS": str(s.session_timeout_ms),
             "FLOWCRAFT_KAFKA_HEARTBEAT_INTERVAL_MS": str(s.heartbeat_interval_ms),
+            "FLOWCRAFT_KAFKA_GROUP_PROTOCOL": s.group_protocol,
             "REDIS_URL": s.redis.url,
             "FLOWCRAFT_REDIS_STATE_PREFIX": s.redis.state_prefix,
             "FLOWCRAFT_REDIS_STATUS_PREFIX": s.redis.status_prefix,

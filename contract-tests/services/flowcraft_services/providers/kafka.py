@@ -66,8 +66,13 @@ def prepare(workdir: Path, port: int, controller_port: int) -> list[str]:
                 "share.coordinator.state.topic.min.isr=1",
                 # Tests want a consumer group to form at once, not after the 3 s default delay.
                 "group.initial.rebalance.delay.ms=0",
-                # Tests kill workers by the dozen and want their partitions back in seconds.
+                # Tests kill workers by the dozen and want their partitions back in seconds,
+                # with either group protocol: these are the floors a group's own session and
+                # heartbeat settings may go down to (the KIP-848 ones are 45 s and 5 s by
+                # default); the defaults stay Kafka's, so clients set what they need.
                 "group.min.session.timeout.ms=1000",
+                "group.consumer.min.session.timeout.ms=1000",
+                "group.consumer.min.heartbeat.interval.ms=100",
                 "auto.create.topics.enable=true",
                 "delete.topic.enable=true",
                 "",

@@ -15,6 +15,10 @@ Kafka has no per-message lease and no delivery count; this queue keeps both:
   group's session timeout, from the last committed offset. A partition revoked from a live
   worker (a rebalance) waits for its running jobs first, so a job is never run by two live
   workers.
+* Group protocol: KIP-848's (``group.protocol=consumer``) where the broker has it and lets
+  the group have the session timeout and heartbeat of the settings (a group config the queue
+  sets), so that a crash costs the same bounded time with either protocol; else the classic
+  protocol, with the reason logged.
 * Delivery count: a Redis counter per ``(topic, partition, offset)`` incremented at every
   hand-out, so a job whose worker keeps dying reaches core's ``max_deliveries``.
 """
@@ -40,7 +44,15 @@ from confluent_kafka import (
     Producer,
     TopicPartition,
 )
-from confluent_kafka.admin import AdminClient
+
+# confluent_kafka.admin re-exports these without an __all__ that names them.
+from confluent_kafka.admin import (  # type: ignore[attr-defined]
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    ResourceType,
+)
 from confluent_kafka.cimpl import NewTopic
 
 from flowcraft.backend import AdapterError, ConnectionFailed, Delivery
@@ -68,6 +80,13 @@ meantime; librdkafka's 500 ms default delayed each worker's first job by about t
 _RECONNECT_MAX_MS = 1000
 """librdkafka's default backs off up to 10 s: a broker back after a restart would wait that
 long for its clients."""
+_GROUP_SESSION = "consumer.session.timeout.ms"
+_GROUP_HEARTBEAT = "consumer.heartbeat.interval.ms"
+"""A group's own KIP-848 settings, between the broker's ``group.consumer.min.*`` and
+``group.consumer.max.*`` (45 s and 5 s at least by default)."""
+_ADMIN_TIMEOUT = 30.0
+_CONFIG_PROPAGATION = 5.0
+"""The longest a joining member waits for the brokers to apply the group's new configs."""
 _UNREACHABLE = {
     KafkaError._TRANSPORT,
     KafkaError._ALL_BROKERS_DOWN,
@@ -176,6 +195,7 @@ class KafkaQueue:
         self._producer_thread: threading.Thread | None = None
         self._producer_stop = threading.Event()
         self._consumer_thread: threading.Thread | None = None
+        self._protocol: str | None = None
         self._consumer_done: asyncio.Future[None] | None = None
         self._stopped = False
         self._closing = False
@@ -248,22 +268,28 @@ class KafkaQueue:
             self._producer_thread.start()
         return self._producer
 
-    async def _ensure_topics(self) -> None:
+    def _admin(self) -> AdminClient:
+        settings = self._settings
+        return AdminClient(
+            {"bootstrap.servers": settings.bootstrap_servers, "client.id": settings.name}
+        )
+
+    async def _ensure_topics(self, admin: AdminClient | None = None) -> None:
         if not self._settings.create_schema:
             return
         async with self._topics_lock:
             if self._topics_ready:
                 return
             settings = self._settings
-            admin = AdminClient(
-                {"bootstrap.servers": settings.bootstrap_servers, "client.id": settings.name}
-            )
+            admin = admin or self._admin()
             config = {"retention.ms": str(settings.retention_seconds * 1000)}
             topics = [
                 NewTopic(settings.topic, settings.partitions, config=config),
                 NewTopic(settings.dead_letters, 1, config=config),
             ]
-            futures = admin.create_topics(topics, operation_timeout=30, request_timeout=30)
+            futures = admin.create_topics(
+                topics, operation_timeout=_ADMIN_TIMEOUT, request_timeout=_ADMIN_TIMEOUT
+            )
             for name, future in futures.items():
                 try:
                     await asyncio.wrap_future(future)
@@ -446,17 +472,28 @@ class KafkaQueue:
             if self._producer_thread is not None:
                 await asyncio.to_thread(self._producer_thread.join)
 
+    @property
+    def group_protocol(self) -> str | None:
+        """The group protocol the consumer uses (``classic`` or ``consumer``); None before it
+        starts."""
+        return self._protocol
+
     async def _start_consumer(self) -> None:
         if self._consumer_started():
             return
-        await self._ensure_topics()
+        admin = self._admin()
+        await self._ensure_topics(admin)
+        protocol = await self._choose_protocol(admin)
         if self._consumer_started():
             return
+        self._protocol = protocol
         loop = asyncio.get_running_loop()
         self._loop = loop
         self._consumer_done = loop.create_future()
         self._consumer_thread = threading.Thread(
-            target=self._consume, args=(loop, self._consumer_done), name="kafka-consumer"
+            target=self._consume,
+            args=(loop, self._consumer_done, protocol),
+            name="kafka-consumer",
         )
         self._consumer_thread.daemon = True
         self._consumer_thread.start()
@@ -464,22 +501,90 @@ class KafkaQueue:
     def _consumer_started(self) -> bool:
         return self._consumer_thread is not None
 
-    def _consume(self, loop: asyncio.AbstractEventLoop, done: asyncio.Future[None]) -> None:
+    async def _choose_protocol(self, admin: AdminClient) -> str:
+        # KIP-848's protocol joins and hands partitions over in a heartbeat, not in two
+        # rebalances, but its session timeout is the broker's (45 s by default) unless the
+        # group has its own: only with the settings' one is a crash's cost bounded as with
+        # the classic protocol.
+        wanted = self._settings.group_protocol
+        if wanted == "classic":
+            return "classic"
+        reason = await self._configure_group(admin)
+        if reason is None:
+            _log.info("group %s: consumer protocol (KIP-848)", self._settings.group_id)
+            return "consumer"
+        if wanted == "consumer":
+            _log.warning(
+                "group %s: consumer protocol with the broker's session timeout: %s",
+                self._settings.group_id,
+                reason,
+            )
+            return "consumer"
+        _log.info("group %s: classic protocol: %s", self._settings.group_id, reason)
+        return "classic"
+
+    async def _configure_group(self, admin: AdminClient) -> str | None:
+        """Give the group the settings' session timeout and heartbeat interval (KIP-848 group
+        configs); None if it has them, else why not."""
+        settings = self._settings
+        wanted = {
+            _GROUP_SESSION: str(settings.session_timeout_ms),
+            _GROUP_HEARTBEAT: str(settings.heartbeat_interval_ms),
+        }
+        group = ConfigResource(ResourceType.GROUP, settings.group_id)
         try:
-            self._serve_consumer(loop)
+            protocols = await _broker_protocols(admin)
+            if protocols is not None and "consumer" not in protocols.split(","):
+                return f"the broker's group.coordinator.rebalance.protocols is {protocols}"
+            if await _has_configs(admin, group, wanted):
+                return None
+            entries = [
+                ConfigEntry(name, value, incremental_operation=AlterConfigOpType.SET)
+                for name, value in wanted.items()
+            ]
+            change = ConfigResource(
+                ResourceType.GROUP, settings.group_id, incremental_configs=entries
+            )
+            (altered,) = admin.incremental_alter_configs(
+                [change], request_timeout=_ADMIN_TIMEOUT
+            ).values()
+            await asyncio.wrap_future(altered)
+            # The brokers apply a change when its metadata record reaches them: a member
+            # joining before that is given the broker's 5 s heartbeat (measured: its first
+            # partitions then came 5 s late), so it joins once the change is seen.
+            deadline = time.monotonic() + _CONFIG_PROPAGATION
+            while not await _has_configs(admin, group, wanted):
+                if time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(_POLL / 5)
+        except KafkaException as exc:
+            error: KafkaError = exc.args[0]
+            if error.code() in _UNREACHABLE:
+                raise _error(error, "configuring the consumer group") from exc
+            return (
+                f"the group cannot have a {settings.session_timeout_ms} ms session timeout "
+                f"and a {settings.heartbeat_interval_ms} ms heartbeat: {error.str()}"
+            )
+        return None
+
+    def _consume(
+        self, loop: asyncio.AbstractEventLoop, done: asyncio.Future[None], protocol: str
+    ) -> None:
+        try:
+            self._serve_consumer(loop, protocol)
         except Exception:
             _log.exception("the Kafka consumer stopped")
         finally:
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(_resolve, done)
 
-    def _serve_consumer(self, loop: asyncio.AbstractEventLoop) -> None:
+    def _serve_consumer(self, loop: asyncio.AbstractEventLoop, protocol: str) -> None:
         settings = self._settings
         config: dict[str, Any] = {
             "bootstrap.servers": settings.bootstrap_servers,
             "client.id": settings.name,
             "group.id": settings.group_id,
-            "group.protocol": settings.group_protocol,
+            "group.protocol": protocol,
             "enable.auto.commit": False,
             # A fresh group starts at the first job, not at jobs produced after it joined.
             "auto.offset.reset": "earliest",
@@ -488,7 +593,9 @@ class KafkaQueue:
             "fetch.wait.max.ms": _FETCH_WAIT_MS,
             "reconnect.backoff.max.ms": _RECONNECT_MAX_MS,
         }
-        if settings.group_protocol == "classic":
+        if protocol == "classic":
+            # The consumer protocol refuses these: the broker assigns, and the session and
+            # heartbeat are the group's (see _configure_group).
             config["partition.assignment.strategy"] = "cooperative-sticky"
             config["session.timeout.ms"] = settings.session_timeout_ms
             config["heartbeat.interval.ms"] = settings.heartbeat_interval_ms
@@ -600,6 +707,33 @@ class KafkaQueue:
         if self._consumer_thread is not None and self._consumer_thread.is_alive():
             count += 2 * servers + 1
         return count
+
+
+async def _has_configs(
+    admin: AdminClient, resource: ConfigResource, wanted: dict[str, str]
+) -> bool:
+    (future,) = admin.describe_configs([resource], request_timeout=_ADMIN_TIMEOUT).values()
+    current = await asyncio.wrap_future(future)
+    return all(
+        (entry := current.get(name)) is not None and entry.value == value
+        for name, value in wanted.items()
+    )
+
+
+async def _broker_protocols(admin: AdminClient) -> str | None:
+    """The group protocols a broker offers; None where its configs cannot be read (a
+    managed service may refuse): the group's own config then decides."""
+    try:
+        cluster = await asyncio.wrap_future(admin.describe_cluster(request_timeout=_ADMIN_TIMEOUT))
+        broker = ConfigResource(ResourceType.BROKER, str(cluster.nodes[0].id))
+        (future,) = admin.describe_configs([broker], request_timeout=_ADMIN_TIMEOUT).values()
+        configs = await asyncio.wrap_future(future)
+    except KafkaException as exc:
+        if exc.args[0].code() in _UNREACHABLE:
+            raise
+        return None
+    entry = configs.get("group.coordinator.rebalance.protocols")
+    return None if entry is None else str(entry.value)
 
 
 def _serve_producer(producer: Producer, stop: threading.Event) -> None:

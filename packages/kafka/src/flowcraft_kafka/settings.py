@@ -27,6 +27,7 @@ _STANDARD = {
     "cassandra_port": "CASSANDRA_PORT",
     "local_dc": "CASSANDRA_LOCAL_DC",
 }
+_PROTOCOLS = ("auto", "consumer", "classic")
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,12 +46,15 @@ class KafkaSettings:
         group_id: The workers' consumer group.
         partitions: Partitions of the jobs topic when the backend creates it: the most
             workers that can share the load (a run's jobs stay on one partition).
-        group_protocol: ``classic`` (cooperative-sticky rebalancing, crash recovery after
-            ``session_timeout_ms``) or ``consumer`` (KIP-848: joins in a quarter of a second,
-            but a dead member's partitions wait for the broker's
-            ``group.consumer.session.timeout.ms``, at least 45 s by default).
-        session_timeout_ms: How long a dead worker (classic protocol) keeps its partitions.
-        heartbeat_interval_ms: Classic-protocol heartbeats.
+        group_protocol: ``auto`` (KIP-848's ``consumer`` protocol where the broker has it
+            and lets the group have ``session_timeout_ms`` and ``heartbeat_interval_ms``,
+            else ``classic``, the reason logged), ``consumer`` (KIP-848 even with the
+            broker's session timeout, 45 s by default) or ``classic`` (cooperative-sticky).
+        session_timeout_ms: How long a dead worker keeps its partitions (with the consumer
+            protocol, the group's ``consumer.session.timeout.ms``, which the queue sets).
+        heartbeat_interval_ms: How often a worker heartbeats (consumer protocol: the
+            group's ``consumer.heartbeat.interval.ms``, also how soon the others learn of a
+            new assignment).
         max_poll_interval_ms: Kafka's bound between polls; polling never waits for nodes,
             so only a rebalance that waits for running jobs (``drain_seconds``) comes near it.
         drain_seconds: How long a revoked partition waits for its running jobs to finish
@@ -83,7 +87,7 @@ class KafkaSettings:
     dead_letter_topic: str = ""
     group_id: str = "flowcraft-workers"
     partitions: int = 8
-    group_protocol: str = "classic"
+    group_protocol: str = "auto"
     session_timeout_ms: int = 6000
     heartbeat_interval_ms: int = 1000
     max_poll_interval_ms: int = 300_000
@@ -105,6 +109,11 @@ class KafkaSettings:
     request_timeout: float = 10.0
     client_name: str = ""
     redis: RedisSettings = field(default_factory=RedisSettings)
+
+    def __post_init__(self) -> None:
+        if self.group_protocol not in _PROTOCOLS:
+            choices = ", ".join(_PROTOCOLS)
+            raise ValueError(f"group_protocol must be one of {choices}: {self.group_protocol!r}")
 
     @classmethod
     def from_env(cls, **overrides: Any) -> KafkaSettings:
