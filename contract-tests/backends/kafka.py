@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import subprocess
 import tempfile
 import time
@@ -295,6 +296,8 @@ class Fixture:
 
 def _settings(env: Mapping[str, str]) -> KafkaSettings:
     return KafkaSettings(
+        # ``classic`` runs the suite on the protocol ``auto`` falls back to.
+        group_protocol=os.environ.get("FLOWCRAFT_KAFKA_GROUP_PROTOCOL", "auto"),
         bootstrap_servers=env["KAFKA_BOOTSTRAP_SERVERS"],
         contact_points=env["CASSANDRA_CONTACT_POINTS"],
         cassandra_port=int(env["CASSANDRA_PORT"]),
