@@ -4,7 +4,10 @@ disturbs nothing else that shares the machine's servers."""
 
 from __future__ import annotations
 
+import logging
+import shutil
 import signal
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -14,6 +17,8 @@ from flowcraft_services import installers, procs
 from flowcraft_services.providers.redis import RedisService
 
 __all__ = ["PrivateServer", "PrivateServers", "aof_redis"]
+
+_log = logging.getLogger("flowcraft.contract")
 
 
 class PrivateServer:
@@ -101,6 +106,24 @@ class PrivateServers:
     def stop(self) -> None:
         # Their data goes with the test's directory: nothing to shut down cleanly for.
         self._each(PrivateServer.kill)
+
+    def keep_logs(self, label: str, tail: int = 40) -> Path:
+        """Copy every server's log out of the test's directory (which goes with the test) and
+        report where, with the end of each: what a failed restart test is diagnosed from.
+
+        Returns:
+            The directory the logs were copied to.
+        """
+        kept = Path(tempfile.mkdtemp(prefix=f"flowcraft-restart-{label}-"))
+        for server in self.servers:
+            log = server.workdir / "server.log"
+            if not log.exists():
+                continue
+            shutil.copy(log, kept / f"{server.name}.log")
+            lines = log.read_text(errors="replace").splitlines()[-tail:]
+            _log.warning("private %s log (end of it):\n%s", server.name, "\n".join(lines))
+        _log.warning("private servers' logs kept in %s", kept)
+        return kept
 
 
 def aof_redis(home: Path) -> PrivateServer:

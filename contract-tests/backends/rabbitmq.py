@@ -132,6 +132,9 @@ class Fixture:
                     await asyncio.to_thread(servers.restart, down_for)
 
                 yield deployment, restart
+            except BaseException:
+                servers.keep_logs(self.name)
+                raise
             finally:
                 for adapter in deployment.adapters if deployment is not None else ():
                     await adapter.close()
@@ -263,7 +266,9 @@ class _PrivateServers(PrivateServers):
         (home / "rabbitmq.conf").write_text(
             f"listeners.tcp.default = {procs.LOOPBACK}:{port}\n"
             "loopback_users.guest = true\n"
-            "log.console = true\nlog.console.level = warning\nlog.file = false\n"
+            # Info: a quorum queue's recovery and leader elections are logged at that level,
+            # and they are what a publish or consume that hangs after the restart waits for.
+            "log.console = true\nlog.console.level = info\nlog.file = false\n"
         )
         cookie = home / ".erlang.cookie"
         cookie.write_text(secrets.token_hex(16))
