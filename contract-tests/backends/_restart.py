@@ -5,8 +5,10 @@ disturbs nothing else that shares the machine's servers."""
 from __future__ import annotations
 
 import logging
+import random
 import shutil
 import signal
+import socket
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -16,7 +18,7 @@ from pathlib import Path
 from flowcraft_services import installers, procs
 from flowcraft_services.providers.redis import RedisService
 
-__all__ = ["PrivateServer", "PrivateServers", "aof_redis"]
+__all__ = ["PrivateServer", "PrivateServers", "aof_redis", "restart_port"]
 
 _log = logging.getLogger("flowcraft.contract")
 
@@ -126,11 +128,37 @@ class PrivateServers:
         return kept
 
 
+def restart_port() -> int:
+    """A free port for a server that starts again on it, below the kernel's ephemeral range.
+
+    A port from the ephemeral range (``procs.free_port``) is free only until some process's
+    outgoing connection is given it as its local port, which any process on the machine may be
+    while the server is down, the reconnecting clients of the test included: the server then
+    fails to start again with ``eaddrinuse`` (seen on RabbitMQ's AMQP port under load). Below
+    that range only a listener takes a port.
+    """
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    if low <= 11000:
+        return procs.free_port()
+    for _ in range(200):
+        port = random.randrange(10000, low)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((procs.LOOPBACK, port))
+            except OSError:
+                continue
+        return port
+    return procs.free_port()
+
+
 def aof_redis(home: Path) -> PrivateServer:
     """A Redis server with ``appendfsync always``: the durability under which a killed
     process loses no acknowledged write."""
     home.mkdir()
-    port = procs.free_port()
+    port = restart_port()
     redis_server = installers.require_tool("redis-server", "apt-get install redis-server")
     return PrivateServer(
         "redis",

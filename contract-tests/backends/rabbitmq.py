@@ -16,6 +16,7 @@ import pwd
 import secrets
 import subprocess
 import tempfile
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
@@ -31,10 +32,11 @@ from flowcraft_services.providers import rabbitmq as rabbitmq_provider
 from psycopg import sql
 
 from backends._fixture import spawn_worker
-from backends._restart import PrivateServer, PrivateServers, aof_redis
+from backends._restart import PrivateServer, PrivateServers, aof_redis, restart_port
 from flowcraft.blueprint import Blueprint
 from flowcraft.distributed import ContextStore, CoordinationStore, DistributedAdapter
 from flowcraft_rabbitmq import RabbitAdapter, RabbitPostgresAdapter, RabbitSettings
+from flowcraft_rabbitmq.queue import RabbitQueue
 
 __all__ = ["Deployment", "Fixture"]
 
@@ -127,6 +129,16 @@ class Fixture:
                     **({"redis_url": env["REDIS_URL"]} if "REDIS_URL" in env else {}),
                 )
                 deployment = Deployment(base, lease)
+                # Killed within about 3 s of its declaration, the node would come back without
+                # the quorum queue's Raft member (ra's directory is a dets table with delayed
+                # writes): the queue never gets a leader, publishes no confirm and consumers
+                # hang. A deployment's queues are declared before its servers can fail.
+                queue = RabbitQueue(deployment.settings)
+                try:
+                    await queue.declare()
+                finally:
+                    await queue.close()
+                await asyncio.to_thread(servers.wait_quorum_member_stored, queue.name)
 
                 async def restart(down_for: float) -> None:
                     await asyncio.to_thread(servers.restart, down_for)
@@ -253,15 +265,29 @@ class _PrivateServers(PrivateServers):
     test's own."""
 
     def __init__(self, workdir: Path, *, redis: bool) -> None:
-        self._epmd_port = procs.free_port()
-        servers = [self._rabbitmq(workdir / "rabbitmq"), self._postgres(workdir)]
+        self._epmd_port = restart_port()
+        self._rabbitmq_home = workdir / "rabbitmq"
+        servers = [self._rabbitmq(self._rabbitmq_home), self._postgres(workdir)]
         if redis:
             servers.append(aof_redis(workdir / "redis"))
         super().__init__(servers)
 
+    def wait_quorum_member_stored(self, queue: str, timeout: float = 30.0) -> None:
+        """Wait until the node's Raft directory (``names.dets``) holds ``queue``'s member, so
+        that a node killed from now on restarts it."""
+        member = f"%2F_{queue}".encode()
+        deadline = time.monotonic() + timeout
+        while True:
+            stored = self._rabbitmq_home.glob("mnesia/*/quorum/*/names.dets")
+            if any(member in path.read_bytes() for path in stored):
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"quorum queue {queue}'s member not on disk in {timeout} s")
+            time.sleep(0.1)
+
     def _rabbitmq(self, home: Path) -> PrivateServer:
         home.mkdir()
-        port, dist_port = procs.free_port(), procs.free_port()
+        port, dist_port = restart_port(), restart_port()
         (home / "enabled_plugins").write_text("[].\n")
         (home / "rabbitmq.conf").write_text(
             f"listeners.tcp.default = {procs.LOOPBACK}:{port}\n"
@@ -314,7 +340,7 @@ class _PrivateServers(PrivateServers):
                 os.chown(path, entry.pw_uid, entry.pw_gid)
         bindir = postgres_provider._bindir()
         postgres_provider._initdb(bindir, data, pwfile, user, home)
-        port = procs.free_port()
+        port = restart_port()
         argv = [
             str(bindir / "postgres"),
             *("-D", str(data), "-p", str(port)),

@@ -258,6 +258,14 @@ class RabbitQueue:
             # it recovers after a restart).
             raise ConnectionFailed(f"rabbitmq refused to store a message ({confirm!r})")
 
+    async def declare(self) -> None:
+        """Connect and declare the queues now (idempotent; the first publish or receive does
+        it otherwise). A deployment declares them before it relies on them: RabbitMQ 3.10
+        records a new quorum queue's Raft member on disk only within about 3 s of its
+        declaration (docs/rabbitmq.md), so a node killed sooner comes back with a queue that
+        never has a leader."""
+        await self._open()
+
     @property
     def connected(self) -> bool:
         """Whether the queue holds an open connection to the broker."""
