@@ -246,13 +246,23 @@ class RabbitQueue:
             # wait=False: a publish holds the channel's lock only while its frames are queued,
             # not until the socket is drained, so concurrent publishes go out together instead
             # of one per event-loop turn; the broker's confirm is still awaited.
-            confirm = await underlay.basic_publish(
-                message.body,
-                routing_key=routing_key,
-                properties=message.properties,
-                timeout=timeout,
-                wait=False,
-            )
+            try:
+                confirm = await underlay.basic_publish(
+                    message.body,
+                    routing_key=routing_key,
+                    properties=message.properties,
+                    timeout=timeout,
+                    wait=False,
+                )
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise
+                # Nobody cancelled this task: aiormq rejects the pending confirms of a
+                # connection whose reader it cancelled (heartbeat missed, socket lost) with
+                # CancelledError. The message may or may not be stored; it counts as not
+                # stored and goes again once the robust connection is back.
+                raise ConnectionFailed("rabbitmq connection lost before the confirm") from None
         if not isinstance(confirm, aiormq.spec.Basic.Ack):
             # A nack: the broker did not store it (a quorum queue without a leader, as while
             # it recovers after a restart).
