@@ -129,6 +129,8 @@ CI_BACKENDS = [
     "redis-streams",
     "redis-cluster",
     "redis-streams-cluster",
+    "rabbitmq",
+    "rabbitmq-postgres",
     "kafka",
     "gcp",
     "azure",
