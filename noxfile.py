@@ -134,6 +134,7 @@ CI_BACKENDS = [
     "kafka",
     "gcp",
     "azure",
+    "sqs",
 ]
 
 
@@ -291,13 +292,22 @@ def _ensure_chromium(session: nox.Session) -> None:
 
 # CI runs the backends' suites and packages' tests in two lanes at once: a suite spends most
 # of its time waiting on its servers and its worker processes, so two lanes on two cores cut
-# the wall time without starving either. The second lane's share, chosen so that the two
-# JVM-heavy suites (Kafka + Cassandra, the Google emulators) do not overlap much.
-CI_SECOND_LANE = ["rabbitmq", "rabbitmq-postgres", "gcp", "redis-streams", "redis-streams-cluster"]
+# the wall time without starving either. The second lane's share, chosen so that the
+# JVM-heavy suites (Kafka + Cassandra in the first; the Google emulators, then ElasticMQ +
+# DynamoDB Local, in the second) do not overlap much.
+CI_SECOND_LANE = [
+    "rabbitmq",
+    "rabbitmq-postgres",
+    "gcp",
+    "redis-streams",
+    "redis-streams-cluster",
+    "sqs",
+]
 # Each backend package's own tests (wire interop, limits, its servers' particulars): the
 # lane they run in.
 PACKAGE_TESTS = {
     "kafka": 0,
+    "sqs": 0,
     "redis": 1,
     "rabbitmq": 1,
     "azure": 1,

@@ -78,6 +78,8 @@ class Fixture:
     """What the suite needs from a backend."""
 
     name = "sqs"
+    profile: str | None = None
+    """The servers (a key of ``_PROFILES``); None: ``FLOWCRAFT_SQS_SERVERS``, else emulators."""
 
     def __init__(self) -> None:
         self.base = SqsSettings()
@@ -85,7 +87,7 @@ class Fixture:
 
     def provision(self) -> None:
         """Start (or reach) the profile's servers."""
-        profile = os.environ.get("FLOWCRAFT_SQS_SERVERS", "emulators")
+        profile = self.profile or os.environ.get("FLOWCRAFT_SQS_SERVERS", "emulators")
         if profile not in _PROFILES:
             raise ValueError(f"FLOWCRAFT_SQS_SERVERS must be one of {sorted(_PROFILES)}")
         sqs_name, dynamodb_name = _PROFILES[profile]
@@ -139,7 +141,8 @@ class Fixture:
             "FLOWCRAFT_SQS_KEY_PREFIX": settings.key_prefix,
             "FLOWCRAFT_SQS_LEASE_SECONDS": str(deployment.lease),
         }
-        return spawn_worker(self.name, app, {**env, **settings_env})
+        # The worker's backend is the package's entry point, whatever the profile.
+        return spawn_worker("sqs", app, {**env, **settings_env})
 
     def deployment(self, *, lease: float) -> Deployment:
         """A fresh queue and key prefix for one test."""
