@@ -293,16 +293,9 @@ def _ensure_chromium(session: nox.Session) -> None:
 # CI runs the backends' suites and packages' tests in two lanes at once: a suite spends most
 # of its time waiting on its servers and its worker processes, so two lanes on two cores cut
 # the wall time without starving either. The second lane's share, chosen so that the
-# JVM-heavy suites (Kafka + Cassandra in the first; the Google emulators, then ElasticMQ +
-# DynamoDB Local, in the second) do not overlap much.
-CI_SECOND_LANE = [
-    "rabbitmq",
-    "rabbitmq-postgres",
-    "gcp",
-    "redis-streams",
-    "redis-streams-cluster",
-    "sqs",
-]
+# JVM-heavy suites (Kafka + Cassandra, then ElasticMQ + DynamoDB Local, in the first; the
+# Google emulators in the second, with both RabbitMQ suites) do not overlap much.
+CI_SECOND_LANE = ["rabbitmq", "rabbitmq-postgres", "gcp", "redis-streams", "redis-streams-cluster"]
 # Each backend package's own tests (wire interop, limits, its servers' particulars): the
 # lane they run in.
 PACKAGE_TESTS = {
