@@ -39,7 +39,9 @@ class DynamoCoordinationStore:
     async def _update(
         self, name: str, expression: str, condition: str, **extra: Any
     ) -> Item | None:
-        """One conditional UpdateItem; its new attributes, or None when the condition failed."""
+        """One conditional UpdateItem; the item's attributes after it (all of them: an ADD or
+        DELETE that leaves a set as it was does not count as an update for moto, which then
+        returns no set), or None when the condition failed."""
         client = await self._table.client()
         values = extra.pop("values", {})
         names = {**_NAMES, **extra.pop("names", {})}
@@ -52,7 +54,7 @@ class DynamoCoordinationStore:
                     ConditionExpression=condition,
                     ExpressionAttributeNames=names,
                     ExpressionAttributeValues={":now": {"N": str(now_ms())}, **values},
-                    ReturnValues="UPDATED_NEW",
+                    ReturnValues="ALL_NEW",
                 )
             except Exception as exc:
                 if error_code(exc) == _FAILED:
