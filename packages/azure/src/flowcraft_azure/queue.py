@@ -19,6 +19,14 @@
   exponential back-off (``poll_min`` doubling to ``poll_max``); a job enqueued in this process
   wakes its receivers at once. A job enqueued by another process waits up to ``poll_max`` on
   an idle worker.
+* **Reserved successors** (:class:`~flowcraft.backend.ReservingQueue`): the successor a hop
+  leases to its own worker is not sent. The predecessor's message vouches for it: it stays
+  unacked, its lease renewed by the successor's heartbeat, and is deleted when the successor
+  is acked (released when it is released). Should the worker die, that message comes back,
+  and its redelivery routes from its stored result and enqueues the successor: one copy of
+  the job, never two. (A Put with the lease as visibility timeout would lease the successor
+  too, but on a death it would come back beside the copy the predecessor's redelivery
+  enqueues, and the two would run at once.)
 """
 
 from __future__ import annotations
@@ -59,7 +67,7 @@ _wakes: dict[str, weakref.WeakSet[StorageQueue]] = {}
 class _Lease:
     """A received message's id and newest pop receipt; its updates and delete take turns."""
 
-    __slots__ = ("lock", "message_id", "pop_receipt", "until")
+    __slots__ = ("holder", "lock", "message_id", "pop_receipt", "until")
 
     def __init__(self, message_id: str, pop_receipt: str, until: float) -> None:
         self.message_id = message_id
@@ -67,6 +75,24 @@ class _Lease:
         self.until = until
         """When the message becomes visible again (this process's monotonic clock)."""
         self.lock = asyncio.Lock()
+        self.holder: _Lease | _Vouched = self
+        """The handle of the delivery that settles the message: the received one, or the
+        last successor reserved along a chain of them."""
+
+
+class _Vouched:
+    """A reserved successor's handle: the message of the job that reserved it."""
+
+    __slots__ = ("lease",)
+
+    def __init__(self, lease: _Lease) -> None:
+        self.lease = lease
+
+
+def _lease_of(handle: object) -> _Lease | None:
+    if isinstance(handle, _Vouched):
+        return handle.lease
+    return handle if isinstance(handle, _Lease) else None
 
 
 def decode_body(text: str) -> str:
@@ -230,22 +256,51 @@ class StorageQueue:
 
     async def enqueue(self, body: str) -> None:
         """Send a job (base64 of its JSON); the service has stored it when this returns."""
-        data = body.encode()
-        if len(data) > MAX_BODY:
-            raise AdapterError(
-                f"azure storage queue error: a job body of {len(data)} bytes is over the"
-                f" {MAX_BODY} a message can carry (64 KiB of base64)"
-            )
+        data = _message_data(body)
         jobs, _ = self._clients()
         await self._call(lambda: jobs.send_message(data, time_to_live=self._message_ttl))
         for queue in list(_wakes.get(self.url, ())):
             queue._wake()
 
+    async def reserve(self, delivery: Delivery, body: str) -> Delivery | None:
+        """``body``, a successor of ``delivery``'s hop, leased to this worker on
+        ``delivery``'s message, which it acks or releases from now on (see the module
+        docstring); None when that message is passed on already or has less than half a
+        lease left (the caller enqueues the successor then).
+
+        Nothing is sent: the job becomes a message only if the predecessor's comes back.
+        """
+        _message_data(body)
+        lease = _lease_of(delivery.handle)
+        if lease is None or lease.holder is not delivery.handle or self._abandoned:
+            return None
+        # Its heartbeat starts with its handling: a lease about to run out would hand the
+        # predecessor, and through it the successor, to another worker meanwhile.
+        if lease.until - time.monotonic() < self._settings.lease_seconds / 2:
+            return None
+        vouched = _Vouched(lease)
+        lease.holder = vouched
+        return Delivery(body, vouched, 1)
+
+    def unreserve(self, delivery: Delivery, successor: Delivery) -> None:
+        """Undo :meth:`reserve`: ``delivery`` settles its message again. Nothing was sent,
+        so nothing is left behind."""
+        lease = _lease_of(successor.handle)
+        if lease is not None and lease.holder is successor.handle:
+            lease.holder = delivery.handle
+
     async def _settle(
-        self, delivery: Delivery, action: Callable[[_Lease], Awaitable[None]]
+        self,
+        delivery: Delivery,
+        action: Callable[[_Lease], Awaitable[None]],
+        passed: bool = False,
     ) -> None:
-        lease = delivery.handle
-        if not isinstance(lease, _Lease) or self._abandoned:
+        """``action`` on the delivery's message, unless the delivery passed the message on
+        to a successor it reserved (and ``passed`` is not set): that successor settles it."""
+        lease = _lease_of(delivery.handle)
+        if lease is None or self._abandoned:
+            return
+        if not passed and lease.holder is not delivery.handle:
             return
         async with lease.lock:
             # Abandoned while this waited for the lock: a killed process settles nothing.
@@ -268,11 +323,11 @@ class StorageQueue:
 
     async def dead_letter(self, delivery: Delivery, reason: str) -> None:
         """Send the job to ``<queue>-poison`` with ``reason``, then delete it."""
-        lease = delivery.handle
+        lease = _lease_of(delivery.handle)
         record: dict[str, Any] = {
             "reason": reason[:_REASON_MAX],
             "body": delivery.body,
-            "messageId": lease.message_id if isinstance(lease, _Lease) else None,
+            "messageId": lease.message_id if lease is not None else None,
             "dequeueCount": delivery.delivery_count,
             "queue": self._settings.queue,
         }
@@ -313,7 +368,9 @@ class StorageQueue:
                 return
             await self._update(lease, visibility_seconds(2 * seconds))
 
-        await self._settle(delivery, extend)
+        # A job that passed its message on keeps renewing it until its handling ends: its
+        # successor's heartbeat starts only then.
+        await self._settle(delivery, extend, passed=True)
 
     async def _update(self, lease: _Lease, seconds: int) -> None:
         jobs = self._renewer()
@@ -352,6 +409,17 @@ class StorageQueue:
         for client in (jobs, poison, renewals):
             if client is not None:
                 await client.close()
+
+
+def _message_data(body: str) -> bytes:
+    """``body`` as a message's bytes (the SDK sends their base64); refused when too long."""
+    data = body.encode()
+    if len(data) > MAX_BODY:
+        raise AdapterError(
+            f"azure storage queue error: a job body of {len(data)} bytes is over the"
+            f" {MAX_BODY} a message can carry (64 KiB of base64)"
+        )
+    return data
 
 
 def _code(exc: azure_errors.HttpResponseError) -> str | None:
