@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from fixtures.deliveries import record_receives
 
 from flowcraft import NodeContext, create_flow
 from flowcraft.backend import AdapterError, Delivery
@@ -34,15 +35,7 @@ async def test_a_chain_runs_on_reserved_successors_and_completes() -> None:
         "blueprints": {blueprint.id: blueprint},
     }
     backend = MemoryBackend(hop_step="split")
-    received: list[Delivery] = []
-    receive = backend.queue.receive
-
-    async def counted(max_jobs: int, wait: float) -> list[Delivery]:
-        deliveries = await receive(max_jobs, wait)
-        received.extend(deliveries)
-        return deliveries
-
-    backend.queue.receive = counted  # type: ignore[method-assign]
+    received = record_receives(backend)
     worker = Worker(MemoryAdapter(backend, **options), concurrency=1, receive_wait=0.02)
     worker.start()
     try:

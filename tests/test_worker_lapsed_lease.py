@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from fixtures.deliveries import record_receives
+
 from flowcraft import NodeContext, create_flow
 from flowcraft.distributed import Client, Delivery, Worker
 from flowcraft.memory import MemoryAdapter, MemoryBackend
@@ -46,15 +48,7 @@ async def test_a_copy_of_a_running_job_waits_for_it_and_the_node_runs_once() -> 
         "blueprints": {blueprint.id: blueprint},
     }
     backend = MemoryBackend(visibility=0.6, max_deliveries=20)
-    counts: list[int] = []
-    receive = backend.queue.receive
-
-    async def counted(max_jobs: int, wait: float) -> list[Delivery]:
-        deliveries = await receive(max_jobs, wait)
-        counts.extend(d.delivery_count for d in deliveries)
-        return deliveries
-
-    backend.queue.receive = counted  # type: ignore[method-assign]
+    received = record_receives(backend)
     workers = [
         Worker(_LapsingLeases(backend, **options), concurrency=1, receive_wait=0.02)
         for _ in range(2)
@@ -69,7 +63,7 @@ async def test_a_copy_of_a_running_job_waits_for_it_and_the_node_runs_once() -> 
     assert result.status == "completed"
     assert result.context["_outputs.after"] == "after slow"
     # Redelivered at least once while it ran (the lease is a third of the node's time)...
-    assert max(counts) > 1
+    assert max(d.delivery_count for d in received) > 1
     # ...and still run once.
     assert runs == ["slow", "after"]
 
@@ -98,15 +92,7 @@ async def test_a_slow_coordination_store_does_not_hold_back_the_lease_renewals()
         return await add_to_set(key, member, ttl)
 
     backend.coordination.add_to_set = stuck  # type: ignore[method-assign]
-    counts: list[int] = []
-    receive = backend.queue.receive
-
-    async def counted(max_jobs: int, wait: float) -> list[Delivery]:
-        deliveries = await receive(max_jobs, wait)
-        counts.extend(d.delivery_count for d in deliveries)
-        return deliveries
-
-    backend.queue.receive = counted  # type: ignore[method-assign]
+    received = record_receives(backend)
     worker = Worker(MemoryAdapter(backend, **options), concurrency=2, receive_wait=0.02)
     worker.start()
     try:
@@ -115,5 +101,5 @@ async def test_a_slow_coordination_store_does_not_hold_back_the_lease_renewals()
         await worker.stop(timeout=3)
     assert result.status == "completed"
     # The lease kept being renewed while the marks hung: the job was never redelivered.
-    assert counts == [1]
+    assert [d.delivery_count for d in received] == [1]
     assert runs == ["slow"]
